@@ -1,0 +1,1 @@
+"""PostgreSQL edge of crm-export: schema migrations, the embedded server, queries."""

@@ -1,0 +1,231 @@
+"""HTTP layer of the emulator: the REST API routes and the admin endpoints.
+
+API routes mirror Salesforce's paths under ``/services/data/vXX.X/`` and need
+``Authorization: Bearer <token>``; admin routes live under ``/__emulator__/``
+and exist only here (tests and the local run use them to set failure rules
+and read what the org holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from include.crm_export.emulator.org import Org
+from include.crm_export.emulator.rules import RuleError
+from include.crm_export.emulator.schema import RequestRejected
+
+log = logging.getLogger(__name__)
+
+API_VERSIONS = ["58.0", "59.0", "60.0", "61.0", "62.0"]
+
+Handler = Callable[[Request, Org], Awaitable[Any]]
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse([{"message": message, "errorCode": code}], status_code=status)
+
+
+def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a REST API handler with what every real API call goes through."""
+
+    async def endpoint(request: Request) -> Response:
+        org: Org = request.app.state.org
+        method, path = request.method, request.url.path
+        org.counters["api_requests"] += 1
+        for fault in org.faults_for(method, path):
+            org.counters[f"faults.{fault.fault}"] += 1
+            if fault.fault in ("latency", "hang"):
+                await asyncio.sleep(fault.seconds)
+                continue
+            status, body = fault.response
+            return JSONResponse(body, status_code=status)
+        version = request.path_params.get("version")
+        if version is not None and version not in API_VERSIONS:
+            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+        if not org.token_valid(request.headers.get("authorization")):
+            org.counters["request_errors.INVALID_SESSION_ID"] += 1
+            return _error(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        try:
+            result = await handler(request, org)
+        except RequestRejected as rejected:
+            org.counters[f"request_errors.{rejected.error_code}"] += 1
+            return JSONResponse(rejected.body(), status_code=rejected.status)
+        if isinstance(result, Response):
+            return result
+        return JSONResponse(result)
+
+    return endpoint
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RequestRejected(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc.msg} at [line:{exc.lineno}, column:{exc.colno}]") from None
+
+
+async def versions(request: Request) -> Response:
+    # The versions list is the one resource Salesforce serves without a session.
+    return JSONResponse(
+        [{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in API_VERSIONS]
+    )
+
+
+async def describe_global(request: Request, org: Org) -> Any:
+    version = request.path_params["version"]
+    return {
+        "encoding": "UTF-8",
+        "maxBatchSize": 200,
+        "sobjects": [
+            {"name": s.name, "label": s.label, "custom": s.custom, "keyPrefix": s.key_prefix,
+             "urls": s.describe(version)["urls"]}
+            for s in org.objects.values()
+        ],
+    }
+
+
+async def describe(request: Request, org: Org) -> Any:
+    return org.schema(request.path_params["sobject"]).describe(request.path_params["version"])
+
+
+async def record_by_id(request: Request, org: Org) -> Any:
+    return _with_attributes(org.get_by_id(request.path_params["sobject"], request.path_params["record_id"]), request)
+
+
+async def record_by_external_id(request: Request, org: Org) -> Any:
+    p = request.path_params
+    return _with_attributes(org.get_by_external_id(p["sobject"], p["field"], p["value"]), request)
+
+
+def _with_attributes(record: dict[str, Any], request: Request) -> dict[str, Any]:
+    p = request.path_params
+    url = f"/services/data/v{p['version']}/sobjects/{p['sobject']}/{record['Id']}"
+    return {"attributes": {"type": p["sobject"], "url": url}, **record}
+
+
+async def collection_upsert(request: Request, org: Org) -> Any:
+    body = await _json_body(request)
+    return org.upsert(request.path_params["sobject"], request.path_params["field"], body)
+
+
+async def query(request: Request, org: Org) -> Any:
+    text = request.query_params.get("q")
+    if not text:
+        raise RequestRejected(400, "MALFORMED_QUERY", "The query parameter q is required")
+    return org.query(text, request.path_params["version"])
+
+
+async def query_more(request: Request, org: Org) -> Any:
+    return org.query_more(request.path_params["locator"], request.path_params["version"])
+
+
+async def limits(request: Request, org: Org) -> Any:
+    return org.limits()
+
+
+async def oauth_token(request: Request) -> Response:
+    """OAuth 2.0 client credentials flow, as a My Domain token endpoint serves it."""
+    org: Org = request.app.state.org
+    form = await request.form()
+    if form.get("grant_type") != "client_credentials":
+        return JSONResponse(
+            {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, status_code=400
+        )
+    try:
+        token = org.issue_token(form.get("client_id"), form.get("client_secret"))
+    except RequestRejected:
+        return JSONResponse({"error": "invalid_client", "error_description": "invalid client credentials"}, status_code=400)
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {"access_token": token, "instance_url": base, "token_type": "Bearer", "id": f"{base}/id/00D000000000001AAA/005000000000001AAA", "scope": "api"}
+    )
+
+
+# admin
+
+
+async def admin_health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def admin_rules(request: Request) -> Response:
+    org: Org = request.app.state.org
+    if request.method == "GET":
+        return JSONResponse(org.rules_json())
+    if request.method == "DELETE":
+        org.clear_rules()
+        return JSONResponse({"cleared": True})
+    try:
+        return JSONResponse(org.add_rule(await request.json()), status_code=201)
+    except (RuleError, RequestRejected, json.JSONDecodeError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def admin_rule(request: Request) -> Response:
+    org: Org = request.app.state.org
+    if org.remove_rule(int(request.path_params["rule_id"])):
+        return JSONResponse({"removed": True})
+    return JSONResponse({"error": "no such rule"}, status_code=404)
+
+
+async def admin_records(request: Request) -> Response:
+    org: Org = request.app.state.org
+    try:
+        return JSONResponse(org.snapshot(request.path_params["sobject"]))
+    except RequestRejected as exc:
+        return JSONResponse({"error": exc.message}, status_code=404)
+
+
+async def admin_counters(request: Request) -> Response:
+    return JSONResponse(dict(request.app.state.org.counters))
+
+
+async def admin_reset(request: Request) -> Response:
+    request.app.state.org.reset()
+    return JSONResponse({"reset": True})
+
+
+async def admin_expire_sessions(request: Request) -> Response:
+    request.app.state.org.expire_sessions()
+    return JSONResponse({"expired": True})
+
+
+def create_app(org: Org) -> Starlette:
+    data = "/services/data/v{version}"
+    routes = [
+        Route("/services/data", versions, methods=["GET"]),
+        Route("/services/data/", versions, methods=["GET"]),
+        Route(f"{data}/sobjects", api(describe_global), methods=["GET"]),
+        Route(f"{data}/sobjects/", api(describe_global), methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/describe", api(describe), methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/describe/", api(describe), methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/{{record_id}}", api(record_by_id), methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/{{field}}/{{value}}", api(record_by_external_id), methods=["GET"]),
+        Route(f"{data}/composite/sobjects/{{sobject}}/{{field}}", api(collection_upsert), methods=["PATCH"]),
+        Route(f"{data}/query", api(query), methods=["GET"]),
+        Route(f"{data}/query/", api(query), methods=["GET"]),
+        Route(f"{data}/query/{{locator}}", api(query_more), methods=["GET"]),
+        Route(f"{data}/limits", api(limits), methods=["GET"]),
+        Route(f"{data}/limits/", api(limits), methods=["GET"]),
+        Route("/services/oauth2/token", oauth_token, methods=["POST"]),
+        Route("/__emulator__/health", admin_health, methods=["GET"]),
+        Route("/__emulator__/rules", admin_rules, methods=["GET", "POST", "DELETE"]),
+        Route("/__emulator__/rules/{rule_id:int}", admin_rule, methods=["DELETE"]),
+        Route("/__emulator__/records/{sobject}", admin_records, methods=["GET"]),
+        Route("/__emulator__/counters", admin_counters, methods=["GET"]),
+        Route("/__emulator__/reset", admin_reset, methods=["POST"]),
+        Route("/__emulator__/sessions/expire", admin_expire_sessions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.org = org
+    return app

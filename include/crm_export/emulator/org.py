@@ -1,0 +1,258 @@
+"""The emulated org's state: objects, records, rules, sessions and counters.
+
+Everything here is plain Python with no I/O, so the web layer stays thin and
+the rules can be tested directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from include.crm_export.emulator import soql
+from include.crm_export.emulator.rules import Fault, RecordRule, first_record_error, parse_rule
+from include.crm_export.emulator.schema import ObjectSchema, RecordError, RequestRejected, load_objects
+
+MAX_COLLECTION_RECORDS = 200
+QUERY_BATCH_SIZE = 2000
+DAILY_API_REQUESTS = 1_000_000
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+ROLLED_BACK = RecordError(
+    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+    "Record rolled back because not all records were valid and the request was using AllOrNone header",
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+class Org:
+    def __init__(self, *, access_token: str, client_id: str, client_secret: str) -> None:
+        self.initial_token = access_token
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.objects: dict[str, ObjectSchema] = load_objects()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget records, rules, counters and extra sessions; keep the objects."""
+        self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.objects}
+        self.by_external_id: dict[tuple[str, str], dict[str, str]] = {}
+        self.record_rules: list[RecordRule] = []
+        self.faults: list[Fault] = []
+        self.tokens: set[str] = {self.initial_token}
+        self.counters: Counter[str] = Counter()
+        self.cursors: dict[str, tuple[str, list[str], list[dict[str, Any]]]] = {}
+        self._sequence = 0
+
+    # sessions
+
+    def token_valid(self, authorization: str | None) -> bool:
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        return authorization.removeprefix("Bearer ").strip() in self.tokens
+
+    def issue_token(self, client_id: str | None, client_secret: str | None) -> str:
+        if client_id != self.client_id or client_secret != self.client_secret:
+            raise RequestRejected(400, "invalid_client", "invalid client credentials")
+        token = "00D" + secrets.token_urlsafe(24)
+        self.tokens.add(token)
+        self.counters["sessions_issued"] += 1
+        return token
+
+    def expire_sessions(self) -> None:
+        self.tokens.clear()
+
+    # rules
+
+    def add_rule(self, raw: dict[str, Any]) -> dict[str, Any]:
+        rule = parse_rule(raw)
+        if isinstance(rule, Fault):
+            self.faults.append(rule)
+        else:
+            if rule.object and rule.object not in self.objects:
+                raise RequestRejected(400, "NOT_FOUND", f"The emulator has no object {rule.object}")
+            self.record_rules.append(rule)
+        return rule.as_json()
+
+    def remove_rule(self, rule_id: int) -> bool:
+        before = len(self.record_rules) + len(self.faults)
+        self.record_rules = [r for r in self.record_rules if r.id != rule_id]
+        self.faults = [f for f in self.faults if f.id != rule_id]
+        return before != len(self.record_rules) + len(self.faults)
+
+    def clear_rules(self) -> None:
+        self.record_rules.clear()
+        self.faults.clear()
+
+    def rules_json(self) -> list[dict[str, Any]]:
+        return [r.as_json() for r in self.record_rules] + [f.as_json() for f in self.faults]
+
+    def faults_for(self, method: str, path: str) -> list[Fault]:
+        """The faults that fire for this request (each fault counts the request)."""
+        return [f for f in self.faults if f.applies(method, path)]
+
+    # objects and records
+
+    def schema(self, name: str) -> ObjectSchema:
+        try:
+            return self.objects[name]
+        except KeyError:
+            raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist") from None
+
+    def _new_id(self, schema: ObjectSchema) -> str:
+        self._sequence += 1
+        number, digits = self._sequence, []
+        while number:
+            number, remainder = divmod(number, 62)
+            digits.append(_BASE62[remainder])
+        body = "".join(reversed(digits)).rjust(12, "0")
+        return f"{schema.key_prefix}{body}AAA"
+
+    def upsert(self, sobject: str, external_field: str, body: Any) -> list[dict[str, Any]]:
+        schema = self.schema(sobject)
+        ext_spec = schema.field_named(external_field)
+        if ext_spec is None or not ext_spec.external_id:
+            raise RequestRejected(
+                404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {external_field}"
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise RequestRejected(400, "JSON_PARSER_ERROR", "The request body needs a 'records' array")
+        records = body["records"]
+        if len(records) > MAX_COLLECTION_RECORDS:
+            raise RequestRejected(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                f"record limit reached. cannot submit more than {MAX_COLLECTION_RECORDS} records into this call",
+            )
+        all_or_none = body.get("allOrNone", False)
+        if not isinstance(all_or_none, bool):
+            raise RequestRejected(400, "JSON_PARSER_ERROR", "allOrNone must be true or false")
+
+        bound = [schema.bind(record) for record in records]
+        keys = [values.get(ext_spec.name) for values in bound]
+        seen = Counter(k for k in keys if k is not None)
+        index = self.by_external_id.setdefault((sobject, ext_spec.name), {})
+
+        outcomes: list[tuple[str | None, list[RecordError]]] = []
+        for values, key in zip(bound, keys, strict=True):
+            existing = index.get(key) if key is not None else None
+            if key is None or key == "":
+                errors = [
+                    RecordError(
+                        "MISSING_ARGUMENT", f"{ext_spec.name} not specified", (ext_spec.name,)
+                    )
+                ]
+            elif seen[key] > 1:
+                errors = [RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", (ext_spec.name,))]
+            else:
+                errors = schema.record_errors(values, creating=existing is None)
+                if not errors:
+                    rule_error = first_record_error(self.record_rules, sobject, str(key), values, existing)
+                    if rule_error is not None:
+                        errors = [rule_error]
+            outcomes.append((existing, errors))
+
+        failed = any(errors for _, errors in outcomes)
+        results = []
+        for (existing, errors), values, key in zip(outcomes, bound, keys, strict=True):
+            if errors or (all_or_none and failed):
+                for error in errors or [ROLLED_BACK]:
+                    self.counters[f"record_errors.{error.status_code}"] += 1
+                results.append({"success": False, "errors": [e.as_json() for e in errors or [ROLLED_BACK]]})
+                continue
+            now = _now()
+            if existing is None:
+                record_id = self._new_id(schema)
+                stored = {
+                    "Id": record_id,
+                    "IsDeleted": False,
+                    "OwnerId": "005000000000001AAA",
+                    "CreatedDate": now,
+                    **{f.name: False for f in schema.fields.values() if f.type == "boolean" and f.defaulted_on_create},
+                }
+                self.records[sobject][record_id] = stored
+                index[key] = record_id
+                self.counters["records_created"] += 1
+            else:
+                record_id = existing
+                stored = self.records[sobject][record_id]
+                self.counters["records_updated"] += 1
+            stored.update(values)
+            stored["LastModifiedDate"] = now
+            stored["SystemModstamp"] = now
+            results.append({"id": record_id, "success": True, "errors": [], "created": existing is None})
+        return results
+
+    def get_by_external_id(self, sobject: str, field: str, value: str) -> dict[str, Any]:
+        schema = self.schema(sobject)
+        spec = schema.field_named(field)
+        if spec is None or not spec.external_id:
+            raise RequestRejected(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}")
+        record_id = self.by_external_id.get((sobject, spec.name), {}).get(value)
+        if record_id is None:
+            raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist")
+        return self.records[sobject][record_id]
+
+    def get_by_id(self, sobject: str, record_id: str) -> dict[str, Any]:
+        self.schema(sobject)
+        try:
+            return self.records[sobject][record_id]
+        except KeyError:
+            raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist") from None
+
+    # queries
+
+    def query(self, text: str, version: str) -> dict[str, Any]:
+        parsed = soql.parse(text)
+        schema = self.schema(parsed.object)
+        names = {name.lower(): name for name in schema.fields}
+        rows = soql.run(parsed, list(self.records[parsed.object].values()), names)
+        if parsed.count_only:
+            return {"totalSize": len(rows), "done": True, "records": []}
+        fields = soql.selected_fields(parsed, names)
+        return self._page(parsed.object, fields, rows, version, total=len(rows))
+
+    def query_more(self, cursor: str, version: str) -> dict[str, Any]:
+        try:
+            sobject, fields, rows = self.cursors.pop(cursor.split("-")[0])
+        except KeyError:
+            raise RequestRejected(400, "INVALID_QUERY_LOCATOR", "invalid query locator") from None
+        total = int(cursor.split("-")[1]) + len(rows) if "-" in cursor else len(rows)
+        return self._page(sobject, fields, rows, version, total=total)
+
+    def _page(self, sobject: str, fields: list[str], rows: list[dict[str, Any]], version: str, *, total: int) -> dict[str, Any]:
+        page, rest = rows[:QUERY_BATCH_SIZE], rows[QUERY_BATCH_SIZE:]
+        body: dict[str, Any] = {
+            "totalSize": total,
+            "done": not rest,
+            "records": [
+                {
+                    "attributes": {"type": sobject, "url": f"/services/data/v{version}/sobjects/{sobject}/{r['Id']}"},
+                    **{name: r.get(name) for name in fields},
+                }
+                for r in page
+            ],
+        }
+        if rest:
+            locator = "01g" + secrets.token_hex(6)
+            self.cursors[locator] = (sobject, fields, rest)
+            body["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{total - len(rest)}"
+        return body
+
+    def limits(self) -> dict[str, Any]:
+        used = self.counters["api_requests"]
+        return {
+            "DailyApiRequests": {"Max": DAILY_API_REQUESTS, "Remaining": max(DAILY_API_REQUESTS - used, 0)},
+            "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
+            "DataStorageMB": {"Max": 1024, "Remaining": 1024},
+        }
+
+    def snapshot(self, sobject: str) -> list[dict[str, Any]]:
+        self.schema(sobject)
+        return list(self.records[sobject].values())

@@ -1,0 +1,152 @@
+"""Start and stop the emulator as a separate process, and talk to its admin API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from include.crm_export.http import SalesforceSession
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+class EmulatorError(RuntimeError):
+    """The emulator did not start, or an admin call failed."""
+
+
+@dataclass(frozen=True)
+class EmulatorInfo:
+    url: str
+    ca_bundle: str
+    access_token: str
+    client_id: str
+    client_secret: str
+    pid: int
+
+    def airflow_connection(self, *, version: str = "62.0") -> dict[str, Any]:
+        """The ``salesforce_default`` connection for a direct session with this emulator."""
+        return {
+            "conn_type": "salesforce",
+            "password": self.access_token,
+            "extra": {
+                "instance_url": self.url,
+                "version": version,
+                "ca_bundle": self.ca_bundle,
+            },
+        }
+
+
+class EmulatorProcess:
+    """The emulator as a child process; a context manager that always stops it."""
+
+    def __init__(self, state_dir: Path, *, port: int = 0, access_token: str | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.port = port
+        self.access_token = access_token
+        self.log_file = self.state_dir / "emulator.log"
+        self._process: subprocess.Popen | None = None
+        self.info: EmulatorInfo | None = None
+
+    def start(self, *, timeout: float = 30) -> EmulatorInfo:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.state_dir / "emulator.json"
+        ready.unlink(missing_ok=True)
+        command = [
+            sys.executable, "-m", "include.crm_export.emulator", "serve",
+            "--state-dir", str(self.state_dir), "--port", str(self.port),
+        ]
+        if self.access_token:
+            command += ["--access-token", self.access_token]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EmulatorError(
+                    f"The Salesforce emulator exited with code {self._process.returncode}; see {self.log_file}"
+                )
+            if ready.exists():
+                raw = json.loads(ready.read_text())
+                if raw["pid"] == self._process.pid:
+                    info = EmulatorInfo(**{k: raw[k] for k in EmulatorInfo.__dataclass_fields__})
+                    if _healthy(info):
+                        self.info = info
+                        return info
+            time.sleep(0.05)
+        self.stop()
+        raise EmulatorError(f"The Salesforce emulator did not answer within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, *, timeout: float = 10) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    def __enter__(self) -> EmulatorInfo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _healthy(info: EmulatorInfo) -> bool:
+    try:
+        return SalesforceSession(ca_bundle=info.ca_bundle, timeout=(2, 2)).get(f"{info.url}/__emulator__/health").ok
+    except requests.RequestException:
+        return False
+
+
+class EmulatorAdmin:
+    """The emulator's admin API: failure rules, stored records, counters."""
+
+    def __init__(self, info: EmulatorInfo) -> None:
+        self.info = info
+        self._session = SalesforceSession(ca_bundle=info.ca_bundle, timeout=(5, 30))
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._session.request(method, f"{self.info.url}/__emulator__/{path}", **kwargs)
+        if not response.ok:
+            raise EmulatorError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def add_rule(self, **rule: Any) -> dict[str, Any]:
+        """Add a record rule (``cause=…``) or a request fault (``fault=…``); see ``rules.py``."""
+        return self._call("POST", "rules", json=rule)
+
+    def remove_rule(self, rule_id: int) -> None:
+        self._call("DELETE", f"rules/{rule_id}")
+
+    def clear_rules(self) -> None:
+        self._call("DELETE", "rules")
+
+    def rules(self) -> list[dict[str, Any]]:
+        return self._call("GET", "rules")
+
+    def records(self, sobject: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"records/{sobject}")
+
+    def counters(self) -> dict[str, int]:
+        return self._call("GET", "counters")
+
+    def reset(self) -> None:
+        self._call("POST", "reset")
+
+    def expire_sessions(self) -> None:
+        self._call("POST", "sessions/expire")

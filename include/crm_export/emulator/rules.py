@@ -1,0 +1,272 @@
+"""Failure rules: the real reasons a Salesforce org rejects a record or a request.
+
+Tests and the local run set them through the emulator's admin endpoint. A
+*record rule* makes matching records fail with the status code the real cause
+produces; a *fault* makes matching requests fail as a whole, or slowly.
+
+Record rule (JSON)::
+
+    {"cause": "validation_rule", "object": "Contact",
+     "when": {"field": "Email", "op": "endswith", "value": "@blocked.example"},
+     "message": "Email domain is blocked", "fields": ["Email"], "name": "Block_Domain"}
+
+Fault (JSON)::
+
+    {"fault": "http_503", "path": "composite/sobjects", "skip": 3, "times": 1}
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.crm_export.emulator.schema import RecordError
+
+# cause -> (statusCode, default message). Messages follow what orgs print.
+RECORD_CAUSES: dict[str, tuple[str, str]] = {
+    "validation_rule": ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "The record does not meet a validation rule."),
+    "no_access": ("INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id"),
+    "no_cross_reference_access": (
+        "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY",
+        "insufficient access rights on cross-reference id",
+    ),
+    "flow_failure": (
+        "CANNOT_EXECUTE_FLOW_TRIGGER",
+        'We can\'t save this record because the "Record Update" process failed. '
+        "Give your Salesforce admin these details. An unhandled fault has occurred in this flow.",
+    ),
+    "row_lock": ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 records"),
+}
+
+# Order in which an org evaluates the causes for one record: sharing and
+# access first, then locks, then validation rules, then automation.
+_CAUSE_ORDER = ["no_access", "no_cross_reference_access", "row_lock", "validation_rule", "flow_failure"]
+
+FAULTS: dict[str, tuple[int, str, str]] = {
+    "http_500": (
+        500,
+        "UNKNOWN_EXCEPTION",
+        "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567-89 (-1)",
+    ),
+    "http_503": (503, "SERVER_UNAVAILABLE", "Service Unavailable: the server is temporarily unable to serve requests"),
+    "request_limit": (403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+    "invalid_session": (401, "INVALID_SESSION_ID", "Session expired or invalid"),
+    # No status: these delay the request instead of failing it.
+    "latency": (0, "", ""),
+    "hang": (0, "", ""),
+}
+
+_OPS = {"eq", "ne", "in", "contains", "startswith", "endswith", "regex", "is_null", "not_null", "any"}
+_ids = itertools.count(1)
+
+
+class RuleError(ValueError):
+    """A rule the emulator cannot apply; the admin endpoint answers 400."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str | None
+    op: str
+    value: Any = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> Condition:
+        if raw is None:
+            return cls(None, "any")
+        op = raw.get("op", "eq")
+        if op not in _OPS:
+            raise RuleError(f"Unknown condition op {op!r}; use one of {sorted(_OPS)}")
+        if op != "any" and not raw.get("field"):
+            raise RuleError("A condition needs a 'field'")
+        if op == "regex":
+            re.compile(raw["value"])
+        return cls(raw.get("field"), op, raw.get("value"))
+
+    def matches(self, values: dict[str, Any]) -> bool:
+        if self.op == "any":
+            return True
+        actual = values.get(self.field) if self.field else None
+        if self.op == "is_null":
+            return actual is None
+        if self.op == "not_null":
+            return actual is not None
+        if self.op == "eq":
+            return actual == self.value
+        if self.op == "ne":
+            return actual != self.value
+        if self.op == "in":
+            return actual in self.value
+        if actual is None:
+            return False
+        text = str(actual)
+        if self.op == "contains":
+            return str(self.value) in text
+        if self.op == "startswith":
+            return text.startswith(str(self.value))
+        if self.op == "endswith":
+            return text.endswith(str(self.value))
+        return re.search(self.value, text) is not None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"field": self.field, "op": self.op, "value": self.value}
+
+
+@dataclass
+class RecordRule:
+    id: int
+    cause: str
+    object: str | None
+    when: Condition
+    message: str
+    fields: tuple[str, ...]
+    times: int | None  # fail only the first N attempts per record (row locks)
+    name: str | None
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> RecordRule:
+        cause = raw.get("cause")
+        if cause not in RECORD_CAUSES:
+            raise RuleError(f"Unknown cause {cause!r}; use one of {sorted(RECORD_CAUSES)}")
+        status_code, default_message = RECORD_CAUSES[cause]
+        message = raw.get("message") or default_message
+        if cause == "validation_rule" and raw.get("name") and not raw.get("message"):
+            message = f"{raw['name']}: {default_message}"
+        times = raw.get("times")
+        if times is not None and (not isinstance(times, int) or times < 1):
+            raise RuleError("'times' must be a positive whole number")
+        return cls(
+            id=next(_ids),
+            cause=cause,
+            object=raw.get("object"),
+            when=Condition.parse(raw.get("when")),
+            message=message,
+            fields=tuple(raw.get("fields", ())),
+            times=times,
+            name=raw.get("name"),
+        )
+
+    @property
+    def status_code(self) -> str:
+        return RECORD_CAUSES[self.cause][0]
+
+    def check(self, sobject: str, record_key: str, values: dict[str, Any], record_id: str | None) -> RecordError | None:
+        if self.object and self.object != sobject:
+            return None
+        if not self.when.matches(values):
+            return None
+        if self.times is not None:
+            seen = self.attempts.get(record_key, 0)
+            self.attempts[record_key] = seen + 1
+            if seen >= self.times:
+                return None
+        message = self.message
+        if self.cause in ("no_access", "row_lock") and record_id:
+            message = f"{message}: {record_id}"
+        return RecordError(self.status_code, message, self.fields)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": "record",
+            "cause": self.cause,
+            "statusCode": self.status_code,
+            "object": self.object,
+            "when": self.when.as_json(),
+            "message": self.message,
+            "fields": list(self.fields),
+            "times": self.times,
+            "name": self.name,
+        }
+
+
+@dataclass
+class Fault:
+    id: int
+    fault: str
+    path: str | None
+    method: str | None
+    skip: int
+    times: int | None
+    seconds: float
+    seen: int = 0
+    fired: int = 0
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Fault:
+        kind = raw.get("fault")
+        if kind not in FAULTS:
+            raise RuleError(f"Unknown fault {kind!r}; use one of {sorted(FAULTS)}")
+        skip = raw.get("skip", 0)
+        times = raw.get("times")
+        if not isinstance(skip, int) or skip < 0:
+            raise RuleError("'skip' must be a whole number >= 0")
+        if times is not None and (not isinstance(times, int) or times < 1):
+            raise RuleError("'times' must be a positive whole number")
+        default_seconds = 3600.0 if kind == "hang" else 0.0
+        return cls(
+            id=next(_ids),
+            fault=kind,
+            path=raw.get("path"),
+            method=(raw.get("method") or "").upper() or None,
+            skip=skip,
+            times=times,
+            seconds=float(raw.get("seconds", default_seconds)),
+        )
+
+    def applies(self, method: str, path: str) -> bool:
+        """Whether this fault fires for the request; counts it either way."""
+        if self.path and self.path not in path:
+            return False
+        if self.method and self.method != method:
+            return False
+        self.seen += 1
+        if self.seen <= self.skip:
+            return False
+        if self.times is not None and self.fired >= self.times:
+            return False
+        self.fired += 1
+        return True
+
+    @property
+    def response(self) -> tuple[int, list[dict[str, str]]]:
+        status, code, message = FAULTS[self.fault]
+        return status, [{"message": message, "errorCode": code}]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": "fault",
+            "fault": self.fault,
+            "path": self.path,
+            "method": self.method,
+            "skip": self.skip,
+            "times": self.times,
+            "seconds": self.seconds,
+            "fired": self.fired,
+        }
+
+
+def parse_rule(raw: dict[str, Any]) -> RecordRule | Fault:
+    if not isinstance(raw, dict):
+        raise RuleError("A rule is a JSON object with 'cause' (record rule) or 'fault' (request fault)")
+    if "fault" in raw:
+        return Fault.parse(raw)
+    if "cause" in raw:
+        return RecordRule.parse(raw)
+    raise RuleError("A rule needs 'cause' (record rule) or 'fault' (request fault)")
+
+
+def first_record_error(
+    rules: list[RecordRule], sobject: str, record_key: str, values: dict[str, Any], record_id: str | None
+) -> RecordError | None:
+    """The error the org reports for this record, if any rule rejects it."""
+    ordered = sorted(rules, key=lambda r: (_CAUSE_ORDER.index(r.cause), r.id))
+    for rule in ordered:
+        error = rule.check(sobject, record_key, values, record_id)
+        if error is not None:
+            return error
+    return None
