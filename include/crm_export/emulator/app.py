@@ -71,14 +71,14 @@ async def _json_body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise RequestRejected(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc.msg} at [line:{exc.lineno}, column:{exc.colno}]") from None
+        raise RequestRejected(
+            400, "JSON_PARSER_ERROR", f"Unexpected character: {exc.msg} at [line:{exc.lineno}, column:{exc.colno}]"
+        ) from None
 
 
 async def versions(request: Request) -> Response:
     # The versions list is the one resource Salesforce serves without a session.
-    return JSONResponse(
-        [{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in API_VERSIONS]
-    )
+    return JSONResponse([{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in API_VERSIONS])
 
 
 async def describe_global(request: Request, org: Org) -> Any:
@@ -87,8 +87,13 @@ async def describe_global(request: Request, org: Org) -> Any:
         "encoding": "UTF-8",
         "maxBatchSize": 200,
         "sobjects": [
-            {"name": s.name, "label": s.label, "custom": s.custom, "keyPrefix": s.key_prefix,
-             "urls": s.describe(version)["urls"]}
+            {
+                "name": s.name,
+                "label": s.label,
+                "custom": s.custom,
+                "keyPrefix": s.key_prefix,
+                "urls": s.describe(version)["urls"],
+            }
             for s in org.objects.values()
         ],
     }
@@ -144,10 +149,18 @@ async def oauth_token(request: Request) -> Response:
     try:
         token = org.issue_token(form.get("client_id"), form.get("client_secret"))
     except RequestRejected:
-        return JSONResponse({"error": "invalid_client", "error_description": "invalid client credentials"}, status_code=400)
+        return JSONResponse(
+            {"error": "invalid_client", "error_description": "invalid client credentials"}, status_code=400
+        )
     base = str(request.base_url).rstrip("/")
     return JSONResponse(
-        {"access_token": token, "instance_url": base, "token_type": "Bearer", "id": f"{base}/id/00D000000000001AAA/005000000000001AAA", "scope": "api"}
+        {
+            "access_token": token,
+            "instance_url": base,
+            "token_type": "Bearer",
+            "id": f"{base}/id/00D000000000001AAA/005000000000001AAA",
+            "scope": "api",
+        }
     )
 
 

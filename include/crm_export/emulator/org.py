@@ -143,11 +143,7 @@ class Org:
         for values, key in zip(bound, keys, strict=True):
             existing = index.get(key) if key is not None else None
             if key is None or key == "":
-                errors = [
-                    RecordError(
-                        "MISSING_ARGUMENT", f"{ext_spec.name} not specified", (ext_spec.name,)
-                    )
-                ]
+                errors = [RecordError("MISSING_ARGUMENT", f"{ext_spec.name} not specified", (ext_spec.name,))]
             elif seen[key] > 1:
                 errors = [RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", (ext_spec.name,))]
             else:
@@ -193,7 +189,9 @@ class Org:
         schema = self.schema(sobject)
         spec = schema.field_named(field)
         if spec is None or not spec.external_id:
-            raise RequestRejected(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}")
+            raise RequestRejected(
+                404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}"
+            )
         record_id = self.by_external_id.get((sobject, spec.name), {}).get(value)
         if record_id is None:
             raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist")
@@ -226,7 +224,9 @@ class Org:
         total = int(cursor.split("-")[1]) + len(rows) if "-" in cursor else len(rows)
         return self._page(sobject, fields, rows, version, total=total)
 
-    def _page(self, sobject: str, fields: list[str], rows: list[dict[str, Any]], version: str, *, total: int) -> dict[str, Any]:
+    def _page(
+        self, sobject: str, fields: list[str], rows: list[dict[str, Any]], version: str, *, total: int
+    ) -> dict[str, Any]:
         page, rest = rows[:QUERY_BATCH_SIZE], rows[QUERY_BATCH_SIZE:]
         body: dict[str, Any] = {
             "totalSize": total,

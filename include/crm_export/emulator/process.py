@@ -61,15 +61,30 @@ class EmulatorProcess:
         ready = self.state_dir / "emulator.json"
         ready.unlink(missing_ok=True)
         command = [
-            sys.executable, "-m", "include.crm_export.emulator", "serve",
-            "--state-dir", str(self.state_dir), "--port", str(self.port),
+            sys.executable,
+            "-m",
+            "include.crm_export.emulator",
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            "--port",
+            str(self.port),
         ]
         if self.access_token:
             command += ["--access-token", self.access_token]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        }
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
-                command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                command,
+                cwd=PROJECT_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,6 +119,22 @@ class EmulatorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def die_with_parent() -> None:
+    """In a child process: have the kernel send SIGTERM when the parent dies (Linux).
+
+    So a test run or local run that is killed outright does not leave the
+    emulator or Airflow running.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def _healthy(info: EmulatorInfo) -> bool:

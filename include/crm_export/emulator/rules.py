@@ -131,7 +131,7 @@ class RecordRule:
         cause = raw.get("cause")
         if cause not in RECORD_CAUSES:
             raise RuleError(f"Unknown cause {cause!r}; use one of {sorted(RECORD_CAUSES)}")
-        status_code, default_message = RECORD_CAUSES[cause]
+        _status_code, default_message = RECORD_CAUSES[cause]
         message = raw.get("message") or default_message
         if cause == "validation_rule" and raw.get("name") and not raw.get("message"):
             message = f"{raw['name']}: {default_message}"

@@ -122,9 +122,15 @@ def _system_fields() -> list[FieldSpec]:
         FieldSpec("Id", "id", 18, nillable=False, createable=False, updateable=False, defaulted_on_create=True),
         FieldSpec("IsDeleted", "boolean", nillable=False, createable=False, updateable=False, defaulted_on_create=True),
         FieldSpec("OwnerId", "reference", 18, nillable=False, defaulted_on_create=True, reference_to=("User",)),
-        FieldSpec("CreatedDate", "datetime", nillable=False, createable=False, updateable=False, defaulted_on_create=True),
-        FieldSpec("LastModifiedDate", "datetime", nillable=False, createable=False, updateable=False, defaulted_on_create=True),
-        FieldSpec("SystemModstamp", "datetime", nillable=False, createable=False, updateable=False, defaulted_on_create=True),
+        FieldSpec(
+            "CreatedDate", "datetime", nillable=False, createable=False, updateable=False, defaulted_on_create=True
+        ),
+        FieldSpec(
+            "LastModifiedDate", "datetime", nillable=False, createable=False, updateable=False, defaulted_on_create=True
+        ),
+        FieldSpec(
+            "SystemModstamp", "datetime", nillable=False, createable=False, updateable=False, defaulted_on_create=True
+        ),
     ]
 
 
@@ -213,9 +219,7 @@ class ObjectSchema:
                 continue
             spec = self.field_named(name)
             if spec is None:
-                raise RequestRejected(
-                    400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {self.name}"
-                )
+                raise RequestRejected(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {self.name}")
             if value is not None and not _json_type_ok(spec, value):
                 raise RequestRejected(
                     400,
@@ -253,20 +257,25 @@ class ObjectSchema:
                     )
                 )
             elif spec.type == "email" and not _EMAIL.match(value):
-                errors.append(RecordError("INVALID_EMAIL_ADDRESS", f"{spec.name}: invalid email address: {value}", (name,)))
-            elif spec.type == "reference" and not _SALESFORCE_ID.match(value):
                 errors.append(
-                    RecordError("MALFORMED_ID", f"{spec.name}: id value of incorrect type: {value}", (name,))
+                    RecordError("INVALID_EMAIL_ADDRESS", f"{spec.name}: invalid email address: {value}", (name,))
                 )
+            elif spec.type == "reference" and not _SALESFORCE_ID.match(value):
+                errors.append(RecordError("MALFORMED_ID", f"{spec.name}: id value of incorrect type: {value}", (name,)))
         missing = [
             spec.name
             for spec in self.fields.values()
             if spec.required_on_create
-            and ((creating and values.get(spec.name) is None) or (not creating and spec.name in values and values[spec.name] is None))
+            and (
+                (creating and values.get(spec.name) is None)
+                or (not creating and spec.name in values and values[spec.name] is None)
+            )
         ]
         if missing:
             errors.append(
-                RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", tuple(missing))
+                RecordError(
+                    "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", tuple(missing)
+                )
             )
         return errors
 

@@ -154,7 +154,9 @@ def run(query: Query, records: list[dict[str, Any]], field_names: dict[str, str]
     rows = [r for r in records if all(_compare(r.get(f), op, v) for f, op, v in conditions)]
     if query.order_by:
         key = canonical(query.order_by)
-        rows.sort(key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else ""), reverse=query.descending)
+        rows.sort(
+            key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else ""), reverse=query.descending
+        )
     if query.limit is not None:
         rows = rows[: query.limit]
     return rows

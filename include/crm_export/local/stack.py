@@ -1,0 +1,106 @@
+"""The local stack: embedded PostgreSQL and the Salesforce emulator, wired for Airflow.
+
+Used by the README's run command and by the test suite. It starts what is
+missing, hands back the environment variables that point Airflow (metadata
+database, ``crm_export_postgres``, ``salesforce_default``) at it, and stops
+everything it started, also when the caller fails.
+
+A ``crm_export_postgres`` connection already set in the environment
+(``AIRFLOW_CONN_CRM_EXPORT_POSTGRES``) is used as is and no embedded server is
+started; Airflow's own metadata database then has to be configured too
+(``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from include.crm_export.db.embedded import EmbeddedPostgres
+from include.crm_export.emulator.process import EmulatorInfo, EmulatorProcess
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+class LocalStack:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        project_database: str = "crm_export",
+        airflow_database: str = "airflow",
+        emulator_port: int = 0,
+        emulator_token: str | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.project_database = project_database
+        self.airflow_database = airflow_database
+        self.emulator_port = emulator_port
+        self.emulator_token = emulator_token
+        self.postgres: EmbeddedPostgres | None = None
+        self.emulator: EmulatorProcess | None = None
+        self.emulator_info: EmulatorInfo | None = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> dict[str, str]:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> dict[str, str]:
+        env = {
+            "AIRFLOW_HOME": str(self.root / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        if os.environ.get("AIRFLOW_CONN_CRM_EXPORT_POSTGRES"):
+            log.info("Using the configured crm_export_postgres connection; no embedded PostgreSQL started")
+        else:
+            self.postgres = EmbeddedPostgres(self.root / "postgres")
+            address = self.postgres.start()
+            self.postgres.create_database(self.project_database)
+            self.postgres.create_database(self.airflow_database)
+            env["AIRFLOW_CONN_CRM_EXPORT_POSTGRES"] = json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": address.host,
+                    "port": address.port,
+                    "login": address.user,
+                    "password": address.password,
+                    "schema": self.project_database,
+                }
+            )
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = (
+                f"postgresql+psycopg2://{address.user}:{address.password}@{address.host}:{address.port}"
+                f"/{self.airflow_database}"
+            )
+        self.emulator = EmulatorProcess(
+            self.root / "emulator", port=self.emulator_port, access_token=self.emulator_token
+        )
+        self.emulator_info = self.emulator.start()
+        env["AIRFLOW_CONN_SALESFORCE_DEFAULT"] = json.dumps(self.emulator_info.airflow_connection())
+        env["CRM_EXPORT_EMULATOR"] = str(self.root / "emulator" / "emulator.json")
+        self.env = env
+        return env
+
+    def stop(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+
+    def __enter__(self) -> dict[str, str]:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

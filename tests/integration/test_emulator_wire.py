@@ -1,0 +1,308 @@
+"""The Salesforce emulator on the wire, through SalesforceHook and simple-salesforce.
+
+Shapes follow Salesforce's REST API documentation:
+- sObject Collections upsert: resources_composite_sobjects_collections_upsert.htm
+- status codes and error bodies: errorcodes.htm
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from include.crm_export.http import SalesforceSession
+
+UPSERT = "composite/sobjects/Contact/CRM_Contact_Id__c"
+
+
+def contact(key: str, **fields) -> dict:
+    return {"attributes": {"type": "Contact"}, "CRM_Contact_Id__c": key, "LastName": f"Last {key}", **fields}
+
+
+def upsert(sf, records, *, all_or_none=False, path=UPSERT):
+    return sf.restful(path, method="PATCH", json={"allOrNone": all_or_none, "records": records})
+
+
+def test_versions_list_is_served_without_a_session(sf):
+    response = sf.session.get(f"https://{sf.sf_instance}/services/data/")
+    assert response.status_code == 200
+    versions = [v["version"] for v in response.json()]
+    assert "62.0" in versions
+    assert all(v["url"] == f"/services/data/v{v['version']}" for v in response.json())
+
+
+def test_describe_reports_types_lengths_required_and_external_ids(sf):
+    fields = {f["name"]: f for f in sf.Contact.describe()["fields"]}
+    assert fields["LastName"]["type"] == "string"
+    assert fields["LastName"]["length"] == 80
+    assert fields["LastName"]["nillable"] is False
+    assert fields["LastName"]["createable"] is True
+    assert fields["CRM_Contact_Id__c"]["externalId"] is True
+    assert fields["Birthdate"]["type"] == "date"
+    assert fields["Id"]["createable"] is False
+    custom = sf.Subscription__c.describe()
+    assert custom["custom"] is True
+    assert {"Name", "CRM_Subscription_Id__c", "Plan__c"} <= {f["name"] for f in custom["fields"]}
+
+
+def test_upsert_creates_then_updates_by_external_id_in_input_order(sf, emulator):
+    first = upsert(sf, [contact("c1", Email="one@example.com"), contact("c2")])
+    assert [r["success"] for r in first] == [True, True]
+    assert [r["created"] for r in first] == [True, True]
+    assert first[0]["errors"] == []
+    assert first[0]["id"].startswith("003")
+    assert len(first[0]["id"]) == 18
+
+    second = upsert(sf, [contact("c2", FirstName="Ada"), contact("c1", Email="new@example.com")])
+    assert [r["created"] for r in second] == [False, False]
+    assert [r["id"] for r in second] == [first[1]["id"], first[0]["id"]]
+
+    stored = {r["CRM_Contact_Id__c"]: r for r in emulator.records("Contact")}
+    assert stored["c1"]["Email"] == "new@example.com"
+    assert stored["c2"]["FirstName"] == "Ada"
+    assert len(stored) == 2
+
+
+def test_all_or_none_false_saves_the_good_records(sf, emulator):
+    results = upsert(sf, [contact("ok1"), contact("bad", LastName=None), contact("ok2")])
+    assert [r["success"] for r in results] == [True, False, True]
+    assert results[1]["errors"] == [
+        {
+            "statusCode": "REQUIRED_FIELD_MISSING",
+            "message": "Required fields are missing: [LastName]",
+            "fields": ["LastName"],
+        }
+    ]
+    assert sorted(r["CRM_Contact_Id__c"] for r in emulator.records("Contact")) == ["ok1", "ok2"]
+
+
+def test_all_or_none_true_rolls_back_the_whole_request(sf, emulator):
+    results = upsert(sf, [contact("ok1"), contact("bad", Email="not-an-email")], all_or_none=True)
+    assert [r["success"] for r in results] == [False, False]
+    assert results[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert results[1]["errors"][0]["statusCode"] == "INVALID_EMAIL_ADDRESS"
+    assert emulator.records("Contact") == []
+
+
+def test_unknown_field_rejects_the_whole_request(sf, emulator):
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        upsert(sf, [contact("ok"), contact("bad", Shoe_Size__c="44")])
+    assert raised.value.status == 400
+    assert raised.value.content[0]["errorCode"] == "INVALID_FIELD"
+    assert "Shoe_Size__c" in raised.value.content[0]["message"]
+    assert emulator.records("Contact") == []
+
+
+def test_wrong_type_rejects_the_whole_request(sf, emulator):
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        upsert(sf, [contact("bad", Birthdate="31/12/1990")])
+    assert raised.value.content[0]["errorCode"] == "JSON_PARSER_ERROR"
+    with pytest.raises(SalesforceMalformedRequest):
+        upsert(sf, [contact("bad", HasOptedOutOfEmail="yes")])
+    assert emulator.records("Contact") == []
+
+
+def test_string_too_long_fails_only_that_record(sf):
+    results = upsert(sf, [contact("long", FirstName="x" * 41), contact("fine", FirstName="x" * 40)])
+    assert results[0]["errors"][0]["statusCode"] == "STRING_TOO_LONG"
+    assert results[0]["errors"][0]["fields"] == ["FirstName"]
+    assert "max length=40" in results[0]["errors"][0]["message"]
+    assert results[1]["success"] is True
+
+
+def test_same_external_id_twice_in_one_request(sf, emulator):
+    results = upsert(sf, [contact("dup"), contact("dup", FirstName="again"), contact("single")])
+    assert [r["success"] for r in results] == [False, False, True]
+    assert {r["errors"][0]["statusCode"] for r in results[:2]} == {"DUPLICATE_VALUE"}
+    assert [r["CRM_Contact_Id__c"] for r in emulator.records("Contact")] == ["single"]
+
+
+def test_more_than_200_records_is_refused(sf):
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        upsert(sf, [contact(f"c{i}") for i in range(201)])
+    assert raised.value.content[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+
+def test_unknown_object_and_non_external_id_field(sf):
+    with pytest.raises(SalesforceResourceNotFound):
+        upsert(sf, [contact("x")], path="composite/sobjects/Nope__c/CRM_Contact_Id__c")
+    with pytest.raises(SalesforceResourceNotFound) as raised:
+        upsert(sf, [contact("x")], path="composite/sobjects/Contact/Email")
+    assert "external ID field" in raised.value.content[0]["message"]
+
+
+def test_query_reads_records_back_and_pages(sf):
+    for start in range(0, 2500, 200):
+        upsert(sf, [contact(f"q{i:05d}", MailingCity="Oslo" if i % 2 else "Bergen") for i in range(start, start + 200)])
+    one = sf.query("SELECT Id, LastName, MailingCity FROM Contact WHERE CRM_Contact_Id__c = 'q00007'")
+    assert one["totalSize"] == 1
+    assert one["records"][0]["LastName"] == "Last q00007"
+    assert one["records"][0]["attributes"]["type"] == "Contact"
+    first_page = sf.query("SELECT Id FROM Contact")
+    assert first_page["done"] is False
+    assert len(first_page["records"]) == 2000
+    everything = sf.query_all("SELECT Id, CRM_Contact_Id__c FROM Contact WHERE MailingCity = 'Oslo'")
+    assert everything["totalSize"] == 1300
+    assert len(everything["records"]) == 1300
+    assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == 2600
+    ordered = sf.query("SELECT CRM_Contact_Id__c FROM Contact ORDER BY CRM_Contact_Id__c DESC LIMIT 2")
+    assert [r["CRM_Contact_Id__c"] for r in ordered["records"]] == ["q02599", "q02598"]
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.query("SELECT Nope__c FROM Contact")
+
+
+def test_limits_count_api_requests(sf):
+    before = sf.limits()["DailyApiRequests"]["Remaining"]
+    sf.Contact.describe()
+    after = sf.limits()["DailyApiRequests"]["Remaining"]
+    assert after == before - 2  # the describe and this limits call
+
+
+@pytest.mark.parametrize(
+    ("cause", "status_code"),
+    [
+        ("validation_rule", "FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        ("no_access", "INSUFFICIENT_ACCESS_OR_READONLY"),
+        ("no_cross_reference_access", "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY"),
+        ("flow_failure", "CANNOT_EXECUTE_FLOW_TRIGGER"),
+    ],
+)
+def test_record_rules_reject_matching_records_with_their_status_code(sf, emulator, cause, status_code):
+    emulator.add_rule(
+        cause=cause,
+        object="Contact",
+        when={"field": "Email", "op": "endswith", "value": "@blocked.example"},
+        message="Blocked by test",
+        fields=["Email"],
+    )
+    results = upsert(sf, [contact("a", Email="a@fine.example"), contact("b", Email="b@blocked.example")])
+    assert results[0]["success"] is True
+    assert results[1] == {
+        "success": False,
+        "errors": [{"statusCode": status_code, "message": "Blocked by test", "fields": ["Email"]}],
+    }
+    assert [r["CRM_Contact_Id__c"] for r in emulator.records("Contact")] == ["a"]
+
+
+def test_validation_rule_is_lifted_when_removed(sf, emulator):
+    rule = emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "Title", "op": "eq", "value": "CEO"},
+        message="Title CEO needs approval",
+        fields=["Title"],
+    )
+    assert upsert(sf, [contact("boss", Title="CEO")])[0]["errors"][0]["message"] == "Title CEO needs approval"
+    emulator.remove_rule(rule["id"])
+    assert upsert(sf, [contact("boss", Title="CEO")])[0]["success"] is True
+
+
+def test_rules_for_another_object_do_not_apply(sf, emulator):
+    emulator.add_rule(cause="no_access", object="Subscription__c")
+    assert upsert(sf, [contact("a")])[0]["success"] is True
+
+
+def test_row_lock_fails_the_first_attempts_only(sf, emulator):
+    emulator.add_rule(cause="row_lock", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "locked"}, times=2)
+    codes = [upsert(sf, [contact("locked")])[0] for _ in range(3)]
+    assert [c["success"] for c in codes] == [False, False, True]
+    assert codes[0]["errors"][0]["statusCode"] == "UNABLE_TO_LOCK_ROW"
+
+
+@pytest.mark.parametrize(
+    ("fault", "exception", "status", "error_code"),
+    [
+        ("http_500", SalesforceGeneralError, 500, "UNKNOWN_EXCEPTION"),
+        ("http_503", SalesforceGeneralError, 503, "SERVER_UNAVAILABLE"),
+        ("request_limit", SalesforceRefusedRequest, 403, "REQUEST_LIMIT_EXCEEDED"),
+        ("invalid_session", SalesforceExpiredSession, 401, "INVALID_SESSION_ID"),
+    ],
+)
+def test_request_faults(sf, emulator, fault, exception, status, error_code):
+    emulator.add_rule(fault=fault, path="composite/sobjects", times=1)
+    with pytest.raises(exception) as raised:
+        upsert(sf, [contact("f")])
+    assert raised.value.status == status
+    assert raised.value.content[0]["errorCode"] == error_code
+    assert emulator.records("Contact") == []
+    assert upsert(sf, [contact("f")])[0]["success"] is True  # times=1: the next request goes through
+
+
+def test_fault_skips_the_first_requests(sf, emulator):
+    emulator.add_rule(fault="http_503", path="composite/sobjects", skip=2, times=1)
+    upsert(sf, [contact("1")])
+    upsert(sf, [contact("2")])
+    with pytest.raises(SalesforceGeneralError):
+        upsert(sf, [contact("3")])
+    upsert(sf, [contact("4")])
+    assert sorted(r["CRM_Contact_Id__c"] for r in emulator.records("Contact")) == ["1", "2", "4"]
+
+
+def test_latency_delays_every_matching_request(sf, emulator):
+    emulator.add_rule(fault="latency", seconds=0.3)
+    started = time.monotonic()
+    sf.Contact.describe()
+    assert time.monotonic() - started >= 0.3
+
+
+def test_hanging_response_hits_the_client_timeout(sf, emulator):
+    emulator.add_rule(fault="hang", path="composite/sobjects", seconds=30, times=1)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        sf.restful(UPSERT, method="PATCH", json={"records": [contact("h")]}, timeout=(2, 1))
+
+
+def test_expired_sessions_need_a_new_token(sf, emulator, stack):
+    emulator.expire_sessions()
+    with pytest.raises(SalesforceExpiredSession):
+        sf.Contact.describe()
+    info = stack.emulator_info
+    session = SalesforceSession(ca_bundle=info.ca_bundle)
+    token = session.post(
+        f"{info.url}/services/oauth2/token",
+        data={"grant_type": "client_credentials", "client_id": info.client_id, "client_secret": info.client_secret},
+    ).json()
+    assert token["instance_url"] == info.url
+    sf.session_id = token["access_token"]
+    sf.headers["Authorization"] = f"Bearer {token['access_token']}"
+    assert sf.Contact.describe()["name"] == "Contact"
+    bad = session.post(
+        f"{info.url}/services/oauth2/token",
+        data={"grant_type": "client_credentials", "client_id": info.client_id, "client_secret": "wrong"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "invalid_client"
+
+
+def test_tls_is_verified_against_the_emulator_ca(stack):
+    info = stack.emulator_info
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{info.url}/__emulator__/health", verify="/etc/ssl/certs/ca-certificates.crt", timeout=5)
+    assert SalesforceSession(ca_bundle=info.ca_bundle).get(f"{info.url}/__emulator__/health").ok
+
+
+def test_counters_and_rules_are_visible_to_admins(sf, emulator):
+    emulator.add_rule(cause="validation_rule", when={"field": "Title", "op": "eq", "value": "x"})
+    upsert(sf, [contact("a"), contact("b", Title="x")])
+    counters = emulator.counters()
+    assert counters["records_created"] == 1
+    assert counters["record_errors.FIELD_CUSTOM_VALIDATION_EXCEPTION"] == 1
+    assert [r["cause"] for r in emulator.rules()] == ["validation_rule"]
+    emulator.clear_rules()
+    assert emulator.rules() == []
+
+
+def test_bad_rules_are_refused(emulator):
+    from include.crm_export.emulator.process import EmulatorError
+
+    with pytest.raises(EmulatorError, match="Unknown cause"):
+        emulator.add_rule(cause="gremlins")
+    with pytest.raises(EmulatorError, match="Unknown fault"):
+        emulator.add_rule(fault="gremlins")

@@ -1,0 +1,129 @@
+"""Emulator logic without the network: binding, record errors, rules, SOQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.crm_export.emulator import soql
+from include.crm_export.emulator.org import Org
+from include.crm_export.emulator.rules import Condition, Fault, RuleError, parse_rule
+from include.crm_export.emulator.schema import RequestRejected, load_objects
+
+
+@pytest.fixture
+def org() -> Org:
+    return Org(access_token="t", client_id="c", client_secret="s")
+
+
+def record(key: str, **fields):
+    return {"attributes": {"type": "Contact"}, "CRM_Contact_Id__c": key, "LastName": "L", **fields}
+
+
+def test_shipped_objects_have_an_external_id_field():
+    objects = load_objects()
+    assert {"Contact", "Subscription__c"} <= set(objects)
+    for schema in objects.values():
+        assert any(f.external_id for f in schema.fields.values()), schema.name
+
+
+def test_field_names_are_case_insensitive(org):
+    results = org.upsert("Contact", "crm_contact_id__c", {"records": [record("a", firstname="Ada")]})
+    assert results[0]["success"] is True
+    assert org.snapshot("Contact")[0]["FirstName"] == "Ada"
+
+
+def test_update_may_omit_required_fields_but_not_blank_them(org):
+    org.upsert("Contact", "CRM_Contact_Id__c", {"records": [record("a")]})
+    partial = {"attributes": {"type": "Contact"}, "CRM_Contact_Id__c": "a", "Title": "CTO"}
+    assert org.upsert("Contact", "CRM_Contact_Id__c", {"records": [partial]})[0]["success"] is True
+    blanked = {**partial, "LastName": None}
+    errors = org.upsert("Contact", "CRM_Contact_Id__c", {"records": [blanked]})[0]["errors"]
+    assert errors[0]["statusCode"] == "REQUIRED_FIELD_MISSING"
+
+
+def test_read_only_fields_are_refused_per_record(org):
+    result = org.upsert("Contact", "CRM_Contact_Id__c", {"records": [record("a", CreatedDate="2024-01-01T00:00:00Z")]})
+    assert result[0]["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+
+
+def test_missing_external_id_value(org):
+    result = org.upsert(
+        "Contact", "CRM_Contact_Id__c", {"records": [{"attributes": {"type": "Contact"}, "LastName": "L"}]}
+    )
+    assert result[0]["errors"][0]["statusCode"] == "MISSING_ARGUMENT"
+
+
+def test_record_of_another_type_rejects_the_request(org):
+    with pytest.raises(RequestRejected) as raised:
+        org.upsert("Contact", "CRM_Contact_Id__c", {"records": [{"attributes": {"type": "Lead"}, "LastName": "L"}]})
+    assert raised.value.status == 400
+
+
+def test_numbers_accept_numeric_strings_but_not_words(org):
+    ok = {"attributes": {"type": "Subscription__c"}, "CRM_Subscription_Id__c": "s", "Name": "n", "Seats__c": "12"}
+    assert org.upsert("Subscription__c", "CRM_Subscription_Id__c", {"records": [ok]})[0]["success"] is True
+    with pytest.raises(RequestRejected) as raised:
+        org.upsert("Subscription__c", "CRM_Subscription_Id__c", {"records": [{**ok, "Seats__c": "twelve"}]})
+    assert raised.value.error_code == "JSON_PARSER_ERROR"
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "actual", "expected"),
+    [
+        ("eq", "x", "x", True),
+        ("ne", "x", "x", False),
+        ("in", ["a", "b"], "b", True),
+        ("contains", "bad", "so bad", True),
+        ("startswith", "VIP", "VIP-1", True),
+        ("endswith", ".example", "a@b.example", True),
+        ("regex", r"^\d+$", "123", True),
+        ("is_null", None, None, True),
+        ("not_null", None, None, False),
+        ("endswith", "x", None, False),
+    ],
+)
+def test_conditions(op, value, actual, expected):
+    assert Condition.parse({"field": "F", "op": op, "value": value}).matches({"F": actual}) is expected
+
+
+def test_rule_validation():
+    with pytest.raises(RuleError):
+        parse_rule({"cause": "validation_rule", "times": 0})
+    with pytest.raises(RuleError):
+        parse_rule({"cause": "validation_rule", "when": {"op": "eq", "value": 1}})
+    with pytest.raises(RuleError):
+        parse_rule({"nothing": True})
+    named = parse_rule({"cause": "validation_rule", "name": "No_CEO"})
+    assert named.message.startswith("No_CEO: ")
+
+
+def test_fault_skip_and_times_count_matching_requests_only():
+    fault = parse_rule({"fault": "http_503", "path": "composite", "skip": 1, "times": 2})
+    assert isinstance(fault, Fault)
+    fired = [
+        fault.applies("PATCH", p)
+        for p in ["/x/describe", "/composite/a", "/composite/b", "/composite/c", "/composite/d"]
+    ]
+    assert fired == [False, False, True, True, False]
+
+
+def test_access_is_checked_before_validation_rules(org):
+    org.add_rule({"cause": "validation_rule"})
+    org.add_rule({"cause": "no_access"})
+    errors = org.upsert("Contact", "CRM_Contact_Id__c", {"records": [record("a")]})[0]["errors"]
+    assert [e["statusCode"] for e in errors] == ["INSUFFICIENT_ACCESS_OR_READONLY"]
+
+
+def test_soql_parsing():
+    parsed = soql.parse(
+        "SELECT Id, Name FROM Contact WHERE Email LIKE '%@x.io' AND Seats__c >= 3 ORDER BY Name DESC LIMIT 5"
+    )
+    assert parsed.fields == ("Id", "Name")
+    assert parsed.conditions == (("Email", "like", "%@x.io"), ("Seats__c", ">=", 3))
+    assert parsed.descending
+    assert parsed.limit == 5
+    assert soql.parse("select count() from Contact").count_only
+    assert soql.parse("SELECT Id FROM Contact WHERE Name IN ('a', 'b')").conditions == (("Name", "in", ["a", "b"]),)
+    assert soql.parse("SELECT Id FROM Contact WHERE Name = 'O\\'Brien'").conditions == (("Name", "=", "O'Brien"),)
+    with pytest.raises(RequestRejected):
+        soql.parse("DELETE FROM Contact")
