@@ -11,14 +11,36 @@ Connection fields used (conn type ``salesforce``):
   security token; OAuth client credentials with ``consumer_key``,
   ``consumer_secret`` and ``domain``; JWT);
 - extra ``version``: REST API version, for example ``62.0``;
-- extra ``ca_bundle``: a CA bundle to trust (the emulator's, or a TLS proxy's).
+- extra ``timeout``: seconds to wait for a Salesforce answer (default 120);
+- extra ``ca_bundle``: a CA bundle to trust (the emulator's, or a TLS proxy's);
+- extras ``oauth_client_id``, ``oauth_client_secret`` (and optionally
+  ``token_url``): renew an expired direct session with the OAuth client
+  credentials flow.
 """
 
 from __future__ import annotations
 
-from simple_salesforce import Salesforce
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from include.crm_export.config import MAX_BATCH_SIZE, Stream
+from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
 from include.crm_export.http import DEFAULT_TIMEOUT, SalesforceSession
+
+log = logging.getLogger(__name__)
 
 SALESFORCE_CONN_ID = "salesforce_default"
 
@@ -30,9 +52,267 @@ def connect(conn_id: str = SALESFORCE_CONN_ID, *, timeout: tuple[float, float] =
 
     connection = BaseHook.get_connection(conn_id)
     extras = connection.extra_dejson
+    if extras.get("timeout"):
+        timeout = (timeout[0], float(extras["timeout"]))
     session = SalesforceSession(ca_bundle=extras.get("ca_bundle"), timeout=timeout)
     # The provider's hook takes a direct session's token only as an argument;
     # we keep it in the connection's password so Airflow masks it everywhere.
     direct_session_token = connection.password if extras.get("instance_url") and not connection.login else None
     hook = SalesforceHook(salesforce_conn_id=conn_id, session_id=direct_session_token, session=session)
     return hook.get_conn()
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Salesforce confirmed the record."""
+
+    id: str
+    created: bool
+
+
+Result = Saved | RecordRejected
+
+
+class SessionRenewer:
+    """Gets a new access token with the OAuth 2.0 client credentials flow.
+
+    Used for a direct session whose connection also carries ``token_url``,
+    ``oauth_client_id`` and ``oauth_client_secret`` extras. (simple-salesforce
+    renews sessions it logged in itself, never a bare access token.)
+    """
+
+    def __init__(self, token_url: str, client_id: str, client_secret: str, session: SalesforceSession) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.session = session
+
+    def renew(self, sf: Salesforce) -> None:
+        try:
+            response = self.session.post(
+                self.token_url,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                },
+            )
+        except requests.RequestException as exc:
+            raise SessionExpired(f"Salesforce session expired and renewing it failed: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise SessionExpired(
+                f"Salesforce session expired and the token endpoint refused a new one "
+                f"(HTTP {response.status_code}, {response.text[:200]}). Check the connection's OAuth client."
+            )
+        token = response.json()["access_token"]
+        sf.session_id = token
+        sf.headers["Authorization"] = f"Bearer {token}"
+
+
+def renewer_for(conn_id: str, session: SalesforceSession) -> SessionRenewer | None:
+    from airflow.sdk import BaseHook
+
+    extras = BaseHook.get_connection(conn_id).extra_dejson
+    if extras.get("oauth_client_id") and extras.get("oauth_client_secret"):
+        token_url = extras.get("token_url") or f"{extras['instance_url'].rstrip('/')}/services/oauth2/token"
+        return SessionRenewer(token_url, extras["oauth_client_id"], extras["oauth_client_secret"], session)
+    return None
+
+
+class CollectionWriter:
+    """Upserts records by external id through sObject Collections (``allOrNone=false``).
+
+    - Results come back per record, in input order: :class:`Saved` or
+      :class:`RecordRejected`.
+    - A request refused as a whole for its content (HTTP 400) is split in
+      halves until the offending records are isolated; they become record
+      rejections, the rest go through.
+    - Transient record errors (``UNABLE_TO_LOCK_ROW`` …) are retried, those
+      records only, with exponential backoff, before they count.
+    - Anything that is not the records' fault raises :class:`RequestFailed`.
+    """
+
+    def __init__(
+        self,
+        sf: Salesforce,
+        *,
+        sobject: str,
+        external_id_field: str,
+        transient_retries: int = 3,
+        backoff_seconds: float = 1.0,
+        renewer: SessionRenewer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sf = sf
+        self.path = f"composite/sobjects/{sobject}/{external_id_field}"
+        self.transient_retries = transient_retries
+        self.backoff_seconds = backoff_seconds
+        self.renewer = renewer
+        self.sleep = sleep
+        self.requests_sent = 0
+        self.transient_retried = 0
+
+    def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
+        if len(payloads) > MAX_BATCH_SIZE:
+            raise ValueError(f"sObject Collections take at most {MAX_BATCH_SIZE} records per request")
+        results: list[Result | None] = [None] * len(payloads)
+        pending = list(range(len(payloads)))
+        for attempt in range(self.transient_retries + 1):
+            answers = self._upsert_isolating([payloads[i] for i in pending])
+            retry = []
+            for index, answer in zip(pending, answers, strict=True):
+                results[index] = answer
+                if isinstance(answer, RecordRejected) and answer.transient:
+                    retry.append(index)
+            if not retry or attempt == self.transient_retries:
+                break
+            self.transient_retried += len(retry)
+            log.info(
+                "%d record(s) hit a transient Salesforce error (%s); retrying them in %.1fs",
+                len(retry),
+                results[retry[0]].code,
+                self.backoff_seconds * 2**attempt,
+            )
+            self.sleep(self.backoff_seconds * 2**attempt)
+            pending = retry
+        return results  # type: ignore[return-value]
+
+    def _upsert_isolating(self, payloads: list[dict[str, Any]]) -> list[Result]:
+        try:
+            return self._send(payloads)
+        except _WholeRequestRejected as rejected:
+            if len(payloads) == 1:
+                return [rejected.as_record_error()]
+            middle = len(payloads) // 2
+            return self._upsert_isolating(payloads[:middle]) + self._upsert_isolating(payloads[middle:])
+
+    def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
+        self.requests_sent += 1
+        try:
+            answer = self.sf.restful(self.path, method="PATCH", json={"allOrNone": False, "records": payloads})
+        except SalesforceMalformedRequest as exc:
+            raise _WholeRequestRejected(exc.content) from None
+        except SalesforceExpiredSession:
+            if self.renewer is not None and not renewed:
+                log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
+                self.renewer.renew(self.sf)
+                return self._send(payloads, renewed=True)
+            raise SessionExpired(
+                "Salesforce answered 401 INVALID_SESSION_ID: the access token in connection "
+                f"'{SALESFORCE_CONN_ID}' expired or was revoked, and the connection has no way to renew it. "
+                "Put a fresh token in the connection (or configure an auth flow that renews: username/password, "
+                "JWT, or the oauth_client_id/oauth_client_secret extras), then clear this task.",
+                status=401,
+                code="INVALID_SESSION_ID",
+            ) from None
+        except SalesforceRefusedRequest as exc:
+            code = _error_code(exc.content)
+            raise RequestFailed(
+                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. "
+                + (
+                    "The org's API request limit is used up; Airflow retries later."
+                    if code == "REQUEST_LIMIT_EXCEEDED"
+                    else ""
+                ),
+                status=403,
+                code=code,
+            ) from None
+        except SalesforceResourceNotFound as exc:
+            raise StreamConfigError(
+                f"Salesforce answered 404 for {self.path}: {_error_message(exc.content)}. "
+                "Check the stream's sobject and external_id.field in streams.yml."
+            ) from None
+        except SalesforceError as exc:
+            raise RequestFailed(
+                f"Salesforce request failed (HTTP {exc.status} {_error_code(exc.content)}): "
+                f"{_error_message(exc.content)}",
+                status=exc.status,
+                code=_error_code(exc.content),
+            ) from None
+        except requests.exceptions.Timeout:
+            raise RequestFailed(
+                f"Salesforce did not answer within {self.sf.session.default_timeout[1]:.0f}s; "
+                "nothing from this request is counted, Airflow retries the task."
+                if isinstance(self.sf.session, SalesforceSession)
+                else "Salesforce did not answer in time"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise RequestFailed(f"Could not reach Salesforce: {type(exc).__name__}: {exc}") from None
+        if not isinstance(answer, list) or len(answer) != len(payloads):
+            raise RequestFailed(
+                f"Salesforce answered {len(answer) if isinstance(answer, list) else 'no list of'} results "
+                f"for {len(payloads)} records"
+            )
+        return [_result(item) for item in answer]
+
+
+class _WholeRequestRejected(Exception):
+    def __init__(self, content: Any) -> None:
+        super().__init__(str(content))
+        self.content = content
+
+    def as_record_error(self) -> RecordRejected:
+        first = self.content[0] if isinstance(self.content, list) and self.content else {}
+        return RecordRejected(
+            first.get("errorCode", "BAD_REQUEST") if isinstance(first, dict) else "BAD_REQUEST",
+            first.get("message", str(self.content)) if isinstance(first, dict) else str(self.content),
+            tuple(first.get("fields") or ()) if isinstance(first, dict) else (),
+        )
+
+
+def _error_code(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode", "UNKNOWN"))
+    return "UNKNOWN"
+
+
+def _error_message(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("message", ""))[:500]
+    return str(content)[:500]
+
+
+def _result(item: dict[str, Any]) -> Result:
+    if item.get("success"):
+        return Saved(item["id"], bool(item.get("created")))
+    errors = item.get("errors") or [{"statusCode": "UNKNOWN", "message": "Salesforce gave no reason"}]
+    first = errors[0]
+    return RecordRejected(
+        first.get("statusCode", "UNKNOWN"), first.get("message", ""), tuple(first.get("fields") or ())
+    )
+
+
+def check_stream_against_describe(sf: Salesforce, stream: Stream) -> None:
+    """Fail before sending anything when the org does not have what the stream maps to."""
+    try:
+        describe = getattr(sf, stream.sobject).describe()
+    except SalesforceResourceNotFound:
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
+            f"{stream.sobject} (or the integration user cannot see it)."
+        ) from None
+    except SalesforceError as exc:
+        raise RequestFailed(
+            f"Describing {stream.sobject} failed (HTTP {exc.status}): {_error_message(exc.content)}"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise RequestFailed(f"Could not reach Salesforce to describe {stream.sobject}: {type(exc).__name__}") from None
+    fields = {f["name"].lower(): f for f in describe["fields"]}
+    external = fields.get(stream.external_id_field.lower())
+    if external is None or not external.get("externalId"):
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'external_id.field': "
+            f"{stream.sobject}.{stream.external_id_field} is not an external id field in Salesforce."
+        )
+    for sf_field, _column in stream.fields:
+        described = fields.get(sf_field.lower())
+        if described is None:
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
+                f"Salesforce object {stream.sobject} has no field {sf_field} (or the integration user cannot see it)."
+            )
+        if not (described.get("createable") or described.get("updateable")):
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
+                f"{stream.sobject}.{sf_field} is read-only in Salesforce."
+            )

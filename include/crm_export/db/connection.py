@@ -39,9 +39,12 @@ def connect(
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     connect_timeout_s: int = 10,
 ) -> psycopg.Connection:
+    # Autocommit, with explicit transactions: an implicit transaction left
+    # open between batches would hold back every stream's export horizon.
     return psycopg.connect(
         conninfo,
+        autocommit=True,
         connect_timeout=connect_timeout_s,
         application_name=application_name,
-        options=f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}",
+        options=f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms} -c TimeZone=UTC",
     )

@@ -1,0 +1,263 @@
+"""Every query the export runs against PostgreSQL, in one place.
+
+Configured names (source schema, table, columns) always go through
+``psycopg.sql.Identifier``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from include.crm_export.batch import BatchPlan
+from include.crm_export.config import Stream
+from include.crm_export.errors import StreamBusy, StreamConfigError
+from include.crm_export.mapping import position_to_json
+
+ERRORS_TABLE = sql.SQL('crm_export."ExportErrors"')
+_TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
+
+
+@dataclass(frozen=True)
+class Watermark:
+    position: list[str] | None
+    held_record_key: str | None
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """Rows whose change timestamp is below ``at`` are all committed (see README, "Late rows")."""
+
+    at: datetime
+    held_back_by: dict[str, Any] | None  # the old transaction that holds it back, if any
+
+
+def lock_stream(conn: psycopg.Connection, stream: Stream) -> None:
+    """Hold a session lock on the stream for the life of ``conn``: one exporter per stream."""
+    locked = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"crm_export.stream:{stream.name}",)
+    ).fetchone()[0]
+    if not locked:
+        holder = conn.execute(
+            """SELECT a.pid, a.application_name, a.client_addr, a.backend_start
+               FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE l.locktype = 'advisory' AND l.objid = (hashtextextended(%s, 0) & 4294967295)::oid
+                 AND l.granted LIMIT 1""",
+            (f"crm_export.stream:{stream.name}",),
+        ).fetchone()
+        who = f" (PostgreSQL backend pid {holder[0]}, {holder[1] or 'unknown application'})" if holder else ""
+        raise StreamBusy(
+            f"Stream '{stream.name}' is being exported by another process right now{who}. "
+            "This run leaves it alone; the next scheduled run continues."
+        )
+
+
+def source_column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
+    """The source's column types; fails naming the stream and column when something is missing."""
+    exists = conn.execute("SELECT to_regclass(%s)", (f'"{stream.source_schema}"."{stream.source_table}"',)).fetchone()
+    if exists[0] is None:
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'source': table or view {stream.source} "
+            "does not exist in the crm_export_postgres database (or this user cannot see it)."
+        )
+    rows = conn.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+           FROM pg_attribute a
+           WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped""",
+        (f'"{stream.source_schema}"."{stream.source_table}"',),
+    ).fetchall()
+    types = dict(rows)
+    where_used = {stream.key: "key", stream.external_id_column: "external_id.column"}
+    where_used.update({column: "order_by" for column in stream.order_by})
+    where_used.update({column: f"fields.{sf_field}" for sf_field, column in stream.fields})
+    for column in stream.source_columns:
+        if column not in types:
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field '{where_used[column]}': "
+                f"{stream.source} has no column '{column}'."
+            )
+    if types[stream.order_by[0]] not in _TIMESTAMP_TYPES:
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'order_by': the first column "
+            f"'{stream.order_by[0]}' must be the change timestamp (timestamptz, timestamp or date), "
+            f"not {types[stream.order_by[0]]}."
+        )
+    return types
+
+
+def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO crm_export.stream_watermarks (stream) VALUES (%s) ON CONFLICT (stream) DO NOTHING",
+            (stream.name,),
+        )
+        position, held = conn.execute(
+            "SELECT position, held_record_key FROM crm_export.stream_watermarks WHERE stream = %s", (stream.name,)
+        ).fetchone()
+    return Watermark(position, held)
+
+
+def export_horizon(conn: psycopg.Connection, stream: Stream) -> Horizon:
+    """How far the export may read: now minus the settle window, and never past an open transaction.
+
+    A transaction still in flight may yet commit rows whose change timestamp
+    is its start time; reading past that start could skip them for good.
+    """
+    row = conn.execute(
+        """SELECT now() - make_interval(secs => %s) AS settled,
+                  a.xact_start, a.pid, a.application_name, a.state
+           FROM (SELECT 1) one
+           LEFT JOIN LATERAL (
+               SELECT xact_start, pid, application_name, state FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND xact_start IS NOT NULL AND backend_type = 'client backend'
+               ORDER BY xact_start LIMIT 1) a ON true""",
+        (stream.settle_seconds,),
+    ).fetchone()
+    settled, oldest_start, pid, application, state = row
+    if oldest_start is not None and oldest_start < settled:
+        return Horizon(
+            oldest_start, {"pid": pid, "application_name": application, "state": state, "since": oldest_start}
+        )
+    return Horizon(settled, None)
+
+
+def read_batch(
+    conn: psycopg.Connection,
+    stream: Stream,
+    *,
+    after: list[str] | None,
+    horizon: datetime,
+    column_types: dict[str, str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The next ``limit`` rows after ``after`` in the stream's order (keyset paging, never OFFSET)."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in stream.source_columns)
+    order = sql.SQL(", ").join(sql.Identifier(c) for c in stream.order_by)
+    change_column = sql.Identifier(stream.order_by[0])
+    conditions = [sql.SQL("{} < %(horizon)s").format(change_column)]
+    params: dict[str, Any] = {"horizon": horizon, "limit": limit}
+    if after is not None:
+        placeholders = []
+        for index, column in enumerate(stream.order_by):
+            params[f"p{index}"] = after[index]
+            placeholders.append(
+                sql.SQL("CAST({} AS {})").format(sql.Placeholder(f"p{index}"), sql.SQL(column_types[column]))
+            )
+        conditions.append(sql.SQL("({}) > ({})").format(order, sql.SQL(", ").join(placeholders)))
+    query = sql.SQL("SELECT {columns} FROM {schema}.{table} WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
+        columns=columns,
+        schema=sql.Identifier(stream.source_schema),
+        table=sql.Identifier(stream.source_table),
+        where=sql.SQL(" AND ").join(conditions),
+        order=order,
+    )
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params).fetchall()
+
+
+def read_rows_by_key(
+    conn: psycopg.Connection, stream: Stream, keys: list[str], column_types: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Current source rows for ``keys`` (record keys as text)."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in stream.source_columns)
+    query = sql.SQL("SELECT {columns} FROM {schema}.{table} WHERE {key}::text = ANY(%s)").format(
+        columns=columns,
+        schema=sql.Identifier(stream.source_schema),
+        table=sql.Identifier(stream.source_table),
+        key=sql.Identifier(stream.key),
+    )
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, (keys,)).fetchall()
+
+
+def apply_batch(conn: psycopg.Connection, stream: Stream, plan: BatchPlan, *, dag_id: str, run_id: str) -> None:
+    """Write the batch's ExportErrors changes and move the watermark, in one transaction."""
+    with conn.transaction():
+        if plan.errors:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    sql.SQL(
+                        """INSERT INTO {errors} AS e
+                               (stream, sobject, record_key, external_id, error_code, error_message,
+                                error_fields, payload, dag_id, run_id)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                           ON CONFLICT (stream, record_key) WHERE status = 'open' DO UPDATE SET
+                               external_id = EXCLUDED.external_id,
+                               error_code = EXCLUDED.error_code,
+                               error_message = EXCLUDED.error_message,
+                               error_fields = EXCLUDED.error_fields,
+                               payload = EXCLUDED.payload,
+                               attempts = e.attempts + 1,
+                               last_failed_at = now(),
+                               last_attempt_at = now(),
+                               dag_id = EXCLUDED.dag_id,
+                               run_id = EXCLUDED.run_id"""
+                    ).format(errors=ERRORS_TABLE),
+                    [
+                        (
+                            stream.name,
+                            stream.sobject,
+                            record.key,
+                            record.external_id,
+                            rejection.code,
+                            rejection.message,
+                            list(rejection.fields),
+                            Jsonb(record.payload) if record.payload is not None else None,
+                            dag_id,
+                            run_id,
+                        )
+                        for record, rejection in plan.errors
+                    ],
+                )
+        if plan.confirmed_keys:
+            resolve_errors(conn, stream, list(plan.confirmed_keys), resolved_by=dag_id)
+        position = json.dumps(position_to_json(plan.new_position)) if plan.new_position is not None else None
+        held_key = plan.held[0].key if plan.held else None
+        conn.execute(
+            """UPDATE crm_export.stream_watermarks SET
+                   position = COALESCE(%(position)s::jsonb, position),
+                   held_since = CASE WHEN %(held)s::text IS NULL THEN NULL
+                                     WHEN held_record_key IS DISTINCT FROM %(held)s THEN now()
+                                     ELSE held_since END,
+                   held_record_key = %(held)s,
+                   last_run_id = %(run_id)s,
+                   last_run_at = now(),
+                   records_exported = records_exported + %(exported)s,
+                   updated_at = now()
+               WHERE stream = %(stream)s""",
+            {
+                "position": position,
+                "held": held_key,
+                "run_id": run_id,
+                "exported": plan.exported,
+                "stream": stream.name,
+            },
+        )
+
+
+def resolve_errors(conn: psycopg.Connection, stream: Stream, keys: list[str], *, resolved_by: str) -> int:
+    cursor = conn.execute(
+        sql.SQL(
+            """UPDATE {errors} SET status = 'resolved', resolved_at = now(), resolved_by = %s, last_attempt_at = now()
+               WHERE stream = %s AND status = 'open' AND record_key = ANY(%s)"""
+        ).format(errors=ERRORS_TABLE),
+        (resolved_by, stream.name, keys),
+    )
+    return cursor.rowcount
+
+
+def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str) -> None:
+    """Record that a run looked at the stream, even when it found nothing to export."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE crm_export.stream_watermarks SET last_run_id = %s, last_run_at = now() WHERE stream = %s",
+            (run_id, stream.name),
+        )

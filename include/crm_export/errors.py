@@ -1,0 +1,74 @@
+"""The kinds of failure, as types. Code branches on the class, never on message text.
+
+- :class:`RecordRejected` (data): Salesforce refused one record; permanent
+  codes go to ``ExportErrors`` and obey the pause Variable.
+- :class:`RequestFailed` (exception): the request failed as a whole for a
+  reason that is not the record's fault (network, 5xx, limits, session);
+  nothing is recorded, the watermark does not move, Airflow retries the task.
+- :class:`SettingsError`, :class:`StreamConfigError` (exceptions): a person
+  has to fix a setting; retrying does not help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Record-level codes that go away on their own; retried within the run first.
+TRANSIENT_RECORD_CODES = frozenset(
+    {
+        "UNABLE_TO_LOCK_ROW",
+        "REQUEST_RUNNING_TOO_LONG",
+        "QUERY_TIMEOUT",
+        "SERVER_UNAVAILABLE",
+    }
+)
+
+# Codes raised before a record reaches Salesforce (the source row cannot be sent).
+MISSING_EXTERNAL_ID = "CRM_EXPORT_MISSING_EXTERNAL_ID"
+INVALID_SOURCE_VALUE = "CRM_EXPORT_INVALID_SOURCE_VALUE"
+
+
+@dataclass(frozen=True)
+class RecordRejected:
+    """Salesforce's (or our mapping's) reason for refusing one record."""
+
+    code: str
+    message: str
+    fields: tuple[str, ...] = ()
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_RECORD_CODES
+
+    def describe(self) -> str:
+        fields = f" (fields: {', '.join(self.fields)})" if self.fields else ""
+        return f"{self.code}: {self.message}{fields}"
+
+
+class CrmExportError(Exception):
+    """Base of the project's exceptions."""
+
+
+class RequestFailed(CrmExportError):
+    """A whole Salesforce request failed for a reason that is not the record's fault."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class SessionExpired(RequestFailed):
+    """401 INVALID_SESSION_ID that could not be renewed with the connection's auth flow."""
+
+
+class SettingsError(CrmExportError):
+    """An Airflow Variable has a value we refuse to guess about."""
+
+
+class StreamConfigError(CrmExportError):
+    """The stream configuration is broken; names the stream and the field."""
+
+
+class StreamBusy(CrmExportError):
+    """Another process is exporting the same stream right now."""
