@@ -197,14 +197,7 @@ class CollectionWriter:
                 log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
                 self.renewer.renew(self.sf)
                 return self._send(payloads, renewed=True)
-            raise SessionExpired(
-                "Salesforce answered 401 INVALID_SESSION_ID: the access token in connection "
-                f"'{SALESFORCE_CONN_ID}' expired or was revoked, and the connection has no way to renew it. "
-                "Put a fresh token in the connection (or configure an auth flow that renews: username/password, "
-                "JWT, or the oauth_client_id/oauth_client_secret extras), then clear this task.",
-                status=401,
-                code="INVALID_SESSION_ID",
-            ) from None
+            raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID") from None
         except SalesforceRefusedRequest as exc:
             code = _error_code(exc.content)
             raise RequestFailed(
@@ -246,6 +239,14 @@ class CollectionWriter:
         return [_result(item) for item in answer]
 
 
+_EXPIRED_MESSAGE = (
+    "Salesforce answered 401 INVALID_SESSION_ID: the session of connection "
+    f"'{SALESFORCE_CONN_ID}' expired or was revoked, and the connection has no way to renew it. "
+    "Put a fresh access token in the connection (or configure an auth flow that renews: username/password, "
+    "JWT, or the oauth_client_id/oauth_client_secret extras), then clear this task."
+)
+
+
 class _WholeRequestRejected(Exception):
     def __init__(self, content: Any) -> None:
         super().__init__(str(content))
@@ -282,10 +283,18 @@ def _result(item: dict[str, Any]) -> Result:
     )
 
 
-def check_stream_against_describe(sf: Salesforce, stream: Stream) -> None:
+def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: SessionRenewer | None = None) -> None:
     """Fail before sending anything when the org does not have what the stream maps to."""
     try:
-        describe = getattr(sf, stream.sobject).describe()
+        try:
+            describe = getattr(sf, stream.sobject).describe()
+        except SalesforceExpiredSession:
+            if renewer is None:
+                raise
+            renewer.renew(sf)
+            describe = getattr(sf, stream.sobject).describe()
+    except SalesforceExpiredSession:
+        raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID") from None
     except SalesforceResourceNotFound:
         raise StreamConfigError(
             f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "

@@ -39,12 +39,10 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
         stream = load_streams()[stream_name]
         pause_on_error = read_pause_on_error()  # a bad value fails before anything is sent
         sf = connect_salesforce(SALESFORCE_CONN_ID)
-        check_stream_against_describe(sf, stream)
+        renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
+        check_stream_against_describe(sf, stream, renewer=renewer)
         writer = CollectionWriter(
-            sf,
-            sobject=stream.sobject,
-            external_id_field=stream.external_id_field,
-            renewer=renewer_for(SALESFORCE_CONN_ID, sf.session),
+            sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
         )
         first = [pause_on_error]
 

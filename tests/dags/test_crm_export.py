@@ -6,7 +6,25 @@ the watermark, the ExportErrors rows, the task state and its log.
 
 from __future__ import annotations
 
-from tests.dags.conftest import insert_contacts, open_errors, salesforce_contacts, watermark
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from include.crm_export.local.stack import PROJECT_ROOT
+from tests.dags.conftest import (
+    CONTACT_FIELDS,
+    assert_salesforce_matches_source,
+    contacts_stream,
+    insert_contacts,
+    open_errors,
+    salesforce_contacts,
+    watermark,
+    write_streams,
+)
 
 
 def test_pause_on_holds_at_the_rejected_record_until_the_cause_is_fixed(db, emulator, run_crm_export):
@@ -53,3 +71,300 @@ def test_pause_on_holds_at_the_rejected_record_until_the_cause_is_fixed(db, emul
     assert resolved == [("resolved", "CRMExport", 2)]
     assert watermark(db) == (watermark(db)[0], None)
     assert watermark(db)[0][1] == "1000"
+
+
+def test_pause_off_logs_and_skips_rejected_records(db, emulator, run_crm_export, pause_variable):
+    pause_variable("false")
+    insert_contacts(db, 1000)
+    blocked = [str(i) for i in range(50, 1000, 80)]
+    assert len(blocked) == 12
+    emulator.add_rule(
+        cause="no_access", object="Contact", when={"field": "CRM_Contact_Id__c", "op": "in", "value": blocked}
+    )
+
+    run = run_crm_export()
+
+    assert run.state == "success"
+    assert set(salesforce_contacts(emulator)) == {str(i) for i in range(1, 1001)} - set(blocked)
+    position, held = watermark(db)
+    assert (position[1], held) == ("1000", None)
+    errors = open_errors(db)
+    assert [e["record_key"] for e in errors] == blocked
+    assert {e["error_code"] for e in errors} == {"INSUFFICIENT_ACCESS_OR_READONLY"}
+    assert "crm_export_pause_on_error is OFF" in run.log
+    assert "Salesforce is incomplete: 12 record(s) of stream 'contacts'" in run.log
+    assert "INSUFFICIENT_ACCESS_OR_READONLY: 12" in run.log
+
+
+def test_transient_row_lock_is_retried_within_the_run(db, emulator, run_crm_export):
+    insert_contacts(db, 300)
+    emulator.add_rule(cause="row_lock", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "250"}, times=2)
+
+    run = run_crm_export()
+
+    assert run.state == "success"
+    assert len(salesforce_contacts(emulator)) == 300
+    assert db.execute('SELECT count(*) FROM crm_export."ExportErrors"').fetchone()[0] == 0
+    assert emulator.counters()["record_errors.UNABLE_TO_LOCK_ROW"] == 2
+
+
+def test_outage_mid_run_fails_the_task_and_keeps_committed_batches(db, emulator, run_crm_export):
+    insert_contacts(db, 1000)
+    emulator.add_rule(fault="http_503", path="composite/sobjects/Contact", skip=2, times=1)
+
+    failed = run_crm_export(retries=False)
+
+    assert failed.task_states["export_contacts"] == "failed"
+    assert watermark(db) == (watermark(db)[0], None)
+    assert watermark(db)[0][1] == "400"
+    assert db.execute('SELECT count(*) FROM crm_export."ExportErrors"').fetchone()[0] == 0
+    assert "Salesforce request failed (HTTP 503 SERVER_UNAVAILABLE)" in failed.log
+    assert "watermark did not move" in failed.log
+
+    rerun = run_crm_export()
+    assert rerun.state == "success"
+    assert_salesforce_matches_source(db, emulator)
+    assert emulator.counters()["records_created"] == 1000
+
+
+def test_hanging_salesforce_fails_within_the_timeout(db, emulator, run_crm_export, stack, monkeypatch):
+    connection = stack.emulator_info.airflow_connection()
+    connection["extra"]["timeout"] = 2
+    monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_DEFAULT", json.dumps(connection))
+    insert_contacts(db, 600)
+    emulator.add_rule(fault="hang", path="composite/sobjects/Contact", skip=1, times=1, seconds=60)
+
+    started = time.monotonic()
+    failed = run_crm_export(retries=False)
+    assert time.monotonic() - started < 45
+
+    assert failed.task_states["export_contacts"] == "failed"
+    assert watermark(db)[0][1] == "200"
+    assert "Salesforce did not answer within 2s" in failed.log
+    rerun = run_crm_export()
+    assert rerun.state == "success"
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_unreadable_pause_variable_fails_without_sending(db, emulator, run_crm_export, pause_variable):
+    pause_variable("maybe")
+    insert_contacts(db, 10)
+
+    run = run_crm_export()
+
+    assert run.task_states == {"export_contacts": "failed", "export_subscriptions": "failed"}
+    assert "Airflow Variable crm_export_pause_on_error has the value 'maybe'" in run.log
+    assert "Accepted values: true or false" in run.log
+    assert emulator.records("Contact") == []
+    assert watermark(db) == (None, None)
+
+
+def test_pause_variable_spellings(db, emulator, run_crm_export, pause_variable):
+    insert_contacts(db, 20)
+    emulator.add_rule(cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "5"})
+    pause_variable(" OFF ")
+    assert run_crm_export().state == "success"
+    assert len(salesforce_contacts(emulator)) == 19
+
+
+def test_broken_stream_config_fails_dag_parsing(tmp_path, monkeypatch, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bad = contacts_stream(order_by=["updated_at"])
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(write_streams(tmp_path / "streams.yml", {"contacts": bad})))
+    bag = DagBag(str(PROJECT_ROOT / "dags"))
+    (error,) = bag.import_errors.values()
+    assert "stream 'contacts', field 'order_by'" in error
+    assert "CRMExport" not in bag.dags
+
+
+def test_stream_config_that_salesforce_does_not_match_fails_the_task(
+    db, emulator, run_crm_export, tmp_path, monkeypatch
+):
+    stream = contacts_stream(fields={**CONTACT_FIELDS, "Shoe_Size__c": "title"})
+    run = run_crm_export(streams_file=write_streams(tmp_path / "streams.yml", {"contacts": stream}))
+    assert run.task_states == {"export_contacts": "failed"}
+    assert "stream 'contacts', field 'fields.Shoe_Size__c'" in run.log
+    assert emulator.counters().get("records_created", 0) == 0
+
+    missing_column = contacts_stream(fields={**CONTACT_FIELDS, "Phone": "mobile"})
+    run = run_crm_export(streams_file=write_streams(tmp_path / "streams2.yml", {"contacts": missing_column}))
+    assert "crm.contacts has no column 'mobile'" in run.log
+
+
+def test_source_rows_that_cannot_be_sent_become_record_errors(db, emulator, run_crm_export, pause_variable, tmp_path):
+    pause_variable("false")
+    insert_contacts(db, 100)
+    db.execute("UPDATE crm.contacts SET last_name = NULL WHERE id = 10")
+    db.execute("UPDATE crm.contacts SET first_name = repeat('x', 41) WHERE id = 20")
+    db.execute("UPDATE crm.contacts SET email = 'not an email' WHERE id = 30")
+    db.execute("UPDATE crm.contacts SET lifetime_value = 'NaN' WHERE id = 40")
+    streams = write_streams(tmp_path / "streams.yml", {"contacts": contacts_stream(settle_seconds=0)})
+
+    run = run_crm_export(streams_file=streams)
+
+    assert run.state == "success"
+    codes = {e["record_key"]: e["error_code"] for e in open_errors(db)}
+    assert codes == {
+        "10": "REQUIRED_FIELD_MISSING",
+        "20": "STRING_TOO_LONG",
+        "30": "INVALID_EMAIL_ADDRESS",
+        "40": "CRM_EXPORT_INVALID_SOURCE_VALUE",
+    }
+    assert len(salesforce_contacts(emulator)) == 96
+
+
+def test_whole_request_400_is_split_to_the_offending_record(db, emulator, run_crm_export, pause_variable, tmp_path):
+    pause_variable("false")
+    insert_contacts(db, 200)
+    db.execute("CREATE SCHEMA crm_test")
+    db.execute(
+        """CREATE VIEW crm_test.contacts AS
+           SELECT id, last_name, updated_at,
+                  CASE WHEN id = 123 THEN '31/12/1990' ELSE birthdate::text END AS birthdate_text
+           FROM crm.contacts"""
+    )
+    stream = contacts_stream(
+        source="crm_test.contacts", fields={"LastName": "last_name", "Birthdate": "birthdate_text"}
+    )
+
+    run = run_crm_export(streams_file=write_streams(tmp_path / "streams.yml", {"contacts": stream}))
+
+    assert run.state == "success"
+    assert [(e["record_key"], e["error_code"], e["error_fields"]) for e in open_errors(db)] == [
+        ("123", "JSON_PARSER_ERROR", ["Birthdate"])
+    ]
+    assert set(salesforce_contacts(emulator)) == {str(i) for i in range(1, 201)} - {"123"}
+    # Halving isolates it: requests of 200, 100, 50, 25, 13, 7, 4, 2 and 1 records were refused.
+    assert emulator.counters()["request_errors.JSON_PARSER_ERROR"] == 9
+
+
+def test_failure_between_export_errors_and_watermark_changes_neither(db, emulator, run_crm_export, pause_variable):
+    pause_variable("false")
+    insert_contacts(db, 50)
+    emulator.add_rule(cause="no_access", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "7"})
+    db.execute("CREATE SCHEMA crm_test")
+    db.execute(
+        """CREATE FUNCTION crm_test.fail() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'could not extend file (simulated disk full)'; END $$"""
+    )
+    db.execute(
+        """CREATE TRIGGER fail_watermark_update BEFORE UPDATE ON crm_export.stream_watermarks
+           FOR EACH ROW WHEN (NEW.position IS DISTINCT FROM OLD.position) EXECUTE FUNCTION crm_test.fail()"""
+    )
+
+    run = run_crm_export(retries=False)
+
+    assert run.task_states["export_contacts"] == "failed"
+    assert "simulated disk full" in run.log
+    assert db.execute('SELECT count(*) FROM crm_export."ExportErrors"').fetchone()[0] == 0
+    assert watermark(db) == (None, None)
+
+
+def test_late_committed_row_is_not_skipped(db, emulator, run_crm_export, project_conninfo, tmp_path):
+    streams = write_streams(tmp_path / "streams.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    insert_contacts(db, 10)
+    with psycopg.connect(project_conninfo) as slow_writer:
+        # A transaction that started before the rows below but commits after the first run.
+        slow_writer.execute("INSERT INTO crm.contacts (id, last_name) VALUES (100, 'Late')")
+        time.sleep(0.2)
+        insert_contacts(db, 10, start=11, age="0 seconds")
+
+        first = run_crm_export(streams_file=streams)
+        assert first.state == "success"
+        assert set(salesforce_contacts(emulator)) == {str(i) for i in range(1, 11)}
+        assert "may still commit rows with older change timestamps" in first.log
+        slow_writer.commit()
+
+    second = run_crm_export(streams_file=streams)
+    assert second.state == "success"
+    assert set(salesforce_contacts(emulator)) == {str(i) for i in range(1, 21)} | {"100"}
+
+
+def test_a_later_success_resolves_the_open_error(db, emulator, run_crm_export, pause_variable, tmp_path):
+    streams = write_streams(tmp_path / "streams.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    pause_variable("false")
+    insert_contacts(db, 30)
+    rule = emulator.add_rule(cause="flow_failure", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "3"})
+    run_crm_export(streams_file=streams)
+    assert [e["record_key"] for e in open_errors(db)] == ["3"]
+
+    emulator.remove_rule(rule["id"])
+    db.execute("UPDATE crm.contacts SET title = 'Fixed' WHERE id = 3")
+    time.sleep(0.05)
+    run_crm_export(streams_file=streams)
+
+    assert open_errors(db) == []
+    assert salesforce_contacts(emulator)["3"]["Title"] == "Fixed"
+
+
+def test_expired_session_is_renewed_when_the_connection_allows_it(db, emulator, run_crm_export, stack, monkeypatch):
+    info = stack.emulator_info
+    insert_contacts(db, 400)
+    emulator.add_rule(fault="invalid_session", path="composite/sobjects/Contact", skip=1, times=1)
+    connection = info.airflow_connection()
+    connection["extra"].update(oauth_client_id=info.client_id, oauth_client_secret=info.client_secret)
+    monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_DEFAULT", json.dumps(connection))
+
+    run = run_crm_export()
+
+    assert run.state == "success"
+    assert len(salesforce_contacts(emulator)) == 400
+    assert emulator.counters()["sessions_issued"] == 1
+    assert info.access_token not in run.log
+    assert info.client_secret not in run.log
+
+
+def test_expired_session_without_a_way_to_renew_fails_clearly(db, emulator, run_crm_export, stack):
+    insert_contacts(db, 10)
+    emulator.expire_sessions()
+
+    run = run_crm_export(retries=False)
+
+    assert run.task_states["export_contacts"] == "failed"
+    assert "401 INVALID_SESSION_ID" in run.log
+    assert "Put a fresh access token in the connection" in run.log
+    assert stack.emulator_info.access_token not in run.log
+
+
+def test_worker_killed_between_salesforce_write_and_watermark_commit(db, emulator, run_crm_export, project_conninfo):
+    insert_contacts(db, 1000)
+    db.execute("INSERT INTO crm_export.stream_watermarks (stream) VALUES ('contacts')")
+    with psycopg.connect(project_conninfo) as blocker:
+        # Hold the watermark row, so the worker blocks right after its first Salesforce write.
+        blocker.execute("SELECT * FROM crm_export.stream_watermarks WHERE stream = 'contacts' FOR UPDATE")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "include.crm_export", "export", "--stream", "contacts", "--pause-on-error", "true"],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                waiting = db.execute(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'crm-export contacts' AND wait_event_type = 'Lock'"""
+                ).fetchone()[0]
+                if waiting and emulator.counters().get("records_created") == 200:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the worker never blocked on the watermark commit")
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        blocker.rollback()
+
+    assert len(emulator.records("Contact")) == 200  # in Salesforce, but not committed to the watermark
+    assert watermark(db) == (None, None)
+
+    rerun = run_crm_export()
+
+    assert rerun.state == "success"
+    assert_salesforce_matches_source(db, emulator)
+    counters = emulator.counters()
+    assert counters["records_created"] == 1000
+    assert counters["records_updated"] == 200  # the replayed batch: upserted again, not duplicated

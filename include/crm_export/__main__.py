@@ -1,0 +1,158 @@
+"""Local troubleshooting from the command line, against the configured connections.
+
+    python -m include.crm_export export --stream contacts [--dry-run] [--pause-on-error true|false]
+    python -m include.crm_export send --stream contacts --key 42 [--dry-run]
+    python -m include.crm_export migrate
+
+``export`` runs one stream exactly as the CRMExport task does (same watermark,
+same ExportErrors). ``send`` upserts one record by its source key and prints
+the exact payload and the exact Salesforce response; ``--dry-run`` prints the
+payload and sends nothing. Connections come from Airflow (environment
+variables ``AIRFLOW_CONN_…`` or the metadata database), as in the DAGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from include.crm_export.config import load_streams
+from include.crm_export.db import store
+from include.crm_export.db.connection import POSTGRES_CONN_ID, connect, conninfo_for
+from include.crm_export.db.migrate import migrate
+from include.crm_export.errors import CrmExportError
+from include.crm_export.export import RunContext, export_stream
+from include.crm_export.mapping import map_row
+from include.crm_export.salesforce import (
+    SALESFORCE_CONN_ID,
+    CollectionWriter,
+    check_stream_against_describe,
+    renewer_for,
+)
+from include.crm_export.salesforce import connect as connect_salesforce
+from include.crm_export.settings import parse_pause_on_error
+
+CLI_DAG_ID = "cli"
+
+
+def _print_json(label: str, value: object) -> None:
+    print(f"{label}:\n{json.dumps(value, indent=2, default=str)}", flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    stream = load_streams()[args.stream]
+    with connect(conninfo_for(POSTGRES_CONN_ID), application_name=f"crm-export {stream.name}") as conn:
+        migrate(conn)
+        if args.dry_run:
+            types = store.source_column_types(conn, stream)
+            watermark = store.load_watermark(conn, stream)
+            horizon = store.export_horizon(conn, stream)
+            rows = store.read_batch(
+                conn, stream, after=watermark.position, horizon=horizon.at, column_types=types, limit=stream.batch_size
+            )
+            print(f"Next batch of stream '{stream.name}' after {watermark.position}: {len(rows)} record(s)")
+            for row in rows:
+                record = map_row(stream, row)
+                _print_json(f"record {record.key}", record.payload or record.rejection)
+            return 0
+        if args.pause_on_error is not None:
+            pause = parse_pause_on_error(args.pause_on_error)
+
+            def pause_setting() -> bool:
+                return pause
+        else:
+            from include.crm_export.tasks import read_pause_on_error as pause_setting
+        sf = connect_salesforce(SALESFORCE_CONN_ID)
+        renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
+        check_stream_against_describe(sf, stream, renewer=renewer)
+        writer = CollectionWriter(
+            sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
+        )
+        run_id = f"cli__{datetime.now(UTC).isoformat()}"
+        result = export_stream(
+            stream, conn=conn, writer=writer, pause_on_error=pause_setting, context=RunContext(CLI_DAG_ID, run_id)
+        )
+    print(result.summary())
+    if result.held:
+        print(result.held.message())
+        return 2
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    stream = load_streams()[args.stream]
+    with connect(conninfo_for(POSTGRES_CONN_ID)) as conn:
+        migrate(conn)
+        types = store.source_column_types(conn, stream)
+        rows = store.read_rows_by_key(conn, stream, [args.key], types)
+        if not rows:
+            print(f"No row with {stream.key} = {args.key} in {stream.source}.")
+            return 1
+        record = map_row(stream, rows[0])
+        if record.payload is None:
+            print(f"Record {record.key} cannot be sent: {record.rejection.describe()}")
+            return 1
+        path = f"composite/sobjects/{stream.sobject}/{stream.external_id_field}"
+        body = {"allOrNone": False, "records": [record.payload]}
+        print(f"PATCH {path}")
+        _print_json("request body", body)
+        if args.dry_run:
+            print("Dry run: nothing sent.")
+            return 0
+        sf = connect_salesforce(SALESFORCE_CONN_ID)
+        response = sf.session.patch(f"{sf.base_url}{path}", json=body, headers=sf.headers)
+        print(f"HTTP {response.status_code}")
+        try:
+            answer = response.json()
+        except ValueError:
+            print(response.text)
+            return 1
+        _print_json("response body", answer)
+        if response.status_code == 200 and isinstance(answer, list) and answer and answer[0].get("success"):
+            with conn.transaction():
+                resolved = store.resolve_errors(conn, stream, [record.key], resolved_by=CLI_DAG_ID)
+            if resolved:
+                print(f"Resolved the open ExportErrors row of record {record.key}.")
+            return 0
+        return 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    with connect(conninfo_for(POSTGRES_CONN_ID)) as conn:
+        applied = migrate(conn)
+    print(f"Applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.crm_export", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="run one stream as the CRMExport task does")
+    export.add_argument("--stream", required=True)
+    export.add_argument("--dry-run", action="store_true", help="print the next batch's payloads; send nothing")
+    export.add_argument("--pause-on-error", help="true/false; default: the Airflow Variable")
+    export.set_defaults(handler=cmd_export)
+    send = sub.add_parser("send", help="upsert one record by source key and print the Salesforce response")
+    send.add_argument("--stream", required=True)
+    send.add_argument("--key", required=True)
+    send.add_argument("--dry-run", action="store_true", help="print the payload; send nothing")
+    send.set_defaults(handler=cmd_send)
+    migrate_parser = sub.add_parser("migrate", help="bring the crm_export schema up to date")
+    migrate_parser.set_defaults(handler=cmd_migrate)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return args.handler(args)
+    except KeyError as exc:
+        print(f"Unknown stream {exc}; streams are: {', '.join(load_streams())}", file=sys.stderr)
+        return 1
+    except CrmExportError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The DAG folder as Airflow's DAG processor sees it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from include.crm_export.config import load_streams
+from include.crm_export.local.stack import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(str(PROJECT_ROOT / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_expected_dags_are_there(dagbag):
+    assert {"CRMExport"} <= set(dagbag.dag_ids)
+
+
+def test_every_task_retries_request_level_failures(dagbag):
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag.dag_id}.{task.task_id} has no retries"
+            assert task.retry_delay >= timedelta(minutes=1)
+
+
+def test_crm_export_shape(dagbag):
+    dag = dagbag.get_dag("CRMExport")
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.is_paused_upon_creation is True
+    assert dag.doc_md
+    assert "crm_export_pause_on_error" in dag.doc_md
+    assert "Clear" in dag.doc_md
+    assert sorted(dag.task_ids) == sorted(stream.task_id for stream in load_streams().values())
+    assert {t.sobject for t in load_streams().values()} >= {"Contact", "Subscription__c"}
+    for task in dag.tasks:
+        assert task.execution_timeout is not None

@@ -1,0 +1,92 @@
+"""Stream configuration: the shipped file is valid, and broken ones say what is wrong and where."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from include.crm_export.config import load_streams, parse_config
+from include.crm_export.errors import StreamConfigError
+
+VALID = {
+    "streams": {
+        "contacts": {
+            "source": "crm.contacts",
+            "key": "id",
+            "order_by": ["updated_at", "id"],
+            "sobject": "Contact",
+            "external_id": {"field": "CRM_Contact_Id__c", "column": "id"},
+            "fields": {"LastName": "last_name"},
+        }
+    }
+}
+
+
+def broken(**changes):
+    config = copy.deepcopy(VALID)
+    for key, value in changes.items():
+        if value is None:
+            del config["streams"]["contacts"][key]
+        else:
+            config["streams"]["contacts"][key] = value
+    return config
+
+
+def test_shipped_streams_are_valid_and_cover_a_standard_and_a_custom_object():
+    streams = load_streams()
+    assert {s.sobject for s in streams.values()} == {"Contact", "Subscription__c"}
+    for stream in streams.values():
+        assert stream.batch_size <= 200
+
+
+def test_defaults_apply_and_can_be_overridden():
+    config = copy.deepcopy(VALID)
+    config["defaults"] = {"batch_size": 50}
+    config["streams"]["contacts"]["settle_seconds"] = 0
+    stream = parse_config(config)["contacts"]
+    assert (stream.batch_size, stream.settle_seconds, stream.max_records_per_run) == (50, 0, 100_000)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "says"),
+    [
+        ({"source": "contacts"}, "source", "schema.table_or_view"),
+        ({"source": "crm.contacts; drop table x"}, "source", "plain SQL identifier"),
+        ({"key": None}, "key", "missing"),
+        ({"order_by": ["updated_at"]}, "order_by", "must end with the key column"),
+        ({"order_by": ["id"]}, "order_by", "change timestamp column first"),
+        ({"order_by": "updated_at"}, "order_by", "must be a list"),
+        ({"sobject": "Contact Object"}, "sobject", "not a Salesforce object API name"),
+        ({"external_id": {"field": "CRM_Contact_Id__c"}}, "external_id", "must be {field"),
+        ({"fields": {}}, "fields", "must map"),
+        ({"fields": {"LastName": "last name"}}, "fields.LastName", "plain SQL identifier"),
+        ({"fields": {"CRM_Contact_Id__c": "id"}}, "fields.CRM_Contact_Id__c", "mapped twice"),
+        ({"batch_size": 500}, "batch_size", "at most 200"),
+        ({"batch_size": "lots"}, "batch_size", "not a whole number"),
+        ({"max_minutes_per_run": 0}, "max_minutes_per_run", "at least"),
+        ({"colour": "blue"}, "colour", "unknown setting"),
+    ],
+)
+def test_broken_config_names_stream_and_field(changes, field, says):
+    with pytest.raises(StreamConfigError) as raised:
+        parse_config(broken(**changes))
+    message = str(raised.value)
+    assert f"stream 'contacts', field '{field}'" in message
+    assert says in message
+
+
+def test_two_streams_writing_the_same_target_are_refused():
+    config = copy.deepcopy(VALID)
+    config["streams"]["contacts_again"] = copy.deepcopy(config["streams"]["contacts"])
+    with pytest.raises(StreamConfigError, match="same object and external id"):
+        parse_config(config)
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "streams.yml"
+    path.write_text("streams: [unclosed")
+    with pytest.raises(StreamConfigError, match="not valid YAML"):
+        load_streams(path)
+    with pytest.raises(StreamConfigError, match="Cannot read"):
+        load_streams(tmp_path / "missing.yml")
