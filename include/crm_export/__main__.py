@@ -44,7 +44,8 @@ def _print_json(label: str, value: object) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     stream = load_streams()[args.stream]
-    with connect(conninfo_for(POSTGRES_CONN_ID), application_name=f"crm-export {stream.name}") as conn:
+    conninfo = conninfo_for(POSTGRES_CONN_ID)
+    with connect(conninfo, application_name=f"crm-export {stream.name} dry run") as conn:
         migrate(conn)
         if args.dry_run:
             types = store.source_column_types(conn, stream)
@@ -58,23 +59,21 @@ def cmd_export(args: argparse.Namespace) -> int:
                 record = map_row(stream, row)
                 _print_json(f"record {record.key}", record.payload or record.rejection)
             return 0
-        if args.pause_on_error is not None:
-            pause = parse_pause_on_error(args.pause_on_error)
+    if args.pause_on_error is not None:
+        pause = parse_pause_on_error(args.pause_on_error)
 
-            def pause_setting() -> bool:
-                return pause
-        else:
-            from include.crm_export.tasks import read_pause_on_error as pause_setting
-        sf = connect_salesforce(SALESFORCE_CONN_ID)
-        renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
-        check_stream_against_describe(sf, stream, renewer=renewer)
-        writer = CollectionWriter(
-            sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
-        )
-        run_id = f"cli__{datetime.now(UTC).isoformat()}"
-        result = export_stream(
-            stream, conn=conn, writer=writer, pause_on_error=pause_setting, context=RunContext(CLI_DAG_ID, run_id)
-        )
+        def pause_setting() -> bool:
+            return pause
+    else:
+        from include.crm_export.tasks import read_pause_on_error as pause_setting
+    sf = connect_salesforce(SALESFORCE_CONN_ID)
+    renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
+    check_stream_against_describe(sf, stream, renewer=renewer)
+    writer = CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer)
+    run_id = f"cli__{datetime.now(UTC).isoformat()}"
+    result = export_stream(
+        stream, conninfo=conninfo, writer=writer, pause_on_error=pause_setting, context=RunContext(CLI_DAG_ID, run_id)
+    )
     print(result.summary())
     if result.held:
         print(result.held.message())

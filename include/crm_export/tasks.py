@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from include.crm_export.config import load_streams
-from include.crm_export.db.connection import POSTGRES_CONN_ID, connect, conninfo_for
+from include.crm_export.db.connection import POSTGRES_CONN_ID, conninfo_for
 from include.crm_export.errors import RequestFailed, SettingsError, StreamBusy, StreamConfigError
 from include.crm_export.export import RunContext, export_stream
 from include.crm_export.salesforce import (
@@ -49,14 +49,13 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
         def pause_setting() -> bool:
             return first.pop() if first else read_pause_on_error()
 
-        with connect(conninfo_for(POSTGRES_CONN_ID), application_name=f"crm-export {stream_name}") as conn:
-            result = export_stream(
-                stream,
-                conn=conn,
-                writer=writer,
-                pause_on_error=pause_setting,
-                context=RunContext(dag_id=dag_id, run_id=run_id),
-            )
+        result = export_stream(
+            stream,
+            conninfo=conninfo_for(POSTGRES_CONN_ID),
+            writer=writer,
+            pause_on_error=pause_setting,
+            context=RunContext(dag_id=dag_id, run_id=run_id),
+        )
     except (SettingsError, StreamConfigError) as exc:
         log.error("%s", exc)
         raise AirflowFailException(str(exc)) from None

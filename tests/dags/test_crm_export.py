@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -346,11 +347,12 @@ def test_worker_killed_between_salesforce_write_and_watermark_commit(db, emulato
                     """SELECT count(*) FROM pg_stat_activity
                        WHERE application_name = 'crm-export contacts' AND wait_event_type = 'Lock'"""
                 ).fetchone()[0]
-                if waiting and emulator.counters().get("records_created") == 200:
+                if waiting and emulator.counters().get("records_created", 0) >= 200:
                     break
                 time.sleep(0.05)
             else:
                 raise AssertionError("the worker never blocked on the watermark commit")
+            time.sleep(0.5)  # the next batch goes out while the first one's commit waits
             worker.send_signal(signal.SIGKILL)
             worker.wait(10)
         finally:
@@ -358,7 +360,8 @@ def test_worker_killed_between_salesforce_write_and_watermark_commit(db, emulato
                 worker.kill()
         blocker.rollback()
 
-    assert len(emulator.records("Contact")) == 200  # in Salesforce, but not committed to the watermark
+    in_salesforce = len(emulator.records("Contact"))
+    assert in_salesforce in (200, 400)  # sent, but not committed to the watermark
     assert watermark(db) == (None, None)
 
     rerun = run_crm_export()
@@ -367,4 +370,31 @@ def test_worker_killed_between_salesforce_write_and_watermark_commit(db, emulato
     assert_salesforce_matches_source(db, emulator)
     counters = emulator.counters()
     assert counters["records_created"] == 1000
-    assert counters["records_updated"] == 200  # the replayed batch: upserted again, not duplicated
+    assert counters["records_updated"] == in_salesforce  # the replayed batches: upserted again, not duplicated
+
+
+def test_turning_pause_off_applies_within_a_running_task(db, emulator, run_crm_export, pause_variable):
+    from airflow.models.variable import Variable
+
+    insert_contacts(db, 1000)
+    emulator.add_rule(cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "900"})
+    emulator.add_rule(fault="latency", path="composite/sobjects/Contact", seconds=0.3)
+
+    def toggle_after_first_batch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if watermark(db)[0] is not None:
+                Variable.set("crm_export_pause_on_error", "false")
+                return
+            time.sleep(0.05)
+
+    toggler = threading.Thread(target=toggle_after_first_batch)
+    toggler.start()
+    run = run_crm_export()
+    toggler.join()
+
+    assert run.state == "success"
+    assert "crm_export_pause_on_error changed to False during the run" in run.log
+    assert [e["record_key"] for e in open_errors(db)] == ["900"]
+    assert len(salesforce_contacts(emulator)) == 999
+    assert watermark(db)[0][1] == "1000"

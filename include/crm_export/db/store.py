@@ -104,7 +104,7 @@ def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
     return Watermark(position, held)
 
 
-def export_horizon(conn: psycopg.Connection, stream: Stream) -> Horizon:
+def export_horizon(conn: psycopg.Connection, stream: Stream, *, exclude_backends: tuple[int, ...] = ()) -> Horizon:
     """How far the export may read: now minus the settle window, and never past an open transaction.
 
     A transaction still in flight may yet commit rows whose change timestamp
@@ -116,10 +116,10 @@ def export_horizon(conn: psycopg.Connection, stream: Stream) -> Horizon:
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
                SELECT xact_start, pid, application_name, state FROM pg_stat_activity
-               WHERE datname = current_database() AND pid <> pg_backend_pid()
+               WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> ALL(%s)
                  AND xact_start IS NOT NULL AND backend_type = 'client backend'
                ORDER BY xact_start LIMIT 1) a ON true""",
-        (stream.settle_seconds,),
+        (stream.settle_seconds, list(exclude_backends)),
     ).fetchone()
     settled, oldest_start, pid, application, state = row
     if oldest_start is not None and oldest_start < settled:
@@ -178,8 +178,14 @@ def read_rows_by_key(
         return cursor.execute(query, (keys,)).fetchall()
 
 
-def apply_batch(conn: psycopg.Connection, stream: Stream, plan: BatchPlan, *, dag_id: str, run_id: str) -> None:
-    """Write the batch's ExportErrors changes and move the watermark, in one transaction."""
+def apply_batch(
+    conn: psycopg.Connection, stream: Stream, plan: BatchPlan, *, dag_id: str, run_id: str, resolve: bool = True
+) -> None:
+    """Write the batch's ExportErrors changes and move the watermark, in one transaction.
+
+    ``resolve=False`` skips resolving open errors of confirmed records, for a
+    caller that knows the stream has none.
+    """
     with conn.transaction():
         if plan.errors:
             with conn.cursor() as cursor:
@@ -217,7 +223,7 @@ def apply_batch(conn: psycopg.Connection, stream: Stream, plan: BatchPlan, *, da
                         for record, rejection in plan.errors
                     ],
                 )
-        if plan.confirmed_keys:
+        if plan.confirmed_keys and resolve:
             resolve_errors(conn, stream, list(plan.confirmed_keys), resolved_by=dag_id)
         position = json.dumps(position_to_json(plan.new_position)) if plan.new_position is not None else None
         held_key = plan.held[0].key if plan.held else None
@@ -241,6 +247,11 @@ def apply_batch(conn: psycopg.Connection, stream: Stream, plan: BatchPlan, *, da
                 "stream": stream.name,
             },
         )
+
+
+def has_open_errors(conn: psycopg.Connection, stream: Stream) -> bool:
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {errors} WHERE stream = %s AND status = 'open')")
+    return conn.execute(query.format(errors=ERRORS_TABLE), (stream.name,)).fetchone()[0]
 
 
 def resolve_errors(conn: psycopg.Connection, stream: Stream, keys: list[str], *, resolved_by: str) -> int:

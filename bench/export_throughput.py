@@ -1,0 +1,234 @@
+"""Export throughput and memory: crm-export against a bare simple-salesforce loop.
+
+    .venv/bin/python bench/export_throughput.py [--rows 100000] [--big-rows 1000000] [--rounds 2]
+
+Starts its own embedded PostgreSQL and Salesforce emulator (under
+.crm_export/bench), fills crm.contacts, then for each round exports every row
+twice against an emptied emulator: once through crm-export's export_stream
+(watermark, ExportErrors bookkeeping, transactions) and once through a bare
+loop that reads the same rows in the same batches of 200 and upserts them with
+simple-salesforce, with no bookkeeping. Each runs in its own process so its
+peak RSS is its own. Then crm-export alone exports --big-rows rows for memory.
+
+The last line printed is the figures as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BATCH = 200
+
+
+def fill_source(conninfo: str, rows: int) -> None:
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute((ROOT / "include" / "crm_export" / "source_schema.sql").read_text())
+        conn.execute('TRUNCATE crm.contacts, crm_export.stream_watermarks, crm_export."ExportErrors" RESTART IDENTITY')
+        conn.execute(
+            """INSERT INTO crm.contacts (id, first_name, last_name, email, phone, title, department, birthdate,
+                                         lead_source, city, country, lifetime_value, last_activity_at, updated_at)
+               SELECT g, 'First' || g, 'Last' || g, 'person' || g || '@example.com', '+47 555 ' || g, 'Engineer',
+                      'R&D', DATE '1970-01-01' + (g %% 10000), 'Web', 'Oslo', 'Norway', g * 1.25,
+                      now() - interval '2 days', now() - interval '1 day' + g * interval '1 microsecond'
+               FROM generate_series(1, %s) g""",
+            (rows,),
+        )
+        conn.execute("ANALYZE crm.contacts")
+
+
+def reset_state(conninfo: str, admin) -> None:
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute('TRUNCATE crm_export.stream_watermarks, crm_export."ExportErrors"')
+    admin.reset()
+
+
+def worker(kind: str) -> None:
+    """Runs in a child process; prints {"seconds", "records", "peak_rss_mb"}."""
+    from include.crm_export.config import load_streams
+    from include.crm_export.db.connection import connect, conninfo_for
+    from include.crm_export.salesforce import CollectionWriter
+    from include.crm_export.salesforce import connect as connect_salesforce
+
+    stream = load_streams()["contacts"]
+    sf = connect_salesforce()
+    started = time.perf_counter()
+    at_start = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_at_start = at_start.ru_utime + at_start.ru_stime
+    if kind == "ours":
+        from include.crm_export.export import RunContext, export_stream
+
+        result = export_stream(
+            stream,
+            conninfo=conninfo_for(),
+            writer=CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field),
+            pause_on_error=lambda: True,
+            context=RunContext("bench", "bench"),
+        )
+        records = result.tally.exported
+    else:
+        from psycopg import sql
+
+        from include.crm_export.mapping import map_row
+
+        records = 0
+        path = f"composite/sobjects/{stream.sobject}/{stream.external_id_field}"
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in stream.source_columns)
+        query = sql.SQL("SELECT {} FROM crm.contacts ORDER BY updated_at, id").format(columns)
+        with connect(conninfo_for()) as conn, conn.transaction():
+            from psycopg.rows import dict_row
+
+            with conn.cursor(name="bare", row_factory=dict_row) as cursor:
+                cursor.itersize = BATCH
+                cursor.execute(query)
+                while rows := cursor.fetchmany(BATCH):
+                    payloads = [map_row(stream, row).payload for row in rows]
+                    answer = sf.restful(path, method="PATCH", json={"allOrNone": False, "records": payloads})
+                    records += sum(1 for item in answer if item["success"])
+    seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "records": records,
+                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime - cpu_at_start, 2),
+            }
+        )
+    )
+
+
+def run_worker(kind: str, env: dict[str, str], rows: int) -> dict:
+    stream_file = Path(env["CRM_EXPORT_BENCH_STREAMS"])
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", kind],
+        env={**os.environ, **env, "CRM_EXPORT_STREAMS_FILE": str(stream_file)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{out.stderr[-4000:]}")
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    if figures["records"] != rows:
+        raise SystemExit(f"{kind} exported {figures['records']} of {rows} rows")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--big-rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--worker", choices=["ours", "bare"])
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from include.crm_export.db.connection import conninfo_for
+    from include.crm_export.db.migrate import migrate
+    from include.crm_export.emulator.process import EmulatorAdmin
+    from include.crm_export.local.stack import LocalStack
+
+    root = ROOT / ".crm_export" / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    streams_file = root / "streams.yml"
+    shipped = (ROOT / "include" / "crm_export" / "streams.yml").read_text()
+    streams_file.write_text(
+        shipped.replace("max_records_per_run: 100000", "max_records_per_run: 100000000")
+        .replace("max_minutes_per_run: 12", "max_minutes_per_run: 600")
+        .replace("settle_seconds: 30", "settle_seconds: 0")
+    )
+    with LocalStack(root, project_database="bench") as env:
+        os.environ.update(env)
+        env = {**env, "CRM_EXPORT_BENCH_STREAMS": str(streams_file)}
+        conninfo = conninfo_for()
+        import psycopg
+
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            migrate(conn)
+        admin = EmulatorAdmin(_info(env))
+
+        fill_source(conninfo, args.rows)
+        ours, bare = [], []
+        for round_number in range(args.rounds):
+            for kind, sink in (
+                (("bare", bare), ("ours", ours)) if round_number % 2 == 0 else (("ours", ours), ("bare", bare))
+            ):
+                reset_state(conninfo, admin)
+                figures = run_worker(kind, env, args.rows)
+                sink.append(figures)
+                print(
+                    f"round {round_number + 1} {kind:4}: {args.rows} rows in {figures['seconds']:.2f}s "
+                    f"= {args.rows / figures['seconds']:,.0f} records/s, client CPU {figures['cpu_seconds']}s, "
+                    f"peak RSS {figures['peak_rss_mb']} MB",
+                    flush=True,
+                )
+        # Rounds alternate which loop goes first; each round's two runs share
+        # the machine's conditions, so the per-round ratio is the fair figure.
+        ratios = sorted(o["seconds"] / b["seconds"] for o, b in zip(ours, bare, strict=True))
+        median_ratio = statistics.median(ratios)
+        best_ours = min(f["seconds"] for f in ours)
+        best_bare = min(f["seconds"] for f in bare)
+        result = {
+            "rows": args.rows,
+            "rounds": args.rounds,
+            "ours_records_per_s": round(args.rows / best_ours),
+            "bare_records_per_s": round(args.rows / best_bare),
+            "wall_time_ratio_ours_to_bare": round(median_ratio, 3),
+            "wall_time_ratio_best_of": round(best_ours / best_bare, 3),
+            "ours_peak_rss_mb": max(f["peak_rss_mb"] for f in ours),
+            "bare_peak_rss_mb": max(f["peak_rss_mb"] for f in bare),
+        }
+        print(
+            f"crm-export {result['ours_records_per_s']:,} records/s vs bare loop {result['bare_records_per_s']:,} "
+            "records/s (best runs); wall-time ratio ours/bare: "
+            f"median of rounds {result['wall_time_ratio_ours_to_bare']}, "
+            f"best of each {result['wall_time_ratio_best_of']} (target <= 1.15)",
+            flush=True,
+        )
+        if args.big_rows:
+            fill_source(conninfo, args.big_rows)
+            reset_state(conninfo, admin)
+            big = run_worker("ours", env, args.big_rows)
+            print(
+                f"crm-export {args.big_rows} rows: {big['seconds']:.1f}s = {args.big_rows / big['seconds']:,.0f} "
+                f"records/s, peak RSS {big['peak_rss_mb']} MB (target < 250 MB, flat from {args.rows})",
+                flush=True,
+            )
+            result.update(
+                big_rows=args.big_rows,
+                big_ours_records_per_s=round(args.big_rows / big["seconds"]),
+                big_ours_peak_rss_mb=big["peak_rss_mb"],
+            )
+        print(json.dumps(result))
+
+
+def _info(env: dict[str, str]):
+    from include.crm_export.emulator.process import EmulatorInfo
+
+    raw = json.loads(Path(env["CRM_EXPORT_EMULATOR"]).read_text())
+    return EmulatorInfo(**{k: raw[k] for k in EmulatorInfo.__dataclass_fields__})
+
+
+if __name__ == "__main__":
+    main()
