@@ -2,6 +2,7 @@
 
     python -m include.crm_export export --stream contacts [--dry-run] [--pause-on-error true|false]
     python -m include.crm_export send --stream contacts --key 42 [--dry-run]
+    python -m include.crm_export reexport --stream contacts [--error-code CODE] [--limit N] [--dry-run]
     python -m include.crm_export migrate
 
 ``export`` runs one stream exactly as the CRMExport task does (same watermark,
@@ -119,6 +120,33 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_reexport(args: argparse.Namespace) -> int:
+    from include.crm_export.reexport import ReexportOptions, reexport_stream
+
+    stream = load_streams()[args.stream]
+    options = ReexportOptions(
+        error_codes=args.error_code or None, limit=args.limit, dry_run=args.dry_run, batch_size=args.batch_size
+    )
+    writer = None
+    if not args.dry_run:
+        sf = connect_salesforce(SALESFORCE_CONN_ID)
+        renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
+        check_stream_against_describe(sf, stream, renewer=renewer)
+        writer = CollectionWriter(
+            sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
+        )
+    result = reexport_stream(
+        stream,
+        conninfo=conninfo_for(POSTGRES_CONN_ID),
+        writer=writer,
+        options=options,
+        dag_id=CLI_DAG_ID,
+        run_id=f"cli__{datetime.now(UTC).isoformat()}",
+    )
+    print(result.summary(datetime.now(UTC)))
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     with connect(conninfo_for(POSTGRES_CONN_ID)) as conn:
         applied = migrate(conn)
@@ -139,6 +167,15 @@ def main() -> int:
     send.add_argument("--key", required=True)
     send.add_argument("--dry-run", action="store_true", help="print the payload; send nothing")
     send.set_defaults(handler=cmd_send)
+    reexport = sub.add_parser(
+        "reexport", help="re-export open ExportErrors of one stream, as CRMExport_ExportError does"
+    )
+    reexport.add_argument("--stream", required=True)
+    reexport.add_argument("--error-code", action="append", help="only this code (repeatable)")
+    reexport.add_argument("--limit", type=int, default=50_000)
+    reexport.add_argument("--batch-size", type=int, default=200, help="records per request (at most 200)")
+    reexport.add_argument("--dry-run", action="store_true")
+    reexport.set_defaults(handler=cmd_reexport)
     migrate_parser = sub.add_parser("migrate", help="bring the crm_export schema up to date")
     migrate_parser.set_defaults(handler=cmd_migrate)
     args = parser.parse_args()

@@ -67,10 +67,21 @@ class Run:
 
 
 @pytest.fixture
+def run_dag(run_crm_export):
+    return run_crm_export
+
+
+@pytest.fixture
 def run_crm_export(airflow_db, pause_variable, capfd, caplog, emulator, monkeypatch):
     """Parse the DAGs with a real DagBag and run CRMExport with dag.test(); returns states and the task log."""
 
-    def run(*, dag_id: str = "CRMExport", streams_file: Path | None = None, retries: bool = True) -> Run:
+    def run(
+        *,
+        dag_id: str = "CRMExport",
+        streams_file: Path | None = None,
+        retries: bool = True,
+        conf: dict[str, Any] | None = None,
+    ) -> Run:
         from airflow.dag_processing.dagbag import DagBag
 
         if streams_file is not None:
@@ -85,7 +96,7 @@ def run_crm_export(airflow_db, pause_variable, capfd, caplog, emulator, monkeypa
                 task.retries = 0
         capfd.readouterr()
         caplog.clear()
-        dag_run = dag.test()
+        dag_run = dag.test(run_conf=conf)
         out, err = capfd.readouterr()
         sys.stderr.write(err[-20000:])
         # Task logs reach the terminal or pytest's log capture depending on

@@ -22,7 +22,7 @@ def test_no_import_errors(dagbag):
 
 
 def test_expected_dags_are_there(dagbag):
-    assert {"CRMExport"} <= set(dagbag.dag_ids)
+    assert set(dagbag.dag_ids) == {"CRMExport", "CRMExport_ExportError"}
 
 
 def test_every_task_retries_request_level_failures(dagbag):
@@ -44,3 +44,13 @@ def test_crm_export_shape(dagbag):
     assert {t.sobject for t in load_streams().values()} >= {"Contact", "Subscription__c"}
     for task in dag.tasks:
         assert task.execution_timeout is not None
+
+
+def test_crm_export_error_shape(dagbag):
+    dag = dagbag.get_dag("CRMExport_ExportError")
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.is_paused_upon_creation is True
+    assert "source_deleted" in dag.doc_md
+    assert set(dag.params.keys()) == {"streams", "error_codes", "limit", "dry_run"}
+    assert sorted(dag.task_ids) == sorted(f"reexport_{name}" for name in load_streams())

@@ -272,3 +272,181 @@ def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str) -> None:
             "UPDATE crm_export.stream_watermarks SET last_run_id = %s, last_run_at = now() WHERE stream = %s",
             (run_id, stream.name),
         )
+
+
+@dataclass(frozen=True)
+class OpenError:
+    id: int
+    record_key: str
+    external_id: str | None
+    error_code: str
+    attempts: int
+
+
+_OPEN_ERROR_PICK = """
+    SELECT id FROM {errors}
+    WHERE stream = %(stream)s AND status = 'open'
+      AND last_attempt_at < %(not_attempted_since)s
+      AND (claimed_until IS NULL OR claimed_until < now())
+      AND (%(codes)s::text[] IS NULL OR error_code = ANY(%(codes)s::text[]))
+    ORDER BY last_attempt_at, id
+    LIMIT %(limit)s
+"""
+
+
+def claim_open_errors(
+    conn: psycopg.Connection,
+    stream: Stream,
+    *,
+    claimant: str,
+    lease_seconds: float,
+    not_attempted_since: datetime,
+    limit: int,
+    error_codes: list[str] | None,
+) -> list[OpenError]:
+    """Lease up to ``limit`` open errors of ``stream``, least recently attempted first.
+
+    Rows another run holds (lease or row lock) are skipped, never waited for.
+    Served by the partial index export_errors_open_by_stream_and_last_attempt.
+    """
+    query = sql.SQL(
+        """UPDATE {errors} e SET claimed_by = %(claimant)s,
+                                 claimed_until = now() + make_interval(secs => %(lease)s)
+           WHERE e.id IN ("""
+        + _OPEN_ERROR_PICK
+        + """ FOR UPDATE SKIP LOCKED)
+           RETURNING e.id, e.record_key, e.external_id, e.error_code, e.attempts, e.last_attempt_at"""
+    ).format(errors=ERRORS_TABLE)
+    params = {
+        "claimant": claimant,
+        "lease": lease_seconds,
+        "stream": stream.name,
+        "not_attempted_since": not_attempted_since,
+        "codes": error_codes or None,
+        "limit": limit,
+    }
+    with conn.transaction():
+        rows = conn.execute(query, params).fetchall()
+    rows.sort(key=lambda r: (r[5], r[0]))
+    return [OpenError(*row[:5]) for row in rows]
+
+
+def peek_open_errors(
+    conn: psycopg.Connection,
+    stream: Stream,
+    *,
+    not_attempted_since: datetime,
+    limit: int,
+    error_codes: list[str] | None,
+) -> list[OpenError]:
+    """What :func:`claim_open_errors` would take, without taking it (dry runs)."""
+    query = sql.SQL(
+        "SELECT id, record_key, external_id, error_code, attempts FROM {errors} WHERE id IN ("
+        + _OPEN_ERROR_PICK
+        + ") ORDER BY last_attempt_at, id"
+    ).format(errors=ERRORS_TABLE)
+    params = {
+        "stream": stream.name,
+        "not_attempted_since": not_attempted_since,
+        "codes": error_codes or None,
+        "limit": limit,
+    }
+    return [OpenError(*row) for row in conn.execute(query, params).fetchall()]
+
+
+def record_reexport(
+    conn: psycopg.Connection,
+    *,
+    claimant: str,
+    resolved: list[int],
+    failed: list[tuple[int, dict[str, Any] | None, Any]],
+    source_gone: list[int],
+    resolved_by: str,
+    run_id: str,
+) -> None:
+    """Write a re-export batch's outcome in one transaction and release its claims.
+
+    Only rows still open and still claimed by this run change: a row that
+    CRMExport resolved meanwhile stays resolved.
+    """
+    mine = "status = 'open' AND claimed_by = %(claimant)s"
+    with conn.transaction():
+        if resolved:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {errors} SET status = 'resolved', resolved_at = now(), resolved_by = %(by)s, "
+                    "last_attempt_at = now(), claimed_by = NULL, claimed_until = NULL "
+                    "WHERE id = ANY(%(ids)s) AND " + mine
+                ).format(errors=ERRORS_TABLE),
+                {"by": resolved_by, "ids": resolved, "claimant": claimant},
+            )
+        if source_gone:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {errors} SET status = 'source_deleted', resolved_at = now(), resolved_by = %(by)s, "
+                    "last_attempt_at = now(), claimed_by = NULL, claimed_until = NULL "
+                    "WHERE id = ANY(%(ids)s) AND " + mine
+                ).format(errors=ERRORS_TABLE),
+                {"by": resolved_by, "ids": source_gone, "claimant": claimant},
+            )
+        if failed:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    sql.SQL(
+                        "UPDATE {errors} SET error_code = %(code)s, error_message = %(message)s, "
+                        "error_fields = %(fields)s, payload = COALESCE(%(payload)s, payload), "
+                        "attempts = attempts + 1, last_failed_at = now(), last_attempt_at = now(), "
+                        "dag_id = %(by)s, run_id = %(run_id)s, claimed_by = NULL, claimed_until = NULL "
+                        "WHERE id = %(id)s AND " + mine
+                    ).format(errors=ERRORS_TABLE),
+                    [
+                        {
+                            "id": error_id,
+                            "code": rejection.code,
+                            "message": rejection.message,
+                            "fields": list(rejection.fields),
+                            "payload": Jsonb(payload) if payload is not None else None,
+                            "by": resolved_by,
+                            "run_id": run_id,
+                            "claimant": claimant,
+                        }
+                        for error_id, payload, rejection in failed
+                    ],
+                )
+
+
+def release_claims(conn: psycopg.Connection, *, claimant: str) -> None:
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "UPDATE {errors} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = %s AND status = 'open'"
+            ).format(errors=ERRORS_TABLE),
+            (claimant,),
+        )
+
+
+def open_error_summary(conn: psycopg.Connection, stream: Stream) -> tuple[int, datetime | None]:
+    """How many errors of the stream are open, and since when the oldest."""
+    count, oldest = conn.execute(
+        sql.SQL("SELECT count(*), min(first_failed_at) FROM {errors} WHERE stream = %s AND status = 'open'").format(
+            errors=ERRORS_TABLE
+        ),
+        (stream.name,),
+    ).fetchone()
+    return count, oldest
+
+
+def database_now(conn: psycopg.Connection) -> datetime:
+    return conn.execute("SELECT now()").fetchone()[0]
+
+
+def positions_by_key(conn: psycopg.Connection, stream: Stream, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+    """The current order_by values of the given source rows (to see whether they changed)."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in (stream.key, *stream.order_by))
+    query = sql.SQL("SELECT {columns} FROM {schema}.{table} WHERE {key}::text = ANY(%s)").format(
+        columns=columns,
+        schema=sql.Identifier(stream.source_schema),
+        table=sql.Identifier(stream.source_table),
+        key=sql.Identifier(stream.key),
+    )
+    return {str(row[0]): tuple(row[1:]) for row in conn.execute(query, (keys,)).fetchall()}
