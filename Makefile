@@ -1,5 +1,5 @@
 # Everyday commands. Each sets up (or refreshes) the pinned .venv first.
-.PHONY: setup run test lint format bench lock clean
+.PHONY: setup run walkthrough test lint format bench lock clean
 
 PY := .venv/bin/python
 
@@ -9,6 +9,10 @@ setup:
 ## run: the whole thing on embedded defaults (PostgreSQL, Salesforce emulator, Airflow); Ctrl-C stops it
 run: setup
 	@$(PY) -m include.crm_export.local run
+
+## walkthrough: the product's story, driven through Airflow's REST API (needs `make run` in another terminal)
+walkthrough: setup
+	@$(PY) -m include.crm_export.local.walkthrough
 
 ## test: lint, then every test (unit, integration, dags) against real PostgreSQL and the emulator
 test: setup
@@ -24,6 +28,7 @@ format: setup
 
 bench: setup
 	@$(PY) bench/export_throughput.py
+	@$(PY) bench/reexport.py
 
 ## lock: regenerate constraints.txt from the current working install
 lock: setup

@@ -176,18 +176,8 @@ def contacts_stream(**overrides: Any) -> dict[str, Any]:
 def assert_salesforce_matches_source(conn: psycopg.Connection, emulator, stream_name: str = "contacts") -> None:
     """Salesforce holds exactly the source rows, field by field, each once."""
     from include.crm_export.config import load_streams
-    from include.crm_export.db import store
-    from include.crm_export.mapping import map_row
+    from include.crm_export.local.verify import compare
 
     stream = load_streams()[stream_name]
-    types = store.source_column_types(conn, stream)
-    rows = conn.execute(f"SELECT id::text FROM {stream.source}").fetchall()
-    expected = {}
-    for row in store.read_rows_by_key(conn, stream, [r[0] for r in rows], types):
-        record = map_row(stream, row)
-        expected[record.external_id] = {k: v for k, v in record.payload.items() if k != "attributes"}
-    stored = emulator.records(stream.sobject)
-    external_ids = [r[stream.external_id_field] for r in stored]
-    assert len(external_ids) == len(set(external_ids)), "duplicate records in Salesforce"
-    actual = {r[stream.external_id_field]: {k: r.get(k) for k in expected[r[stream.external_id_field]]} for r in stored}
-    assert actual == expected
+    comparison = compare(conn, stream, emulator.records(stream.sobject))
+    assert comparison.equal, comparison.describe()

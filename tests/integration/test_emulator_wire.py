@@ -306,3 +306,23 @@ def test_bad_rules_are_refused(emulator):
         emulator.add_rule(cause="gremlins")
     with pytest.raises(EmulatorError, match="Unknown fault"):
         emulator.add_rule(fault="gremlins")
+
+
+def test_a_persistent_emulator_keeps_records_and_rules_across_restarts(tmp_path):
+    from include.crm_export.emulator.process import EmulatorAdmin, EmulatorProcess
+
+    for round_number in (1, 2):
+        with EmulatorProcess(tmp_path, persist=True) as info:
+            admin = EmulatorAdmin(info)
+            session = SalesforceSession(ca_bundle=info.ca_bundle)
+            url = f"{info.url}/services/data/v62.0/{UPSERT}"
+            headers = {"Authorization": f"Bearer {info.access_token}"}
+            if round_number == 1:
+                admin.add_rule(cause="no_access", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "x"})
+                session.patch(url, json={"records": [contact("kept")]}, headers=headers).raise_for_status()
+            else:
+                assert [r["CRM_Contact_Id__c"] for r in admin.records("Contact")] == ["kept"]
+                assert [r["cause"] for r in admin.rules()] == ["no_access"]
+                answer = session.patch(url, json={"records": [contact("kept"), contact("x")]}, headers=headers)
+                assert [r["success"] for r in answer.json()] == [True, False]
+                assert answer.json()[0]["created"] is False

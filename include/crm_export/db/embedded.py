@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -98,7 +99,6 @@ class EmbeddedPostgres:
     """
 
     user = "crm_export"
-    password = "crm_export"  # loopback only, private to this folder
 
     def __init__(self, root: Path, *, port: int | None = None) -> None:
         self.root = Path(root).resolve()
@@ -108,6 +108,19 @@ class EmbeddedPostgres:
         self._requested_port = port
         self._bindir: Path | None = None
         self.address: ServerAddress | None = None
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        """Random per data folder (loopback only); kept beside the data for later starts."""
+        if self._password is None:
+            path = self.root / "password"
+            if not path.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                path.write_text(secrets.token_urlsafe(18))
+                path.chmod(0o600)
+            self._password = path.read_text().strip()
+        return self._password
 
     @property
     def bindir(self) -> Path:

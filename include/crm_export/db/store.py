@@ -450,3 +450,11 @@ def positions_by_key(conn: psycopg.Connection, stream: Stream, keys: list[str]) 
         key=sql.Identifier(stream.key),
     )
     return {str(row[0]): tuple(row[1:]) for row in conn.execute(query, (keys,)).fetchall()}
+
+
+def all_keys_query(stream: Stream) -> sql.Composed:
+    return sql.SQL("SELECT {key}::text FROM {schema}.{table}").format(
+        key=sql.Identifier(stream.key),
+        schema=sql.Identifier(stream.source_schema),
+        table=sql.Identifier(stream.source_table),
+    )

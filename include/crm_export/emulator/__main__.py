@@ -49,7 +49,7 @@ def serve(args: argparse.Namespace) -> None:
     tmp.chmod(0o600)
     tmp.replace(ready)
     config = uvicorn.Config(
-        create_app(org),
+        create_app(org, state_file=state_dir / "org-state.json" if args.persist else None),
         ssl_certfile=str(certificates.certificate),
         ssl_keyfile=str(certificates.private_key),
         log_level=args.log_level,
@@ -71,6 +71,7 @@ def main() -> None:
     run.add_argument("--access-token", help="the session id clients start with (default: random)")
     run.add_argument("--client-id", default="crm-export-local")
     run.add_argument("--client-secret", help="for the OAuth client credentials flow (default: random)")
+    run.add_argument("--persist", action="store_true", help="keep records and rules in STATE_DIR across restarts")
     run.add_argument("--log-level", default="warning")
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")

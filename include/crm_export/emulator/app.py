@@ -9,9 +9,11 @@ and read what the org holds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -213,7 +215,7 @@ async def admin_expire_sessions(request: Request) -> Response:
     return JSONResponse({"expired": True})
 
 
-def create_app(org: Org) -> Starlette:
+def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
     data = "/services/data/v{version}"
     routes = [
         Route("/services/data", versions, methods=["GET"]),
@@ -239,6 +241,18 @@ def create_app(org: Org) -> Starlette:
         Route("/__emulator__/reset", admin_reset, methods=["POST"]),
         Route("/__emulator__/sessions/expire", admin_expire_sessions, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        if state_file is not None and state_file.exists():
+            org.load(json.loads(state_file.read_text()))
+            log.info("Loaded the org's records and rules from %s", state_file)
+        yield
+        if state_file is not None:
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(org.dump()))
+            tmp.replace(state_file)
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.org = org
     return app

@@ -253,6 +253,32 @@ class Org:
             "DataStorageMB": {"Max": 1024, "Remaining": 1024},
         }
 
+    def dump(self) -> dict[str, Any]:
+        """Records and record rules, to survive a restart of a local run."""
+        return {
+            "records": self.records,
+            "sequence": self._sequence,
+            "record_rules": [
+                {k: v for k, v in rule.as_json().items() if k not in ("id", "kind", "statusCode")}
+                for rule in self.record_rules
+            ],
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.reset()
+        for sobject, records in state.get("records", {}).items():
+            if sobject not in self.objects:
+                continue
+            self.records[sobject] = records
+            for spec in self.objects[sobject].fields.values():
+                if spec.external_id:
+                    self.by_external_id[(sobject, spec.name)] = {
+                        r[spec.name]: record_id for record_id, r in records.items() if r.get(spec.name) is not None
+                    }
+        self._sequence = state.get("sequence", 0)
+        for raw in state.get("record_rules", []):
+            self.add_rule(raw)
+
     def snapshot(self, sobject: str) -> list[dict[str, Any]]:
         self.schema(sobject)
         return list(self.records[sobject].values())

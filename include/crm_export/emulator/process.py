@@ -48,7 +48,10 @@ class EmulatorInfo:
 class EmulatorProcess:
     """The emulator as a child process; a context manager that always stops it."""
 
-    def __init__(self, state_dir: Path, *, port: int = 0, access_token: str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, port: int = 0, access_token: str | None = None, persist: bool = False
+    ) -> None:
+        self.persist = persist
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.access_token = access_token
@@ -72,6 +75,8 @@ class EmulatorProcess:
         ]
         if self.access_token:
             command += ["--access-token", self.access_token]
+        if self.persist:
+            command.append("--persist")
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),

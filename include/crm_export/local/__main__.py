@@ -22,7 +22,9 @@ from pathlib import Path
 
 from include.crm_export.db.connection import connect, conninfo_for
 from include.crm_export.db.migrate import migrate
-from include.crm_export.emulator.process import die_with_parent
+from include.crm_export.emulator.process import EmulatorAdmin, die_with_parent
+from include.crm_export.local import demo
+from include.crm_export.local.airflow_api import AirflowApi
 from include.crm_export.local.stack import PROJECT_ROOT, LocalStack
 
 log = logging.getLogger("crm_export.local")
@@ -92,7 +94,7 @@ def _stop(processes: dict[str, subprocess.Popen]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
-    stack = LocalStack(root, emulator_port=args.emulator_port)
+    stack = LocalStack(root, emulator_port=args.emulator_port, persist_emulator=True)
     processes: dict[str, subprocess.Popen] = {}
     # SIGTERM behaves like Ctrl-C, so `kill` also stops everything cleanly.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -100,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         stack_env = stack.start()
         os.environ.update(stack_env)
+        (root / "postgres.json").write_text(stack_env.get("AIRFLOW_CONN_CRM_EXPORT_POSTGRES", "{}"))
         with connect(conninfo_for()) as conn:
             migrate(conn)
+            first_start = demo.seed_source(conn)
         env = airflow_environment(stack_env, port=args.port, root=root)
         logs = root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -119,13 +123,21 @@ def run(args: argparse.Namespace) -> int:
                     preexec_fn=die_with_parent,
                 )
         _wait_for_ui(args.port, processes)
-        elapsed = time.monotonic() - started
+        ui_at = time.monotonic() - started
         info = stack.emulator_info
+        if first_start:
+            demo.seed_salesforce(EmulatorAdmin(info))
+        api = AirflowApi(f"http://localhost:{args.port}")
+        api.login()
+        demo.configure_airflow(api)
+        elapsed = time.monotonic() - started
         print(
-            f"\ncrm-export is running ({elapsed:.0f}s to start).\n"
+            f"\ncrm-export is running: the UI answered {ui_at:.0f}s after start, demo ready after {elapsed:.0f}s.\n"
             f"  Airflow UI:           http://localhost:{args.port}  (login admin / admin)\n"
             f"  Salesforce emulator:  {info.url}  (records: {info.url}/__emulator__/records/Contact)\n"
             f"  Logs:                 {logs}\n"
+            "CRMExport is on and exports the demo data every 15 minutes; its first run is held at a contact that\n"
+            "breaks a Salesforce validation rule. Walk through the whole story with `make walkthrough`.\n"
             "Press Ctrl-C to stop everything.\n",
             flush=True,
         )

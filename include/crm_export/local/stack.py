@@ -35,7 +35,9 @@ class LocalStack:
         airflow_database: str = "airflow",
         emulator_port: int = 0,
         emulator_token: str | None = None,
+        persist_emulator: bool = False,
     ) -> None:
+        self.persist_emulator = persist_emulator
         self.root = Path(root).resolve()
         self.project_database = project_database
         self.airflow_database = airflow_database

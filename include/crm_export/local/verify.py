@@ -1,0 +1,63 @@
+"""Compare what Salesforce holds with the source: the check behind "nothing lost or duplicated"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from include.crm_export.config import Stream
+from include.crm_export.db import store
+from include.crm_export.mapping import map_row
+
+
+@dataclass
+class Comparison:
+    stream: str
+    source_rows: int = 0
+    salesforce_records: int = 0
+    missing: list[str] = field(default_factory=list)  # external ids in the source, not in Salesforce
+    extra: list[str] = field(default_factory=list)  # in Salesforce, not in the source
+    duplicated: list[str] = field(default_factory=list)
+    different: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # field: (source, Salesforce)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.duplicated or self.different)
+
+    def describe(self) -> str:
+        if self.equal:
+            return f"{self.stream}: Salesforce equals the source ({self.source_rows} records, field by field)"
+        return (
+            f"{self.stream}: {len(self.missing)} missing, {len(self.extra)} extra, {len(self.duplicated)} duplicated, "
+            f"{len(self.different)} different (e.g. {dict(list(self.different.items())[:2])})"
+        )
+
+
+def compare(conn: psycopg.Connection, stream: Stream, salesforce_records: list[dict[str, Any]]) -> Comparison:
+    types = store.source_column_types(conn, stream)
+    keys = [row[0] for row in conn.execute(store.all_keys_query(stream)).fetchall()]
+    expected: dict[str, dict[str, Any]] = {}
+    for row in store.read_rows_by_key(conn, stream, keys, types):
+        record = map_row(stream, row)
+        if record.payload is not None:
+            expected[record.external_id] = {k: v for k, v in record.payload.items() if k != "attributes"}
+    result = Comparison(stream.name, source_rows=len(expected), salesforce_records=len(salesforce_records))
+    seen: dict[str, dict[str, Any]] = {}
+    for record in salesforce_records:
+        external_id = record.get(stream.external_id_field)
+        if external_id in seen:
+            result.duplicated.append(external_id)
+        seen[external_id] = record
+    result.missing = sorted(set(expected) - set(seen))
+    result.extra = sorted(set(seen) - set(expected))
+    for external_id in set(expected) & set(seen):
+        diff = {
+            name: (value, seen[external_id].get(name))
+            for name, value in expected[external_id].items()
+            if seen[external_id].get(name) != value
+        }
+        if diff:
+            result.different[external_id] = diff
+    return result
