@@ -96,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     stack = LocalStack(root, emulator_port=args.emulator_port, persist_emulator=True)
     processes: dict[str, subprocess.Popen] = {}
-    # SIGTERM behaves like Ctrl-C, so `kill` also stops everything cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops everything even when started from a shell that ignores
+    # SIGINT for background jobs; SIGTERM (`kill`) does the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
         stack_env = stack.start()

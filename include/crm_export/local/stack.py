@@ -85,7 +85,10 @@ class LocalStack:
                 f"/{self.airflow_database}"
             )
         self.emulator = EmulatorProcess(
-            self.root / "emulator", port=self.emulator_port, access_token=self.emulator_token
+            self.root / "emulator",
+            port=self.emulator_port,
+            access_token=self.emulator_token,
+            persist=self.persist_emulator,
         )
         self.emulator_info = self.emulator.start()
         env["AIRFLOW_CONN_SALESFORCE_DEFAULT"] = json.dumps(self.emulator_info.airflow_connection())
