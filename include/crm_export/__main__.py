@@ -27,12 +27,7 @@ from include.crm_export.db.migrate import migrate
 from include.crm_export.errors import CrmExportError
 from include.crm_export.export import RunContext, export_stream
 from include.crm_export.mapping import map_row
-from include.crm_export.salesforce import (
-    SALESFORCE_CONN_ID,
-    CollectionWriter,
-    check_stream_against_describe,
-    renewer_for,
-)
+from include.crm_export.salesforce import SALESFORCE_CONN_ID, writer_for
 from include.crm_export.salesforce import connect as connect_salesforce
 from include.crm_export.settings import parse_pause_on_error
 
@@ -67,10 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return pause
     else:
         from include.crm_export.tasks import read_pause_on_error as pause_setting
-    sf = connect_salesforce(SALESFORCE_CONN_ID)
-    renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
-    check_stream_against_describe(sf, stream, renewer=renewer)
-    writer = CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer)
+    writer = writer_for(stream)
     run_id = f"cli__{datetime.now(UTC).isoformat()}"
     result = export_stream(
         stream, conninfo=conninfo, writer=writer, pause_on_error=pause_setting, context=RunContext(CLI_DAG_ID, run_id)
@@ -129,12 +121,7 @@ def cmd_reexport(args: argparse.Namespace) -> int:
     )
     writer = None
     if not args.dry_run:
-        sf = connect_salesforce(SALESFORCE_CONN_ID)
-        renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
-        check_stream_against_describe(sf, stream, renewer=renewer)
-        writer = CollectionWriter(
-            sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
-        )
+        writer = writer_for(stream)
     result = reexport_stream(
         stream,
         conninfo=conninfo_for(POSTGRES_CONN_ID),

@@ -325,3 +325,11 @@ def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: Se
                 f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
                 f"{stream.sobject}.{sf_field} is read-only in Salesforce."
             )
+
+
+def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID) -> CollectionWriter:
+    """The writer a task uses for ``stream``: connected, session renewal wired, mapping checked."""
+    sf = connect(conn_id)
+    renewer = renewer_for(conn_id, sf.session)
+    check_stream_against_describe(sf, stream, renewer=renewer)
+    return CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer)

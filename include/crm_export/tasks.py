@@ -12,13 +12,7 @@ from include.crm_export.config import load_streams
 from include.crm_export.db.connection import POSTGRES_CONN_ID, conninfo_for
 from include.crm_export.errors import RequestFailed, SettingsError, StreamBusy, StreamConfigError
 from include.crm_export.export import RunContext, export_stream
-from include.crm_export.salesforce import (
-    SALESFORCE_CONN_ID,
-    CollectionWriter,
-    check_stream_against_describe,
-    renewer_for,
-)
-from include.crm_export.salesforce import connect as connect_salesforce
+from include.crm_export.salesforce import writer_for
 from include.crm_export.settings import PAUSE_VARIABLE, parse_pause_on_error
 
 log = logging.getLogger(__name__)
@@ -38,12 +32,7 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
     try:
         stream = load_streams()[stream_name]
         pause_on_error = read_pause_on_error()  # a bad value fails before anything is sent
-        sf = connect_salesforce(SALESFORCE_CONN_ID)
-        renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
-        check_stream_against_describe(sf, stream, renewer=renewer)
-        writer = CollectionWriter(
-            sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
-        )
+        writer = writer_for(stream)
         first = [pause_on_error]
 
         def pause_setting() -> bool:
@@ -100,12 +89,7 @@ def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: st
         stream = load_streams()[stream_name]
         writer = None
         if not options.dry_run:
-            sf = connect_salesforce(SALESFORCE_CONN_ID)
-            renewer = renewer_for(SALESFORCE_CONN_ID, sf.session)
-            check_stream_against_describe(sf, stream, renewer=renewer)
-            writer = CollectionWriter(
-                sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer
-            )
+            writer = writer_for(stream)
         result = reexport_stream(
             stream,
             conninfo=conninfo_for(POSTGRES_CONN_ID),
