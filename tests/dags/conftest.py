@@ -181,3 +181,48 @@ def assert_salesforce_matches_source(conn: psycopg.Connection, emulator, stream_
     stream = load_streams()[stream_name]
     comparison = compare(conn, stream, emulator.records(stream.sobject))
     assert comparison.equal, comparison.describe()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local_run(root: Path, port: int, log_path: Path, *, env: dict[str, str] | None = None):
+    """The README's run command, in the background, until it says it is ready."""
+    import signal
+    import time
+
+    # A clean environment: the test session's own connections must not leak into the local run.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRM_EXPORT"))}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "include.crm_export.local", "run", "--root", str(root), "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            env={**clean, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if "Press Ctrl-C to stop everything" in log_path.read_text(errors="replace"):
+            return process
+        if process.poll() is not None:
+            raise AssertionError(f"the run command exited early:\n{log_path.read_text()[-4000:]}")
+        time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    raise AssertionError(f"the run command did not come up:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_local_run(process, root: Path) -> None:
+    """Ctrl-C, then nothing the run started may be left running."""
+    import signal
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0
+    leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
+    assert not (root / "postgres" / "data" / "postmaster.pid").exists()

@@ -10,57 +10,15 @@ time on the same data.
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from include.crm_export.config import load_streams
-from include.crm_export.local.stack import PROJECT_ROOT
 from include.crm_export.local.verify import compare
 from include.crm_export.local.walkthrough import walkthrough_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_local_run(root: Path, port: int, log_path: Path) -> subprocess.Popen:
-    # A clean environment: the test session's own connections must not leak into the local run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRM_EXPORT"))}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "include.crm_export.local", "run", "--root", str(root), "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if "Press Ctrl-C to stop everything" in log_path.read_text(errors="replace"):
-            return process
-        if process.poll() is not None:
-            raise AssertionError(f"the run command exited early:\n{log_path.read_text()[-4000:]}")
-        time.sleep(1)
-    process.send_signal(signal.SIGINT)
-    raise AssertionError(f"the run command did not come up:\n{log_path.read_text()[-4000:]}")
-
-
-def stop_local_run(process: subprocess.Popen, root: Path) -> None:
-    process.send_signal(signal.SIGINT)
-    assert process.wait(60) == 0
-    leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
-    assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
-    assert not (root / "postgres" / "data" / "postmaster.pid").exists()
+from tests.dags.conftest import free_port, start_local_run, stop_local_run
 
 
 @pytest.mark.timeout(900)

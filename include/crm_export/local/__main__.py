@@ -43,7 +43,9 @@ def airflow_environment(stack_env: dict[str, str], *, port: int, root: Path) -> 
         **os.environ,
         **stack_env,
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": os.environ.get(
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin"
+        ),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__API__PORT": str(port),
