@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -201,7 +200,3 @@ def test_the_page_is_in_airflows_navigation(airflow):
     crm = next(p for p in plugins if p["name"] == "crm_export")
     assert crm["external_views"][0]["href"] == "/crm-export/"
     assert crm["fastapi_apps"][0]["url_prefix"] == "/crm-export"
-
-
-def test_screenshot_artifact_exists():
-    assert Path(SCREENSHOT).exists()
