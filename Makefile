@@ -16,6 +16,7 @@ walkthrough: setup
 
 ## test: lint, then every test (unit, integration, dags) against real PostgreSQL and the emulator
 test: setup
+	@bash scripts/setup-browser.sh
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@$(PY) -m pytest

@@ -34,11 +34,3 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
   echo "$wanted" > "$stamp"
 fi
 
-# The UI tests drive Debian's Chromium. Install it where we may (root with
-# apt-get, as in CI); elsewhere those tests say how to get it.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-    echo "Installing Debian's chromium and chromium-driver for the UI tests…"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-  fi
-fi
