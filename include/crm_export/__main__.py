@@ -41,9 +41,9 @@ def _print_json(label: str, value: object) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     stream = load_streams()[args.stream]
     conninfo = conninfo_for(POSTGRES_CONN_ID)
-    with connect(conninfo, application_name=f"crm-export {stream.name} dry run") as conn:
-        migrate(conn)
-        if args.dry_run:
+    if args.dry_run:
+        with connect(conninfo, application_name=f"crm-export {stream.name} dry run") as conn:
+            migrate(conn)
             types = store.source_column_types(conn, stream)
             watermark = store.load_watermark(conn, stream)
             horizon = store.export_horizon(conn, stream)

@@ -130,14 +130,16 @@ def export_stream(
             watermark.position,
         )
 
-        horizon_cache: list[tuple[float, store.Horizon]] = []
+        horizon: store.Horizon | None = None
+        horizon_looked_up = 0.0
 
         def fetch(after: list[str] | None, limit: int) -> tuple[store.Horizon, list[dict]]:
+            nonlocal horizon, horizon_looked_up
             # An older horizon is still safe (only more conservative), so it is
             # looked up again at most once a second rather than per batch.
-            if not horizon_cache or clock() - horizon_cache[0][0] >= HORIZON_REFRESH_SECONDS:
-                horizon_cache[:] = [(clock(), store.export_horizon(reader, stream, exclude_backends=own_backends))]
-            horizon = horizon_cache[0][1]
+            if horizon is None or clock() - horizon_looked_up >= HORIZON_REFRESH_SECONDS:
+                horizon_looked_up = clock()
+                horizon = store.export_horizon(reader, stream, exclude_backends=own_backends)
             rows = store.read_batch(
                 reader, stream, after=after, horizon=horizon.at, column_types=column_types, limit=limit
             )
@@ -145,13 +147,12 @@ def export_stream(
 
         # Resolving open errors costs a statement per batch; skip it while the
         # stream has none (the common case).
-        has_open_errors = [store.has_open_errors(conn, stream)]
+        has_open_errors = store.has_open_errors(conn, stream)
 
         def commit(plan: BatchPlan) -> None:
-            has_open_errors[0] = has_open_errors[0] or bool(plan.errors)
-            store.apply_batch(
-                conn, stream, plan, dag_id=context.dag_id, run_id=context.run_id, resolve=has_open_errors[0]
-            )
+            nonlocal has_open_errors
+            has_open_errors = has_open_errors or bool(plan.errors)
+            store.apply_batch(conn, stream, plan, dag_id=context.dag_id, run_id=context.run_id, resolve=has_open_errors)
 
         read_count = 0
         warned_about_horizon = False
@@ -161,11 +162,11 @@ def export_stream(
         )
         try:
             while next_fetch is not None:
-                horizon, rows = next_fetch.result()
+                read_horizon, rows = next_fetch.result()
                 next_fetch = None
-                if horizon.held_back_by and not warned_about_horizon:
+                if read_horizon.held_back_by and not warned_about_horizon:
                     warned_about_horizon = True
-                    _warn_horizon(horizon)
+                    _warn_horizon(read_horizon)
                 if not rows:
                     break
                 records = [map_row(stream, row) for row in rows]

@@ -191,9 +191,7 @@ def _send_current(
             break
         for outcome in send(writer, pending):
             final[outcome.record.key] = (outcome.record, outcome.rejection)
-        sent_ok = [
-            key for key, (_, rejection) in final.items() if rejection is None and key in {r.key for r in pending}
-        ]
+        sent_ok = [r.key for r in pending if final[r.key][1] is None]
         now = store.positions_by_key(conn, stream, sent_ok) if sent_ok else {}
         changed = [key for key in sent_ok if key in now and now[key] != final[key][0].position]
         if not changed:

@@ -47,10 +47,14 @@ SALESFORCE_CONN_ID = "salesforce_default"
 
 def connect(conn_id: str = SALESFORCE_CONN_ID, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> Salesforce:
     """A simple-salesforce client for ``conn_id``; every request it makes has ``timeout``."""
-    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
     from airflow.sdk import BaseHook
 
-    connection = BaseHook.get_connection(conn_id)
+    return _client(BaseHook.get_connection(conn_id), timeout=timeout)
+
+
+def _client(connection: Any, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> Salesforce:
+    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
+
     extras = connection.extra_dejson
     if extras.get("timeout"):
         timeout = (timeout[0], float(extras["timeout"]))
@@ -58,7 +62,7 @@ def connect(conn_id: str = SALESFORCE_CONN_ID, *, timeout: tuple[float, float] =
     # The provider's hook takes a direct session's token only as an argument;
     # we keep it in the connection's password so Airflow masks it everywhere.
     direct_session_token = connection.password if extras.get("instance_url") and not connection.login else None
-    hook = SalesforceHook(salesforce_conn_id=conn_id, session_id=direct_session_token, session=session)
+    hook = SalesforceHook(salesforce_conn_id=connection.conn_id, session_id=direct_session_token, session=session)
     return hook.get_conn()
 
 
@@ -109,10 +113,8 @@ class SessionRenewer:
         sf.headers["Authorization"] = f"Bearer {token}"
 
 
-def renewer_for(conn_id: str, session: SalesforceSession) -> SessionRenewer | None:
-    from airflow.sdk import BaseHook
-
-    extras = BaseHook.get_connection(conn_id).extra_dejson
+def renewer_for(extras: dict[str, Any], session: SalesforceSession) -> SessionRenewer | None:
+    """A renewer when the connection's extras carry an OAuth client, else None."""
     if extras.get("oauth_client_id") and extras.get("oauth_client_secret"):
         token_url = extras.get("token_url") or f"{extras['instance_url'].rstrip('/')}/services/oauth2/token"
         return SessionRenewer(token_url, extras["oauth_client_id"], extras["oauth_client_secret"], session)
@@ -149,8 +151,6 @@ class CollectionWriter:
         self.backoff_seconds = backoff_seconds
         self.renewer = renewer
         self.sleep = sleep
-        self.requests_sent = 0
-        self.transient_retried = 0
 
     def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
         if len(payloads) > MAX_BATCH_SIZE:
@@ -166,7 +166,6 @@ class CollectionWriter:
                     retry.append(index)
             if not retry or attempt == self.transient_retries:
                 break
-            self.transient_retried += len(retry)
             log.info(
                 "%d record(s) hit a transient Salesforce error (%s); retrying them in %.1fs",
                 len(retry),
@@ -187,7 +186,6 @@ class CollectionWriter:
             return self._upsert_isolating(payloads[:middle]) + self._upsert_isolating(payloads[middle:])
 
     def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
-        self.requests_sent += 1
         try:
             answer = self.sf.restful(self.path, method="PATCH", json={"allOrNone": False, "records": payloads})
         except SalesforceMalformedRequest as exc:
@@ -253,24 +251,27 @@ class _WholeRequestRejected(Exception):
         self.content = content
 
     def as_record_error(self) -> RecordRejected:
-        first = self.content[0] if isinstance(self.content, list) and self.content else {}
         return RecordRejected(
-            first.get("errorCode", "BAD_REQUEST") if isinstance(first, dict) else "BAD_REQUEST",
-            first.get("message", str(self.content)) if isinstance(first, dict) else str(self.content),
-            tuple(first.get("fields") or ()) if isinstance(first, dict) else (),
+            _error_code(self.content, default="BAD_REQUEST"),
+            str(_first_error(self.content).get("message", self.content))[:500],
+            tuple(_first_error(self.content).get("fields") or ()),
         )
 
 
-def _error_code(content: Any) -> str:
+def _first_error(content: Any) -> dict[str, Any]:
+    """The first entry of a Salesforce error body (a list of {errorCode, message, fields})."""
     if isinstance(content, list) and content and isinstance(content[0], dict):
-        return str(content[0].get("errorCode", "UNKNOWN"))
-    return "UNKNOWN"
+        return content[0]
+    return {}
+
+
+def _error_code(content: Any, *, default: str = "UNKNOWN") -> str:
+    return str(_first_error(content).get("errorCode", default))
 
 
 def _error_message(content: Any) -> str:
-    if isinstance(content, list) and content and isinstance(content[0], dict):
-        return str(content[0].get("message", ""))[:500]
-    return str(content)[:500]
+    first = _first_error(content)
+    return str(first.get("message", "") if first else content)[:500]
 
 
 def _result(item: dict[str, Any]) -> Result:
@@ -329,7 +330,10 @@ def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: Se
 
 def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID) -> CollectionWriter:
     """The writer a task uses for ``stream``: connected, session renewal wired, mapping checked."""
-    sf = connect(conn_id)
-    renewer = renewer_for(conn_id, sf.session)
+    from airflow.sdk import BaseHook
+
+    connection = BaseHook.get_connection(conn_id)
+    sf = _client(connection)
+    renewer = renewer_for(connection.extra_dejson, sf.session)
     check_stream_against_describe(sf, stream, renewer=renewer)
     return CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer)

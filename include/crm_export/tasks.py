@@ -31,18 +31,13 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
 
     try:
         stream = load_streams()[stream_name]
-        pause_on_error = read_pause_on_error()  # a bad value fails before anything is sent
+        read_pause_on_error()  # a bad value fails before anything is sent
         writer = writer_for(stream)
-        first = [pause_on_error]
-
-        def pause_setting() -> bool:
-            return first.pop() if first else read_pause_on_error()
-
         result = export_stream(
             stream,
             conninfo=conninfo_for(POSTGRES_CONN_ID),
             writer=writer,
-            pause_on_error=pause_setting,
+            pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
     except (SettingsError, StreamConfigError) as exc:

@@ -39,6 +39,11 @@ class Horizon:
     held_back_by: dict[str, Any] | None  # the old transaction that holds it back, if any
 
 
+def _dicts(conn: psycopg.Connection, query: Any, params: Any = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params).fetchall()
+
+
 def lock_stream(conn: psycopg.Connection, stream: Stream) -> None:
     """Hold a session lock on the stream for the life of ``conn``: one exporter per stream."""
     locked = conn.execute(
@@ -159,8 +164,7 @@ def read_batch(
         where=sql.SQL(" AND ").join(conditions),
         order=order,
     )
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query, params).fetchall()
+    return _dicts(conn, query, params)
 
 
 def read_rows_by_key(
@@ -174,8 +178,7 @@ def read_rows_by_key(
         table=sql.Identifier(stream.source_table),
         key=sql.Identifier(stream.key),
     )
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query, (keys,)).fetchall()
+    return _dicts(conn, query, (keys,))
 
 
 def apply_batch(
@@ -475,8 +478,7 @@ def stream_status(conn: psycopg.Connection) -> list[dict[str, Any]]:
            LEFT JOIN {errors} h ON h.stream = w.stream AND h.record_key = w.held_record_key AND h.status = 'open'
            ORDER BY w.stream"""
     ).format(errors=ERRORS_TABLE)
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query).fetchall()
+    return _dicts(conn, query)
 
 
 def error_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -485,8 +487,7 @@ def error_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
         """SELECT stream, status, error_code, count(*) AS count, min(first_failed_at) AS oldest
            FROM {errors} GROUP BY stream, status, error_code ORDER BY status, stream, error_code"""
     ).format(errors=ERRORS_TABLE)
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query).fetchall()
+    return _dicts(conn, query)
 
 
 def error_page(
@@ -521,5 +522,4 @@ def error_page(
         "after_id": after[1] if after else 0,
         "limit": limit,
     }
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query, params).fetchall()
+    return _dicts(conn, query, params)

@@ -24,6 +24,7 @@ from include.crm_export.config import load_streams
 from include.crm_export.db import store
 from include.crm_export.db.connection import conninfo_for
 from include.crm_export.db.migrate import migrate
+from include.crm_export.errors import SettingsError
 from include.crm_export.reexport import REEXPORT_DAG_ID
 from include.crm_export.settings import PAUSE_VARIABLE, parse_pause_on_error
 
@@ -80,9 +81,15 @@ def _refused(response: requests.Response, doing: str) -> HTTPException:
     )
 
 
+_migrated = False
+
+
 def _db() -> psycopg.Connection:
+    global _migrated
     conn = psycopg.connect(conninfo_for(), autocommit=True, connect_timeout=10, options="-c statement_timeout=30000")
-    migrate(conn)
+    if not _migrated:  # once per API server process, not per request
+        migrate(conn)
+        _migrated = True
     return conn
 
 
@@ -180,7 +187,7 @@ def get_pause(request: Request, user: User) -> dict[str, Any]:
             "pause_on_error": parse_pause_on_error(value),
             "readable": True,
         }
-    except Exception as exc:  # an unreadable value: show it, the DAG refuses it too
+    except SettingsError as exc:  # an unreadable value: show it, the DAG refuses it too
         return {
             "variable": PAUSE_VARIABLE,
             "value": value,
