@@ -8,11 +8,11 @@ setup:
 
 ## run: the whole thing on embedded defaults (PostgreSQL, Salesforce emulator, Airflow); Ctrl-C stops it
 run: setup
-	@$(PY) -m include.crm_export.local run
+	@$(PY) -m devstack run
 
 ## walkthrough: the product's story, driven through Airflow's REST API (needs `make run` in another terminal)
 walkthrough: setup
-	@$(PY) -m include.crm_export.local.walkthrough
+	@$(PY) -m devstack.walkthrough
 
 ## test: lint, then every test (unit, integration, dags) against real PostgreSQL and the emulator
 test: setup

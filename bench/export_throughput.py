@@ -59,8 +59,11 @@ def reset_state(conninfo: str, admin) -> None:
 
 def worker(kind: str) -> None:
     """Runs in a child process; prints {"seconds", "records", "peak_rss_mb"}."""
+    import psycopg
+
+    from devstack.stack import project_conninfo
     from include.crm_export.config import load_streams
-    from include.crm_export.db.connection import connect, conninfo_for
+    from include.crm_export.db.connection import Database
     from include.crm_export.salesforce import CollectionWriter
     from include.crm_export.salesforce import connect as connect_salesforce
 
@@ -74,7 +77,7 @@ def worker(kind: str) -> None:
 
         result = export_stream(
             stream,
-            conninfo=conninfo_for(),
+            database=Database(),
             writer=CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field),
             pause_on_error=lambda: True,
             context=RunContext("bench", "bench"),
@@ -89,7 +92,7 @@ def worker(kind: str) -> None:
         path = f"composite/sobjects/{stream.sobject}/{stream.external_id_field}"
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in stream.source_columns)
         query = sql.SQL("SELECT {} FROM crm.contacts ORDER BY updated_at, id").format(columns)
-        with connect(conninfo_for()) as conn, conn.transaction():
+        with psycopg.connect(project_conninfo()) as conn, conn.transaction():
             from psycopg.rows import dict_row
 
             with conn.cursor(name="bare", row_factory=dict_row) as cursor:
@@ -144,10 +147,9 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from include.crm_export.db.connection import conninfo_for
+    from devstack.emulator.process import EmulatorAdmin
+    from devstack.stack import LocalStack, project_conninfo
     from include.crm_export.db.migrate import migrate
-    from include.crm_export.emulator.process import EmulatorAdmin
-    from include.crm_export.local.stack import LocalStack
 
     root = ROOT / ".crm_export" / "bench"
     root.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ def main() -> None:
     with LocalStack(root, project_database="bench") as env:
         os.environ.update(env)
         env = {**env, "CRM_EXPORT_BENCH_STREAMS": str(streams_file)}
-        conninfo = conninfo_for()
+        conninfo = project_conninfo()
         import psycopg
 
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -224,7 +226,7 @@ def main() -> None:
 
 
 def _info(env: dict[str, str]):
-    from include.crm_export.emulator.process import EmulatorInfo
+    from devstack.emulator.process import EmulatorInfo
 
     raw = json.loads(Path(env["CRM_EXPORT_EMULATOR"]).read_text())
     return EmulatorInfo(**{k: raw[k] for k in EmulatorInfo.__dataclass_fields__})

@@ -35,11 +35,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import psycopg
 
+    from devstack.emulator.process import EmulatorAdmin, EmulatorInfo
+    from devstack.stack import LocalStack, project_conninfo
     from include.crm_export.config import load_streams
-    from include.crm_export.db.connection import conninfo_for
+    from include.crm_export.db.connection import Database
     from include.crm_export.db.migrate import migrate
-    from include.crm_export.emulator.process import EmulatorAdmin, EmulatorInfo
-    from include.crm_export.local.stack import LocalStack
+    from include.crm_export.export import RunContext
     from include.crm_export.reexport import ReexportOptions, reexport_stream
     from include.crm_export.salesforce import CollectionWriter
     from include.crm_export.salesforce import connect as connect_salesforce
@@ -47,7 +48,7 @@ def main() -> None:
     root = ROOT / ".crm_export" / "bench"
     with LocalStack(root, project_database="bench_reexport") as env:
         os.environ.update(env)
-        conninfo = conninfo_for()
+        conninfo = project_conninfo()
         with psycopg.connect(conninfo, autocommit=True) as conn:
             migrate(conn)
             conn.execute((ROOT / "include" / "crm_export" / "source_schema.sql").read_text())
@@ -95,11 +96,10 @@ def main() -> None:
         started = time.perf_counter()
         result = reexport_stream(
             stream,
-            conninfo=conninfo,
+            database=Database(),
             writer=writer,
             options=ReexportOptions(limit=10_000_000),
-            dag_id="bench",
-            run_id="bench",
+            context=RunContext("bench", "bench"),
         )
         seconds = time.perf_counter() - started
         if result.resolved != args.open:

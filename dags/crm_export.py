@@ -7,11 +7,11 @@ Exports CRM records from PostgreSQL (`crm_export_postgres`) to Salesforce
 stream's watermark, upserts by external id and commits the watermark with the
 batch's `ExportErrors` rows.
 
-## The pause Variable: `crm_export_pause_on_error`
+## Pause on error: the Variable `crm_export_pause_on_error`
 
-- **true** (or absent): when Salesforce rejects a record, the task stops
-  there. Records before it are exported; the watermark stays on the rejected
-  record, so nothing after it is skipped. The task turns red.
+- **true** (or absent): when Salesforce rejects a record, the stream is
+  **held** there. Records before it are exported; the watermark stays on the
+  rejected record, so nothing after it is skipped. The task turns red.
 - **false**: the rejected record is logged to `ExportErrors` and skipped; the
   run stays green but **Salesforce is incomplete** until the record is
   re-exported (`CRMExport_ExportError`, daily) or the cause is fixed.
@@ -31,8 +31,9 @@ running task.
 To keep exporting while the cause is being fixed, set
 `crm_export_pause_on_error` to `false` and set it back to `true` when fixed.
 
-A task that fails with a Salesforce outage, limit or timeout is retried by
-Airflow; it never moves the watermark or writes `ExportErrors` rows.
+A task that fails with a **request failure** (a Salesforce outage, limit or
+timeout) is retried by Airflow; it never moves the watermark or writes
+`ExportErrors` rows.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, task
 
 from include.crm_export.config import load_streams
+from include.crm_export.names import EXPORT_DAG_ID
 
 STREAMS = load_streams()  # a local file: validated at parse time, no network or database
 
 
 @dag(
-    dag_id="CRMExport",
+    dag_id=EXPORT_DAG_ID,
     schedule="*/15 * * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,

@@ -9,8 +9,8 @@ first, reads each record's **current** source row (never an old payload) and
 upserts it exactly as `CRMExport` does. Per record:
 
 - it goes through: the row is **resolved** (`resolved_by` = this DAG);
-- Salesforce rejects it again: the row stays **open** with the new error code,
-  message and fields, and one more attempt counted;
+- Salesforce rejects it again (still rejected): the row stays **open** with
+  the new error code, message and fields, and one more attempt counted;
 - its source row is gone: the row is closed as **source_deleted**, nothing sent.
 
 It never moves a `CRMExport` watermark and is safe to run beside `CRMExport`
@@ -23,7 +23,7 @@ and beside another run of itself (rows are claimed; a claimed row is skipped).
 - `limit`: at most this many records per stream
 - `dry_run`: log what would be sent or closed; send and change nothing
 
-The log ends with a summary per stream: resolved, still failing by error code,
+The log ends with a summary per stream: resolved, still rejected by error code,
 closed, and the age of the oldest open error.
 """
 
@@ -34,12 +34,13 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, task
 
 from include.crm_export.config import load_streams
+from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, REEXPORT_DAG_ID
 
 STREAMS = load_streams()  # a local file: validated at parse time, no network or database
 
 
 @dag(
-    dag_id="CRMExport_ExportError",
+    dag_id=REEXPORT_DAG_ID,
     schedule="0 4 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -62,7 +63,13 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
             title="Salesforce error codes",
             description="Re-export only errors with these codes (e.g. UNABLE_TO_LOCK_ROW); empty for all.",
         ),
-        "limit": Param(50_000, type="integer", minimum=1, title="Limit", description="At most this many per stream."),
+        "limit": Param(
+            DEFAULT_REEXPORT_LIMIT,
+            type="integer",
+            minimum=1,
+            title="Limit",
+            description="At most this many per stream.",
+        ),
         "dry_run": Param(False, type="boolean", title="Dry run", description="Log what would be sent; send nothing."),
     },
     default_args={
@@ -78,7 +85,7 @@ def crm_export_error():
     for stream in STREAMS.values():
 
         @task(
-            task_id=f"reexport_{stream.name}",
+            task_id=stream.reexport_task_id,
             doc_md=f"Re-exports open ExportErrors of stream `{stream.name}` to Salesforce `{stream.sobject}`.",
         )
         def reexport(stream_name: str = stream.name, **context):

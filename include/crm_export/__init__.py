@@ -1,8 +1,14 @@
 """crm-export: export CRM records from PostgreSQL to Salesforce, batch by batch.
 
-Pure modules (settings, ordering, classification, mapping) import neither
-Airflow nor a database driver; the PostgreSQL and Salesforce edges live in
-``db`` and ``salesforce``; ``emulator`` is the local Salesforce API stand-in.
-"""
+Only what runs inside Airflow lives here; the local stack (Salesforce
+emulator, embedded PostgreSQL, demo, walk-through) is the top-level
+``devstack`` package and is never deployed. The layers, from the inside out:
 
-SCHEMA = "crm_export"
+- pure (no Airflow, no driver, no HTTP): ``names``, ``errors``, ``settings``,
+  ``config``, ``mapping``, ``batch``, ``decisions``;
+- edges: ``db`` (PostgreSQL through the provider's PostgresHook) and
+  ``salesforce`` (simple-salesforce through the provider's SalesforceHook);
+- engines: ``export`` (CRMExport) and ``reexport`` (CRMExport_ExportError);
+- entry points: ``tasks`` (DAG task bodies), ``ui`` (the CRM Export page),
+  ``__main__`` (the command line).
+"""

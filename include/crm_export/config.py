@@ -1,8 +1,8 @@
-"""Export streams from the configuration file (``streams.yml``), validated.
+"""Export streams from the configuration file (``streams.yml``), validated. Pure: no Airflow, no driver.
 
 A stream is one source table or view, one Salesforce object, one external-id
-field and a field mapping. Everything a person can get wrong in the file is
-checked here, with an error that names the stream and the field, so a broken
+field and a field mapping. The file is validated by pydantic models; every
+problem is reported with the stream and the setting it is in, so a broken
 config fails DAG parsing instead of half an export.
 """
 
@@ -12,27 +12,84 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from include.crm_export.errors import StreamConfigError
+from include.crm_export.names import EXPORT_TASK_PREFIX, MAX_BATCH_SIZE, REEXPORT_TASK_PREFIX, STREAMS_FILE_ENV
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "streams.yml"
-CONFIG_PATH_ENV = "CRM_EXPORT_STREAMS_FILE"
-MAX_BATCH_SIZE = 200  # sObject Collections limit
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _SF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-_DEFAULTS = {
-    "batch_size": MAX_BATCH_SIZE,
-    "max_records_per_run": 100_000,
-    "max_minutes_per_run": 12.0,
-    "settle_seconds": 30.0,
-}
-_STREAM_KEYS = {"source", "key", "order_by", "sobject", "external_id", "fields", *_DEFAULTS}
+
+def _problem(detail: str) -> PydanticCustomError:
+    """A validation error whose message is exactly ``detail`` (pydantic would prefix "Value error, ")."""
+    return PydanticCustomError("crm_export", "{detail}", {"detail": detail})
+
+
+def _sql_identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise _problem(f"{value!r} is not a plain SQL identifier (letters, digits, _)")
+    return value
+
+
+def _salesforce_name(value: str) -> str:
+    if not _SF_NAME.match(value):
+        raise _problem(f"{value!r} is not a Salesforce API name")
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _problem(f"{value!r} is not a whole number")
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _problem(f"{value!r} is not a number")
+    return value
+
+
+SqlIdentifier = Annotated[str, AfterValidator(_sql_identifier)]
+SalesforceName = Annotated[str, AfterValidator(_salesforce_name)]
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Number = Annotated[float, BeforeValidator(_number)]
+
+
+class RunLimits(BaseModel):
+    """Settings a stream may take from ``defaults``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    batch_size: Annotated[WholeNumber, Field(ge=1, le=MAX_BATCH_SIZE)] = MAX_BATCH_SIZE
+    max_records_per_run: Annotated[WholeNumber, Field(ge=1)] = 100_000
+    max_minutes_per_run: Annotated[Number, Field(ge=0.01)] = 12.0
+    settle_seconds: Annotated[Number, Field(ge=0)] = 30.0
+
+
+class ExternalIdSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    field: SalesforceName
+    column: SqlIdentifier
+
+
+class StreamSettings(RunLimits):
+    """One stream as written in the file."""
+
+    source: str
+    key: SqlIdentifier
+    order_by: list[SqlIdentifier]
+    sobject: SalesforceName
+    external_id: ExternalIdSettings
+    fields: dict[SalesforceName, SqlIdentifier]
 
 
 @dataclass(frozen=True)
@@ -63,112 +120,104 @@ class Stream:
 
     @property
     def task_id(self) -> str:
-        return f"export_{self.name}"
+        return f"{EXPORT_TASK_PREFIX}{self.name}"
+
+    @property
+    def reexport_task_id(self) -> str:
+        return f"{REEXPORT_TASK_PREFIX}{self.name}"
 
 
 def _fail(stream: str, field: str, problem: str) -> StreamConfigError:
     return StreamConfigError(f"Stream config error in stream '{stream}', field '{field}': {problem}")
 
 
-def _identifier(stream: str, field: str, value: Any) -> str:
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
-        raise _fail(stream, field, f"{value!r} is not a plain SQL identifier (letters, digits, _)")
-    return value
+_KNOWN_SETTINGS = sorted(StreamSettings.model_fields)
+_SHAPES = {
+    "external_id": "must be {field: <Salesforce external id field>, column: <source column>}",
+    "fields": "must map Salesforce field names to source columns",
+    "order_by": "must be a list of columns, for example [updated_at, id]",
+}
 
 
-def _number(stream: str, field: str, value: Any, *, minimum: float, maximum: float | None, whole: bool) -> Any:
-    kind = int if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise _fail(stream, field, f"{value!r} is not a {'whole ' if whole else ''}number")
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and at most {maximum}" if maximum is not None else ""
-        raise _fail(stream, field, f"{value} must be at least {minimum}{upper}")
-    return value
+def _explain(stream: str, error: dict[str, Any]) -> StreamConfigError:
+    """One pydantic error as a person reads it: which stream, which setting, what is wrong."""
+    loc = [str(part) for part in error["loc"] if not isinstance(part, int) and part != "[key]"]
+    kind, value = error["type"], error.get("input")
+    top = loc[0] if loc else "(stream)"
+    if top in _SHAPES and (kind in ("missing", "extra_forbidden") or len(loc) == 1) and kind != "crm_export":
+        return _fail(stream, top, "missing" if kind == "missing" and len(loc) == 1 else _SHAPES[top])
+    if kind == "extra_forbidden":
+        return _fail(stream, ".".join(loc), f"unknown setting; known settings are {_KNOWN_SETTINGS}")
+    if kind == "missing":
+        return _fail(stream, ".".join(loc), "missing")
+    if kind in ("greater_than_equal", "less_than_equal"):
+        limits = StreamSettings.model_fields[top].metadata
+        low = next((m.ge for m in limits if getattr(m, "ge", None) is not None), None)
+        high = next((m.le for m in limits if getattr(m, "le", None) is not None), None)
+        upper = f" and at most {high}" if high is not None else ""
+        return _fail(stream, top, f"{value} must be at least {low}{upper}")
+    if kind == "crm_export" and top == "sobject" and "Salesforce" in error["msg"]:
+        return _fail(stream, top, f"{value!r} is not a Salesforce object API name")
+    if kind == "crm_export" and top == "fields" and "Salesforce" in error["msg"]:
+        return _fail(stream, ".".join(loc), "is not a Salesforce field API name")
+    if kind == "crm_export" and loc == ["external_id", "field"]:
+        return _fail(stream, "external_id.field", f"{value!r} is not a Salesforce field API name")
+    if kind == "string_type":
+        return _fail(stream, ".".join(loc), f"{value!r} must be text")
+    return _fail(stream, ".".join(loc) or "(stream)", error["msg"])
 
 
-def parse_stream(name: str, raw: Any, defaults: dict[str, Any]) -> Stream:
+def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
     if not isinstance(name, str) or not _STREAM_NAME.match(name):
         raise _fail(str(name), "name", "stream names are lower_snake_case (they become task ids)")
     if not isinstance(raw, dict):
         raise _fail(name, "(stream)", "a stream is a mapping of settings")
-    unknown = set(raw) - _STREAM_KEYS
-    if unknown:
-        raise _fail(name, sorted(unknown)[0], f"unknown setting; known settings are {sorted(_STREAM_KEYS)}")
-    for required in ("source", "key", "order_by", "sobject", "external_id", "fields"):
-        if required not in raw:
-            raise _fail(name, required, "missing")
+    try:
+        settings = StreamSettings.model_validate({**defaults, **raw})
+    except ValidationError as exc:
+        raise _explain(name, exc.errors()[0]) from None
 
-    source = raw["source"]
-    if not isinstance(source, str) or source.count(".") != 1:
-        raise _fail(name, "source", f"{source!r} must be schema.table_or_view")
-    schema, table = source.split(".")
-    _identifier(name, "source", schema)
-    _identifier(name, "source", table)
+    if settings.source.count(".") != 1:
+        raise _fail(name, "source", f"{settings.source!r} must be schema.table_or_view")
+    schema, table = settings.source.split(".")
+    for part in (schema, table):
+        if not _IDENTIFIER.match(part):
+            raise _fail(name, "source", f"{part!r} is not a plain SQL identifier (letters, digits, _)")
 
-    key = _identifier(name, "key", raw["key"])
-    order_by = raw["order_by"]
-    if not isinstance(order_by, list) or not order_by:
-        raise _fail(name, "order_by", "must be a list of columns, for example [updated_at, id]")
-    order_by = tuple(_identifier(name, "order_by", c) for c in order_by)
+    order_by = tuple(settings.order_by)
+    if not order_by:
+        raise _fail(name, "order_by", _SHAPES["order_by"])
     if len(set(order_by)) != len(order_by):
         raise _fail(name, "order_by", "lists a column twice")
-    if order_by[-1] != key:
-        raise _fail(
-            name, "order_by", f"must end with the key column '{key}' so the order is total (ties broken by key)"
-        )
+    if order_by[-1] != settings.key:
+        total = f"must end with the key column '{settings.key}' so the order is total (ties broken by key)"
+        raise _fail(name, "order_by", total)
     if len(order_by) < 2:
         raise _fail(name, "order_by", "needs a change timestamp column first, for example [updated_at, id]")
 
-    sobject = raw["sobject"]
-    if not isinstance(sobject, str) or not _SF_NAME.match(sobject):
-        raise _fail(name, "sobject", f"{sobject!r} is not a Salesforce object API name")
-
-    external_id = raw["external_id"]
-    if not isinstance(external_id, dict) or set(external_id) != {"field", "column"}:
-        raise _fail(name, "external_id", "must be {field: <Salesforce external id field>, column: <source column>}")
-    ext_field = external_id["field"]
-    if not isinstance(ext_field, str) or not _SF_NAME.match(ext_field):
-        raise _fail(name, "external_id.field", f"{ext_field!r} is not a Salesforce field API name")
-    ext_column = _identifier(name, "external_id.column", external_id["column"])
-
-    fields = raw["fields"]
-    if not isinstance(fields, dict) or not fields:
-        raise _fail(name, "fields", "must map Salesforce field names to source columns")
-    mapping = []
-    seen_lower: set[str] = {ext_field.lower()}
-    for sf_field, column in fields.items():
-        if not isinstance(sf_field, str) or not _SF_NAME.match(sf_field):
-            raise _fail(name, f"fields.{sf_field}", "is not a Salesforce field API name")
+    if not settings.fields:
+        raise _fail(name, "fields", _SHAPES["fields"])
+    seen_lower = {settings.external_id.field.lower()}
+    for sf_field in settings.fields:
         if sf_field.lower() in seen_lower:
-            raise _fail(
-                name,
-                f"fields.{sf_field}",
-                "is mapped twice (or is the external id field, which is set from external_id)",
-            )
+            twice = "is mapped twice (or is the external id field, which is set from external_id)"
+            raise _fail(name, f"fields.{sf_field}", twice)
         seen_lower.add(sf_field.lower())
-        mapping.append((sf_field, _identifier(name, f"fields.{sf_field}", column)))
 
-    settings = {**defaults, **{k: raw[k] for k in _DEFAULTS if k in raw}}
     return Stream(
         name=name,
         source_schema=schema,
         source_table=table,
-        key=key,
+        key=settings.key,
         order_by=order_by,
-        sobject=sobject,
-        external_id_field=ext_field,
-        external_id_column=ext_column,
-        fields=tuple(mapping),
-        batch_size=_number(name, "batch_size", settings["batch_size"], minimum=1, maximum=MAX_BATCH_SIZE, whole=True),
-        max_records_per_run=_number(
-            name, "max_records_per_run", settings["max_records_per_run"], minimum=1, maximum=None, whole=True
-        ),
-        max_minutes_per_run=_number(
-            name, "max_minutes_per_run", settings["max_minutes_per_run"], minimum=0.01, maximum=None, whole=False
-        ),
-        settle_seconds=_number(
-            name, "settle_seconds", settings["settle_seconds"], minimum=0, maximum=None, whole=False
-        ),
+        sobject=settings.sobject,
+        external_id_field=settings.external_id.field,
+        external_id_column=settings.external_id.column,
+        fields=tuple(settings.fields.items()),
+        batch_size=settings.batch_size,
+        max_records_per_run=settings.max_records_per_run,
+        max_minutes_per_run=float(settings.max_minutes_per_run),
+        settle_seconds=float(settings.settle_seconds),
     )
 
 
@@ -178,11 +227,17 @@ def parse_config(raw: Any, *, origin: str = "streams config") -> dict[str, Strea
     unknown = set(raw) - {"defaults", "streams"}
     if unknown:
         raise StreamConfigError(f"{origin}: unknown section {sorted(unknown)[0]!r}; use 'defaults' and 'streams'")
-    defaults = dict(_DEFAULTS)
-    raw_defaults = raw.get("defaults") or {}
-    if not isinstance(raw_defaults, dict) or set(raw_defaults) - set(_DEFAULTS):
-        raise StreamConfigError(f"{origin}: 'defaults' may set only {sorted(_DEFAULTS)}")
-    defaults.update(raw_defaults)
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise StreamConfigError(f"{origin}: 'defaults' must be a mapping of {sorted(RunLimits.model_fields)}")
+    try:
+        RunLimits.model_validate(defaults)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise StreamConfigError(
+            f"{origin}: 'defaults' may set only {sorted(RunLimits.model_fields)}, each as for a stream; "
+            f"{'.'.join(str(p) for p in error['loc'])}: {_explain('(defaults)', error).args[0].split(': ', 1)[1]}"
+        ) from None
     streams_raw = raw["streams"]
     if not isinstance(streams_raw, dict) or not streams_raw:
         raise StreamConfigError(f"{origin}: 'streams' must map stream names to their settings")
@@ -197,7 +252,7 @@ def parse_config(raw: Any, *, origin: str = "streams config") -> dict[str, Strea
 
 
 def config_path() -> Path:
-    return Path(os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    return Path(os.environ.get(STREAMS_FILE_ENV) or DEFAULT_CONFIG_PATH)
 
 
 def load_streams(path: Path | None = None) -> dict[str, Stream]:

@@ -1,10 +1,11 @@
 """The kinds of failure, as types. Code branches on the class, never on message text.
 
-- :class:`RecordRejected` (data): Salesforce refused one record; permanent
-  codes go to ``ExportErrors`` and obey the pause Variable.
-- :class:`RequestFailed` (exception): the request failed as a whole for a
-  reason that is not the record's fault (network, 5xx, limits, session);
-  nothing is recorded, the watermark does not move, Airflow retries the task.
+- :class:`RecordRejected` (data): a rejected record. Salesforce (or the
+  mapping) refused one record; permanent codes go to ``ExportErrors`` and obey
+  the pause on error Variable.
+- :class:`RequestFailed` (exception): a request failure. The request failed as
+  a whole for a reason that is not a record's fault (network, 5xx, limits,
+  session); nothing is recorded, the watermark does not move, Airflow retries.
 - :class:`SettingsError`, :class:`StreamConfigError` (exceptions): a person
   has to fix a setting; retrying does not help.
 """

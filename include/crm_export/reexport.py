@@ -3,8 +3,8 @@
 Per batch: lease open rows of one stream (least recently attempted first,
 skipping rows another run holds), re-read each record's *current* source
 row, upsert those through the same writer as CRMExport, then record per row
-in one transaction: resolved, still failing (error and attempts updated), or
-closed because the source row is gone.
+in one transaction: resolved, still rejected (error and attempts updated), or
+closed as source_deleted because the source row is gone.
 
 It never touches a CRMExport watermark. It is safe beside a running CRMExport:
 after a record went through, its source row is read again, and if it changed
@@ -17,42 +17,84 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Annotated, Any
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from include.crm_export.config import Stream
-from include.crm_export.db import store
-from include.crm_export.db.connection import connect
+from include.crm_export.db import export_errors, source
+from include.crm_export.db.connection import Database, database_now
+from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
-from include.crm_export.errors import RecordRejected
-from include.crm_export.export import send
+from include.crm_export.errors import RecordRejected, SettingsError
+from include.crm_export.export import RunContext
 from include.crm_export.mapping import SourceRecord, map_row
+from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
 
 log = logging.getLogger(__name__)
 
-REEXPORT_DAG_ID = "CRMExport_ExportError"
 # A record whose source row keeps changing under us is left to CRMExport after this many sends.
 MAX_RESENDS = 3
 DRY_RUN_LINES = 100
 
 
+class ReexportParams(BaseModel):
+    """The trigger form's params of CRMExport_ExportError (checked again in the task)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    streams: list[StrictStr] = []
+    error_codes: list[Annotated[StrictStr, Field(min_length=1)]] = []
+    limit: Annotated[StrictInt, Field(ge=1)] = DEFAULT_REEXPORT_LIMIT
+    dry_run: StrictBool = False
+
+
+_PARAM_RULES = {
+    "streams": "must be a list of stream names from {known}",
+    "error_codes": "must be a list of Salesforce error codes",
+    "limit": "must be a whole number of at least 1",
+    "dry_run": "must be true or false",
+}
+
+
 @dataclass(frozen=True)
 class ReexportOptions:
     error_codes: list[str] | None = None
-    limit: int = 50_000
+    limit: int = DEFAULT_REEXPORT_LIMIT
     dry_run: bool = False
-    batch_size: int = 200
+    batch_size: int = MAX_BATCH_SIZE
     lease_seconds: float = 900.0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], *, known_streams: list[str]) -> tuple[ReexportOptions, list[str]]:
+        """Trigger-form params to options and the chosen streams; unreadable values fail saying what is accepted."""
+        raw = {name: params.get(name) for name in ReexportParams.model_fields if params.get(name) is not None}
+        try:
+            checked = ReexportParams.model_validate(raw)
+        except ValidationError as exc:
+            name = str(exc.errors()[0]["loc"][0])
+            rule = _PARAM_RULES[name].format(known=sorted(known_streams))
+            raise SettingsError(f"Param '{name}' {rule}; got {params.get(name)!r}") from None
+        unknown = [s for s in checked.streams if s not in known_streams]
+        if unknown:
+            rule = _PARAM_RULES["streams"].format(known=sorted(known_streams))
+            raise SettingsError(f"Param 'streams' {rule}; got {checked.streams!r} ({unknown[0]!r} is not one)")
+        codes = [code.strip() for code in checked.error_codes]
+        if not all(codes):
+            raise SettingsError(f"Param 'error_codes' {_PARAM_RULES['error_codes']}; got {checked.error_codes!r}")
+        return cls(error_codes=codes or None, limit=checked.limit, dry_run=checked.dry_run), checked.streams
 
 
 @dataclass
 class ReexportResult:
     stream: str
     resolved: int = 0
-    still_failing: Counter[str] = field(default_factory=Counter)
-    source_gone: int = 0
+    still_rejected: Counter[str] = field(default_factory=Counter)
+    source_deleted: int = 0
     batches: int = 0
     would_send: int = 0
     open_left: int = 0
@@ -64,13 +106,14 @@ class ReexportResult:
         if self.dry_run:
             head = (
                 f"Re-export of stream '{self.stream}' (dry run, nothing sent or changed): would send "
-                f"{self.would_send} record(s), would close {self.source_gone} whose source row is gone."
+                f"{self.would_send} record(s), would close {self.source_deleted} whose source row is gone."
             )
         else:
-            failing = ", ".join(f"{code}: {n}" for code, n in self.still_failing.most_common()) or "none"
+            rejected = ", ".join(f"{code}: {n}" for code, n in self.still_rejected.most_common()) or "none"
             head = (
-                f"Re-export of stream '{self.stream}': resolved {self.resolved}, still failing "
-                f"{sum(self.still_failing.values())} ({failing}), closed {self.source_gone} (source row gone)."
+                f"Re-export of stream '{self.stream}': resolved {self.resolved}, still rejected "
+                f"{sum(self.still_rejected.values())} ({rejected}), closed {self.source_deleted} "
+                "(source_deleted: the source row is gone)."
             )
         if self.oldest_open_since is None:
             return f"{head} No open errors left."
@@ -89,22 +132,37 @@ def _age(seconds: float) -> str:
     return f"{seconds / 60:.0f} minutes"
 
 
+@dataclass
+class ReexportRun:
+    """Everything one re-export of one stream works with."""
+
+    stream: Stream
+    conn: psycopg.Connection
+    options: ReexportOptions
+    context: RunContext
+    started_at: datetime  # rows attempted since then (by this run) are not picked again
+    result: ReexportResult
+
+    @property
+    def claimant(self) -> str:
+        return f"{self.context.dag_id}/{self.context.run_id}/{self.stream.name}"
+
+
 def reexport_stream(
     stream: Stream,
     *,
-    conninfo: str,
+    database: Database,
     writer: CollectionWriter | None,
     options: ReexportOptions,
-    dag_id: str,
-    run_id: str,
-    clock: Callable[[], float] = time.monotonic,
+    context: RunContext,
 ) -> ReexportResult:
-    result = ReexportResult(stream.name, dry_run=options.dry_run)
-    claimant = f"{dag_id}/{run_id}/{stream.name}"
-    with connect(conninfo, application_name=f"crm-export reexport {stream.name}") as conn:
+    """Re-export the open errors of ``stream``; ``writer`` may be None for a dry run."""
+    with database.connect(application_name=f"crm-export reexport {stream.name}") as conn:
         migrate(conn)
-        column_types = store.source_column_types(conn, stream)
-        run_started = store.database_now(conn)
+        source.column_types(conn, stream)  # a source that is gone or changed fails here, naming the setting
+        run = ReexportRun(
+            stream, conn, options, context, database_now(conn), ReexportResult(stream.name, dry_run=options.dry_run)
+        )
         log.info(
             "Re-exporting open errors of stream '%s'%s, at most %d record(s)%s",
             stream.name,
@@ -113,75 +171,83 @@ def reexport_stream(
             " (dry run)" if options.dry_run else "",
         )
         if options.dry_run:
-            _dry_run(conn, stream, column_types, run_started, options, result)
+            _dry_run(run)
         else:
+            if writer is None:
+                raise ValueError("a re-export that is not a dry run needs a writer")
             try:
-                _reexport(conn, stream, column_types, run_started, options, result, writer, claimant, dag_id, run_id)
+                _reexport(run, writer)
             finally:
-                store.release_claims(conn, claimant=claimant)
-        result.open_left, result.oldest_open_since = store.open_error_summary(conn, stream)
-        log.info(result.summary(store.database_now(conn)))
-    return result
+                export_errors.release_claims(conn, claimant=run.claimant)
+        run.result.open_left, run.result.oldest_open_since = export_errors.open_error_summary(conn, stream)
+        log.info(run.result.summary(database_now(conn)))
+    return run.result
 
 
-def _reexport(conn, stream, column_types, run_started, options, result, writer, claimant, dag_id, run_id) -> None:
+def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
+    stream, result = run.stream, run.result
     processed = 0
-    while processed < options.limit:
+    while processed < run.options.limit:
         picked_at = time.perf_counter()
-        batch = store.claim_open_errors(
-            conn,
+        batch = export_errors.claim_open_errors(
+            run.conn,
             stream,
-            claimant=claimant,
-            lease_seconds=options.lease_seconds,
-            not_attempted_since=run_started,
-            limit=min(options.batch_size, options.limit - processed),
-            error_codes=options.error_codes,
+            claimant=run.claimant,
+            lease_seconds=run.options.lease_seconds,
+            not_attempted_since=run.started_at,
+            limit=min(run.options.batch_size, run.options.limit - processed),
+            error_codes=run.options.error_codes,
         )
         result.pick_seconds.append(time.perf_counter() - picked_at)
         if not batch:
             break
         processed += len(batch)
         result.batches += 1
-        current = {
-            str(row[stream.key]): map_row(stream, row)
-            for row in store.read_rows_by_key(conn, stream, [e.record_key for e in batch], column_types)
-        }
+        current = _current_records(run, [e.record_key for e in batch])
         gone = [e for e in batch if e.record_key not in current]
         present = [e for e in batch if e.record_key in current]
-        outcomes = _send_current(conn, stream, writer, [current[e.record_key] for e in present], column_types)
-        resolved, failed = [], []
+        outcomes = _send_current(run, writer, [current[e.record_key] for e in present])
+        resolved: list[int] = []
+        still_rejected: list[StillRejected] = []
         for error, (record, rejection) in zip(present, outcomes, strict=True):
             if rejection is None:
                 resolved.append(error.id)
-            else:
-                failed.append((error.id, record.payload, rejection))
-                result.still_failing[rejection.code] += 1
-                log.warning(
-                    "Record %s of stream '%s' still fails: %s (attempt %d)",
-                    error.record_key,
-                    stream.name,
-                    rejection.describe(),
-                    error.attempts + 1,
-                )
+                continue
+            still_rejected.append(StillRejected(error.id, record.payload, rejection))
+            result.still_rejected[rejection.code] += 1
+            log.warning(
+                "Record %s of stream '%s' is still rejected: %s (attempt %d)",
+                error.record_key,
+                stream.name,
+                rejection.describe(),
+                error.attempts + 1,
+            )
         for error in gone:
             log.info(
-                "Record %s of stream '%s' is gone from the source; closing its error", error.record_key, stream.name
+                "Record %s of stream '%s' is gone from the source; closing its error as source_deleted",
+                error.record_key,
+                stream.name,
             )
-        store.record_reexport(
-            conn,
-            claimant=claimant,
+        export_errors.record_reexport(
+            run.conn,
+            claimant=run.claimant,
             resolved=resolved,
-            failed=failed,
-            source_gone=[e.id for e in gone],
-            resolved_by=dag_id,
-            run_id=run_id,
+            still_rejected=still_rejected,
+            source_deleted=[e.id for e in gone],
+            dag_id=run.context.dag_id,
+            run_id=run.context.run_id,
         )
         result.resolved += len(resolved)
-        result.source_gone += len(gone)
+        result.source_deleted += len(gone)
+
+
+def _current_records(run: ReexportRun, keys: list[str]) -> dict[str, SourceRecord]:
+    rows = source.read_rows_by_key(run.conn, run.stream, keys)
+    return {str(row[run.stream.key]): map_row(run.stream, row) for row in rows}
 
 
 def _send_current(
-    conn, stream: Stream, writer: CollectionWriter, records: list[SourceRecord], column_types
+    run: ReexportRun, writer: CollectionWriter, records: list[SourceRecord]
 ) -> list[tuple[SourceRecord, RecordRejected | None]]:
     """Send records; re-send any whose source row changed while it was in flight."""
     final: dict[str, tuple[SourceRecord, RecordRejected | None]] = {}
@@ -189,41 +255,41 @@ def _send_current(
     for _ in range(MAX_RESENDS):
         if not pending:
             break
-        for outcome in send(writer, pending):
+        for outcome in writer.send(pending):
             final[outcome.record.key] = (outcome.record, outcome.rejection)
         sent_ok = [r.key for r in pending if final[r.key][1] is None]
-        now = store.positions_by_key(conn, stream, sent_ok) if sent_ok else {}
+        now = source.positions_by_key(run.conn, run.stream, sent_ok) if sent_ok else {}
         changed = [key for key in sent_ok if key in now and now[key] != final[key][0].position]
         if not changed:
             break
         log.info("%d record(s) changed in the source while being re-exported; sending their new version", len(changed))
-        pending = [map_row(stream, row) for row in store.read_rows_by_key(conn, stream, changed, column_types)]
+        pending = list(_current_records(run, changed).values())
     return [final[r.key] for r in records]
 
 
-def _dry_run(conn, stream, column_types, run_started, options, result) -> None:
-    errors = store.peek_open_errors(
-        conn, stream, not_attempted_since=run_started, limit=options.limit, error_codes=options.error_codes
+def _dry_run(run: ReexportRun) -> None:
+    errors: list[OpenError] = export_errors.peek_open_errors(
+        run.conn,
+        run.stream,
+        not_attempted_since=run.started_at,
+        limit=run.options.limit,
+        error_codes=run.options.error_codes,
     )
-    keys = [e.record_key for e in errors]
-    current = (
-        {str(row[stream.key]): row for row in store.read_rows_by_key(conn, stream, keys, column_types)} if keys else {}
-    )
+    current = _current_records(run, [e.record_key for e in errors]) if errors else {}
     for index, error in enumerate(errors):
         show = index < DRY_RUN_LINES
         if error.record_key not in current:
-            result.source_gone += 1
+            run.result.source_deleted += 1
             if show:
                 log.info("Would close record %s (%s): its source row is gone", error.record_key, error.error_code)
             continue
-        result.would_send += 1
-        if not show:
-            continue
-        record = map_row(stream, current[error.record_key])
-        log.info(
-            "Would send record %s (open with %s, %d attempt(s)): %s",
-            error.record_key,
-            error.error_code,
-            error.attempts,
-            record.payload if record.payload is not None else record.rejection.describe(),
-        )
+        run.result.would_send += 1
+        if show:
+            record = current[error.record_key]
+            log.info(
+                "Would send record %s (open with %s, %d attempt(s)): %s",
+                error.record_key,
+                error.error_code,
+                error.attempts,
+                record.payload if record.payload is not None else record.rejection.describe(),
+            )

@@ -36,13 +36,18 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from include.crm_export.config import MAX_BATCH_SIZE, Stream
+from include.crm_export.batch import RecordOutcome
+from include.crm_export.config import Stream
 from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
 from include.crm_export.http import DEFAULT_TIMEOUT, SalesforceSession
+from include.crm_export.mapping import SourceRecord
+from include.crm_export.names import MAX_BATCH_SIZE, SALESFORCE_CONN_ID
 
 log = logging.getLogger(__name__)
 
-SALESFORCE_CONN_ID = "salesforce_default"
+# Called with the request (method, path, body) and Salesforce's answer (parsed
+# JSON, or the error body of a refused request): the CLI's `send` prints both.
+Trace = Callable[[str, str, dict[str, Any], Any], None]
 
 
 def connect(conn_id: str = SALESFORCE_CONN_ID, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> Salesforce:
@@ -144,6 +149,7 @@ class CollectionWriter:
         backoff_seconds: float = 1.0,
         renewer: SessionRenewer | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        trace: Trace | None = None,
     ) -> None:
         self.sf = sf
         self.path = f"composite/sobjects/{sobject}/{external_id_field}"
@@ -151,6 +157,28 @@ class CollectionWriter:
         self.backoff_seconds = backoff_seconds
         self.renewer = renewer
         self.sleep = sleep
+        self.trace = trace
+
+    @staticmethod
+    def request_body(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"allOrNone": False, "records": payloads}
+
+    def send(self, records: list[SourceRecord]) -> list[RecordOutcome]:
+        """Upsert the records that have a payload; every record gets an outcome, in order.
+
+        A record the mapping could not turn into a payload keeps its rejection
+        and is not sent.
+        """
+        sendable = [r for r in records if r.payload is not None]
+        answers = iter(self.upsert([r.payload for r in sendable]) if sendable else [])
+        outcomes = []
+        for record in records:
+            if record.payload is None:
+                outcomes.append(RecordOutcome(record, record.rejection))
+                continue
+            answer = next(answers)
+            outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
+        return outcomes
 
     def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
         if len(payloads) > MAX_BATCH_SIZE:
@@ -186,40 +214,12 @@ class CollectionWriter:
             return self._upsert_isolating(payloads[:middle]) + self._upsert_isolating(payloads[middle:])
 
     def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
+        body = self.request_body(payloads)
+        refused: SalesforceError | None = None
         try:
-            answer = self.sf.restful(self.path, method="PATCH", json={"allOrNone": False, "records": payloads})
-        except SalesforceMalformedRequest as exc:
-            raise _WholeRequestRejected(exc.content) from None
-        except SalesforceExpiredSession:
-            if self.renewer is not None and not renewed:
-                log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
-                self.renewer.renew(self.sf)
-                return self._send(payloads, renewed=True)
-            raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID") from None
-        except SalesforceRefusedRequest as exc:
-            code = _error_code(exc.content)
-            raise RequestFailed(
-                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. "
-                + (
-                    "The org's API request limit is used up; Airflow retries later."
-                    if code == "REQUEST_LIMIT_EXCEEDED"
-                    else ""
-                ),
-                status=403,
-                code=code,
-            ) from None
-        except SalesforceResourceNotFound as exc:
-            raise StreamConfigError(
-                f"Salesforce answered 404 for {self.path}: {_error_message(exc.content)}. "
-                "Check the stream's sobject and external_id.field in streams.yml."
-            ) from None
+            answer = self.sf.restful(self.path, method="PATCH", json=body)
         except SalesforceError as exc:
-            raise RequestFailed(
-                f"Salesforce request failed (HTTP {exc.status} {_error_code(exc.content)}): "
-                f"{_error_message(exc.content)}",
-                status=exc.status,
-                code=_error_code(exc.content),
-            ) from None
+            refused = exc
         except requests.exceptions.Timeout:
             raise RequestFailed(
                 f"Salesforce did not answer within {self.sf.session.default_timeout[1]:.0f}s; "
@@ -229,12 +229,49 @@ class CollectionWriter:
             ) from None
         except requests.exceptions.RequestException as exc:
             raise RequestFailed(f"Could not reach Salesforce: {type(exc).__name__}: {exc}") from None
+        if refused is not None:
+            # Handled outside the except clause, so what it raises does not chain the client's exception.
+            if self.trace is not None:
+                self.trace("PATCH", self.path, body, {"http_status": refused.status, "body": refused.content})
+            return self._after_refusal(refused, payloads, renewed=renewed)
+        if self.trace is not None:
+            self.trace("PATCH", self.path, body, answer)
         if not isinstance(answer, list) or len(answer) != len(payloads):
             raise RequestFailed(
                 f"Salesforce answered {len(answer) if isinstance(answer, list) else 'no list of'} results "
                 f"for {len(payloads)} records"
             )
         return [_result(item) for item in answer]
+
+    def _after_refusal(self, exc: SalesforceError, payloads: list[dict[str, Any]], *, renewed: bool) -> list[Result]:
+        """A refused request: split it (400), renew the session (401), or fail the request."""
+        if isinstance(exc, SalesforceMalformedRequest):
+            raise _WholeRequestRejected(exc.content)
+        if isinstance(exc, SalesforceExpiredSession):
+            if self.renewer is not None and not renewed:
+                log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
+                self.renewer.renew(self.sf)
+                return self._send(payloads, renewed=True)
+            raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID")
+        code = _error_code(exc.content)
+        if isinstance(exc, SalesforceRefusedRequest):
+            limit_used_up = code == "REQUEST_LIMIT_EXCEEDED"
+            raise RequestFailed(
+                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. "
+                + ("The org's API request limit is used up; Airflow retries later." if limit_used_up else ""),
+                status=403,
+                code=code,
+            )
+        if isinstance(exc, SalesforceResourceNotFound):
+            raise StreamConfigError(
+                f"Salesforce answered 404 for {self.path}: {_error_message(exc.content)}. "
+                "Check the stream's sobject and external_id.field in streams.yml."
+            )
+        raise RequestFailed(
+            f"Salesforce request failed (HTTP {exc.status} {code}): {_error_message(exc.content)}",
+            status=exc.status,
+            code=code,
+        )
 
 
 _EXPIRED_MESSAGE = (
@@ -328,12 +365,14 @@ def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: Se
             )
 
 
-def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID) -> CollectionWriter:
-    """The writer a task uses for ``stream``: connected, session renewal wired, mapping checked."""
+def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trace | None = None) -> CollectionWriter:
+    """The writer a task (and the CLI) uses for ``stream``: connected, session renewal wired, mapping checked."""
     from airflow.sdk import BaseHook
 
     connection = BaseHook.get_connection(conn_id)
     sf = _client(connection)
     renewer = renewer_for(connection.extra_dejson, sf.session)
     check_stream_against_describe(sf, stream, renewer=renewer)
-    return CollectionWriter(sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer)
+    return CollectionWriter(
+        sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer, trace=trace
+    )

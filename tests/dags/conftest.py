@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from devstack.stack import PROJECT_ROOT
 from include.crm_export.db.migrate import migrate
-from include.crm_export.local.stack import PROJECT_ROOT
 
-SOURCE_SCHEMA_SQL = PROJECT_ROOT / "include" / "crm_export" / "source_schema.sql"
+SOURCE_SCHEMA_SQL = PROJECT_ROOT / "devstack" / "source_schema.sql"
 
 
 @pytest.fixture(scope="session")
@@ -175,8 +175,8 @@ def contacts_stream(**overrides: Any) -> dict[str, Any]:
 
 def assert_salesforce_matches_source(conn: psycopg.Connection, emulator, stream_name: str = "contacts") -> None:
     """Salesforce holds exactly the source rows, field by field, each once."""
+    from devstack.compare import compare
     from include.crm_export.config import load_streams
-    from include.crm_export.local.verify import compare
 
     stream = load_streams()[stream_name]
     comparison = compare(conn, stream, emulator.records(stream.sobject))
@@ -200,7 +200,7 @@ def start_local_run(root: Path, port: int, log_path: Path, *, env: dict[str, str
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRM_EXPORT"))}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "include.crm_export.local", "run", "--root", str(root), "--port", str(port)],
+            [sys.executable, "-m", "devstack", "run", "--root", str(root), "--port", str(port)],
             cwd=PROJECT_ROOT,
             env={**clean, **(env or {})},
             stdout=log,

@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from include.crm_export.local.stack import PROJECT_ROOT
+from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import (
     CONTACT_FIELDS,
     assert_salesforce_matches_source,

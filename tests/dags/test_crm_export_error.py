@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 
-from include.crm_export.local.stack import PROJECT_ROOT
+from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import (
     assert_salesforce_matches_source,
     contacts_stream,
@@ -61,7 +61,7 @@ def test_cause_removed_reexport_resolves_everything(db, emulator, run_dag, pause
     assert len(salesforce_contacts(emulator)) == 300
     assert_salesforce_matches_source(db, emulator)
     assert watermark(db) == position_before  # never moves a CRMExport watermark
-    assert "Re-export of stream 'contacts': resolved 4, still failing 0 (none), closed 0" in run.log
+    assert "Re-export of stream 'contacts': resolved 4, still rejected 0 (none), closed 0" in run.log
     assert "No open errors left." in run.log
 
 
@@ -85,7 +85,7 @@ def test_still_failing_rows_stay_open_with_attempts_counted(db, emulator, run_da
     still_open = {e["record_key"]: (e["error_code"], e["attempts"]) for e in open_errors(db)}
     assert still_open == {"5": ("INSUFFICIENT_ACCESS_OR_READONLY", 2), "6": ("INSUFFICIENT_ACCESS_OR_READONLY", 2)}
     assert errors_by_status(db) == {"open": 2, "resolved": 1}
-    assert "still failing 2 (INSUFFICIENT_ACCESS_OR_READONLY: 2)" in run.log
+    assert "still rejected 2 (INSUFFICIENT_ACCESS_OR_READONLY: 2)" in run.log
     assert "the oldest has been open since" in run.log
 
     run_dag(dag_id=REEXPORT)
@@ -126,7 +126,7 @@ def test_source_row_gone_closes_the_error_without_sending(db, emulator, run_dag,
     rows = dict(db.execute('SELECT record_key, status FROM crm_export."ExportErrors"').fetchall())
     assert rows == {"8": "source_deleted", "9": "open"}
     assert "8" not in salesforce_contacts(emulator)
-    assert "closed 1 (source row gone)" in run.log
+    assert "closed 1 (source_deleted: the source row is gone)" in run.log
     # One describe and one upsert of record 9 (per stream task that has work), no upsert for record 8.
     assert emulator.counters()["api_requests"] - requests_before <= 4
 

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
+from devstack.stack import PROJECT_ROOT
 from include.crm_export.config import load_streams
-from include.crm_export.local.stack import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from include.crm_export.local.stack import PROJECT_ROOT
+from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import free_port, start_local_run, stop_local_run
 
 SCREENSHOT = PROJECT_ROOT / ".crm_export" / "artifacts" / "crm-export-page.png"
@@ -65,10 +65,11 @@ def wait_until_held(base: str) -> dict:
 
 
 def test_requests_without_a_session_are_refused(airflow):
-    for path in ("/crm-export/api/streams", "/crm-export/api/errors", "/crm-export/api/pause"):
+    for path in ("/crm-export/api/streams", "/crm-export/api/errors", "/crm-export/api/pause-on-error"):
         assert call(airflow, "GET", path, user=None).status_code == 401
     assert (
-        requests.put(f"{airflow}/crm-export/api/pause", json={"pause_on_error": False}, timeout=30).status_code == 401
+        requests.put(f"{airflow}/crm-export/api/pause-on-error", json={"pause_on_error": False}, timeout=30).status_code
+        == 401
     )
     bad = requests.get(f"{airflow}/crm-export/api/streams", headers={"Authorization": "Bearer not-a-token"}, timeout=30)
     assert bad.status_code in (401, 403)
@@ -108,13 +109,13 @@ def test_api_shows_where_each_stream_stands_and_its_errors(airflow):
 
 def test_pause_switch_and_reexport_need_airflow_permissions(airflow):
     assert call(airflow, "GET", "/crm-export/api/streams", user="viewer").status_code == 200
-    refused = call(airflow, "PUT", "/crm-export/api/pause", user="viewer", json={"pause_on_error": False})
+    refused = call(airflow, "PUT", "/crm-export/api/pause-on-error", user="viewer", json={"pause_on_error": False})
     assert refused.status_code == 403
     assert "does not allow you" in refused.json()["detail"]
     assert variable(airflow) == "true"
     assert call(airflow, "POST", "/crm-export/api/reexport", user="viewer", json={}).status_code == 403
 
-    changed = call(airflow, "PUT", "/crm-export/api/pause", json={"pause_on_error": False})
+    changed = call(airflow, "PUT", "/crm-export/api/pause-on-error", json={"pause_on_error": False})
     assert changed.json() == {
         "variable": "crm_export_pause_on_error",
         "value": "false",
@@ -122,7 +123,7 @@ def test_pause_switch_and_reexport_need_airflow_permissions(airflow):
         "changed_by": "admin",
     }
     assert variable(airflow) == "false"  # the same Variable Admin > Variables shows and the DAGs read
-    call(airflow, "PUT", "/crm-export/api/pause", json={"pause_on_error": True})
+    call(airflow, "PUT", "/crm-export/api/pause-on-error", json={"pause_on_error": True})
     assert variable(airflow) == "true"
 
     triggered = call(airflow, "POST", "/crm-export/api/reexport", json={"stream": "contacts"}).json()
@@ -168,13 +169,13 @@ def test_page_in_chromium_warns_before_turning_pause_off(airflow):
         browser.get(f"{airflow}/crm-export/")
         wait = WebDriverWait(browser, 30)
         element = lambda test_id: browser.find_element(By.CSS_SELECTOR, f"[data-testid={test_id}]")  # noqa: E731
-        wait.until(lambda _: element("pause-state").text == "ON")
+        wait.until(lambda _: element("pause-on-error-state").text == "ON")
         wait.until(lambda _: "HELD at record 137" in element("streams").text)
         assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in element("errors").text
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
 
-        element("pause-toggle").click()
+        element("pause-on-error-toggle").click()
         dialog = element("confirm-off")
         assert dialog.get_attribute("open") == "true"
         assert "Salesforce may be left inconsistent" in dialog.text
@@ -182,13 +183,13 @@ def test_page_in_chromium_warns_before_turning_pause_off(airflow):
         wait.until(lambda _: dialog.get_attribute("open") is None)
         assert variable(airflow) == "true"
 
-        element("pause-toggle").click()
+        element("pause-on-error-toggle").click()
         element("confirm-off-button").click()
-        wait.until(lambda _: element("pause-state").text.startswith("OFF"))
+        wait.until(lambda _: element("pause-on-error-state").text.startswith("OFF"))
         assert variable(airflow) == "false"
 
-        element("pause-toggle").click()  # turning it on needs no confirmation
-        wait.until(lambda _: element("pause-state").text == "ON")
+        element("pause-on-error-toggle").click()  # turning it on needs no confirmation
+        wait.until(lambda _: element("pause-on-error-state").text == "ON")
         assert element("confirm-off").get_attribute("open") is None
         assert variable(airflow) == "true"
     finally:

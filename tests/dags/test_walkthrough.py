@@ -1,6 +1,6 @@
 """The README's run command and the walk-through, against a real scheduler.
 
-Starts `python -m include.crm_export.local run` from scratch (its own embedded
+Starts `python -m devstack run` from scratch (its own embedded
 PostgreSQL, emulator and Airflow: API server, scheduler, DAG processor,
 triggerer), drives the walk-through through Airflow's REST API, then stops it
 with Ctrl-C and checks that nothing is left running. Then starts it a second
@@ -15,9 +15,9 @@ import time
 import psycopg
 import pytest
 
+from devstack.compare import compare
+from devstack.walkthrough import walkthrough_for
 from include.crm_export.config import load_streams
-from include.crm_export.local.verify import compare
-from include.crm_export.local.walkthrough import walkthrough_for
 from tests.dags.conftest import free_port, start_local_run, stop_local_run
 
 
@@ -47,7 +47,7 @@ def test_run_command_and_walkthrough_against_a_real_scheduler(tmp_path):
     log_path = tmp_path / "second-run.log"
     process = start_local_run(root, port, log_path)
     try:
-        from include.crm_export.local.airflow_api import AirflowApi
+        from devstack.airflow_api import AirflowApi
 
         api = AirflowApi(f"http://localhost:{port}")
         api.login()

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from include.crm_export.db.embedded import EmbeddedPostgres
+from devstack.postgres import EmbeddedPostgres
 
 
 def query(server: EmbeddedPostgres, sql: str):

@@ -300,7 +300,7 @@ def test_counters_and_rules_are_visible_to_admins(sf, emulator):
 
 
 def test_bad_rules_are_refused(emulator):
-    from include.crm_export.emulator.process import EmulatorError
+    from devstack.emulator.process import EmulatorError
 
     with pytest.raises(EmulatorError, match="Unknown cause"):
         emulator.add_rule(cause="gremlins")
@@ -309,7 +309,7 @@ def test_bad_rules_are_refused(emulator):
 
 
 def test_a_persistent_emulator_keeps_records_and_rules_across_restarts(tmp_path):
-    from include.crm_export.emulator.process import EmulatorAdmin, EmulatorProcess
+    from devstack.emulator.process import EmulatorAdmin, EmulatorProcess
 
     for round_number in (1, 2):
         with EmulatorProcess(tmp_path, persist=True) as info:

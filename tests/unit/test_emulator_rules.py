@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from include.crm_export.emulator import soql
-from include.crm_export.emulator.org import Org
-from include.crm_export.emulator.rules import Condition, Fault, RuleError, parse_rule
-from include.crm_export.emulator.schema import RequestRejected, load_objects
+from devstack.emulator import soql
+from devstack.emulator.org import Org
+from devstack.emulator.rules import Condition, Fault, RuleError, parse_rule
+from devstack.emulator.schema import RequestRejected, load_objects
 
 
 @pytest.fixture

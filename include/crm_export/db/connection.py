@@ -1,10 +1,25 @@
-"""Connections to the project's PostgreSQL (``crm_export_postgres``)."""
+"""Connections to the project's PostgreSQL (``crm_export_postgres``), through the provider's PostgresHook.
+
+One factory, :class:`Database`, serves the tasks, the CLI and the CRM Export
+page. The hook reads the Airflow connection (host, login, extras such as
+``sslmode`` or IAM auth) at call time, never at import; this module adds what
+every crm-export connection needs on top: autocommit with explicit
+transactions, bounded statements and lock waits, UTC, and an application name
+that says which stream and which step a session belongs to (it shows in
+``pg_stat_activity`` and in the message of a stream that is busy). A
+connection's ``connect_timeout`` extra bounds connecting (psycopg's default
+otherwise).
+"""
 
 from __future__ import annotations
 
-import psycopg
+from datetime import datetime
+from typing import Any
 
-POSTGRES_CONN_ID = "crm_export_postgres"
+import psycopg
+from psycopg.rows import dict_row
+
+from include.crm_export.names import POSTGRES_CONN_ID
 
 # Every statement and lock wait is bounded, so a stuck database fails the task
 # instead of holding the run (Airflow retries it).
@@ -12,39 +27,47 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 300_000
 DEFAULT_LOCK_TIMEOUT_MS = 60_000
 
 
-def conninfo_for(conn_id: str = POSTGRES_CONN_ID) -> str:
-    """libpq connection string for an Airflow connection (read at call time)."""
-    from airflow.sdk import BaseHook
+class Database:
+    """Opens connections to ``conn_id`` (default ``crm_export_postgres``)."""
 
-    connection = BaseHook.get_connection(conn_id)
-    parts = {
-        "host": connection.host or "localhost",
-        "port": str(connection.port or 5432),
-        "dbname": connection.schema or "postgres",
-        "user": connection.login or "",
-        "password": connection.password or "",
-    }
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
-        value = connection.extra_dejson.get(key)
-        if value:
-            parts[key] = str(value)
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in parts.items() if v != ""})
+    def __init__(self, conn_id: str = POSTGRES_CONN_ID) -> None:
+        self.conn_id = conn_id
+        self._hook: Any = None
+
+    def connect(
+        self,
+        *,
+        application_name: str = "crm-export",
+        statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
+        lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    ) -> psycopg.Connection:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        if self._hook is None:
+            self._hook = PostgresHook(postgres_conn_id=self.conn_id)
+        self._hook.options = (
+            f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms} -c TimeZone=UTC"
+        )
+        conn = self._hook.get_conn()
+        if not isinstance(conn, psycopg.Connection):
+            conn.close()
+            raise RuntimeError(
+                "crm-export needs psycopg 3 connections from PostgresHook (SQLAlchemy 2 with psycopg installed); "
+                "install requirements.txt with constraints.txt."
+            )
+        # Autocommit, with explicit transactions: an implicit transaction left
+        # open between batches would hold back every stream's export horizon.
+        conn.autocommit = True
+        conn.execute("SELECT set_config('application_name', %s, false)", (application_name[:63],))
+        return conn
 
 
-def connect(
-    conninfo: str,
-    *,
-    application_name: str = "crm-export",
-    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
-    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
-    connect_timeout_s: int = 10,
-) -> psycopg.Connection:
-    # Autocommit, with explicit transactions: an implicit transaction left
-    # open between batches would hold back every stream's export horizon.
-    return psycopg.connect(
-        conninfo,
-        autocommit=True,
-        connect_timeout=connect_timeout_s,
-        application_name=application_name,
-        options=f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms} -c TimeZone=UTC",
-    )
+def database_now(conn: psycopg.Connection) -> datetime:
+    """The database's clock: the one every stored timestamp is compared with."""
+    return conn.execute("SELECT now()").fetchone()[0]
+
+
+def dict_rows(conn: psycopg.Connection, query: Any, params: Any = None) -> list[dict[str, Any]]:
+    """Run ``query``; its rows as dicts keyed by column name."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params).fetchall()

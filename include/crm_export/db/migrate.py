@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from include.crm_export import SCHEMA
+from include.crm_export.names import MIGRATIONS_TABLE, SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 def applied_versions(conn: psycopg.Connection) -> list[int]:
-    exists = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.schema_migrations",)).fetchone()
+    exists = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{MIGRATIONS_TABLE}",)).fetchone()
     if exists is None or exists[0] is None:
         return []
-    rows = conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations ORDER BY version").fetchall()
+    rows = conn.execute(f"SELECT version FROM {SCHEMA}.{MIGRATIONS_TABLE} ORDER BY version").fetchall()
     return [row[0] for row in rows]
 
 
@@ -68,7 +68,7 @@ def migrate(conn: psycopg.Connection, *, target: int | None = None) -> list[int]
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK_KEY,))
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
+            f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.{MIGRATIONS_TABLE} (
                     version integer PRIMARY KEY,
                     name text NOT NULL,
                     applied_at timestamptz NOT NULL DEFAULT now())"""
@@ -86,7 +86,7 @@ def migrate(conn: psycopg.Connection, *, target: int | None = None) -> list[int]
             log.info("Applying migration %04d_%s", migration.version, migration.name)
             conn.execute(migration.sql)
             conn.execute(
-                f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
+                f"INSERT INTO {SCHEMA}.{MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),
             )
             applied_now.append(migration.version)

@@ -21,17 +21,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
 
 from include.crm_export.config import load_streams
-from include.crm_export.db import store
-from include.crm_export.db.connection import conninfo_for
+from include.crm_export.db import page_queries
+from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.errors import SettingsError
-from include.crm_export.reexport import REEXPORT_DAG_ID
-from include.crm_export.settings import PAUSE_VARIABLE, parse_pause_on_error
+from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
+from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
-STATUSES = ("open", "resolved", "source_deleted")
 
 app = FastAPI(title="CRM Export", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -86,7 +85,7 @@ _migrated = False
 
 def _db() -> psycopg.Connection:
     global _migrated
-    conn = psycopg.connect(conninfo_for(), autocommit=True, connect_timeout=10, options="-c statement_timeout=30000")
+    conn = Database().connect(application_name="crm-export page", statement_timeout_ms=30_000)
     if not _migrated:  # once per API server process, not per request
         migrate(conn)
         _migrated = True
@@ -113,7 +112,7 @@ async def page(request: Request) -> Any:
 def streams(user: User) -> list[dict[str, Any]]:
     configured = load_streams()
     with _db() as conn:
-        rows = {row["stream"]: row for row in store.stream_status(conn)}
+        rows = {row["stream"]: row for row in page_queries.stream_status(conn)}
     result = []
     for name, stream in configured.items():
         row = rows.get(name, {})
@@ -136,7 +135,7 @@ def streams(user: User) -> list[dict[str, Any]]:
                 "held_error_code": row.get("held_error_code"),
                 "held_error_message": row.get("held_error_message"),
                 "held_task_url": (
-                    f"/dags/CRMExport/runs/{row['last_run_id']}/tasks/{stream.task_id}"
+                    f"/dags/{EXPORT_DAG_ID}/runs/{row['last_run_id']}/tasks/{stream.task_id}"
                     if held and row.get("last_run_id")
                     else None
                 ),
@@ -148,7 +147,7 @@ def streams(user: User) -> list[dict[str, Any]]:
 @app.get("/api/error-counts")
 def error_counts(user: User) -> list[dict[str, Any]]:
     with _db() as conn:
-        return store.error_counts(conn)
+        return page_queries.error_counts(conn)
 
 
 @app.get("/api/errors")
@@ -161,35 +160,35 @@ def errors(
     after_id: Annotated[int | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    if status not in STATUSES:
-        raise HTTPException(status_code=400, detail=f"status must be one of {list(STATUSES)}")
+    if status not in ERROR_STATUSES:
+        raise HTTPException(status_code=400, detail=f"status must be one of {list(ERROR_STATUSES)}")
     after = (after_at, after_id or 0) if after_at else None
     with _db() as conn:
-        rows = store.error_page(
+        rows = page_queries.error_page(
             conn, status=status, stream=stream or None, error_code=error_code or None, after=after, limit=limit
         )
     cursor = {"after_at": rows[-1]["first_failed_at"], "after_id": rows[-1]["id"]} if len(rows) == limit else None
     return {"errors": rows, "next": cursor}
 
 
-@app.get("/api/pause")
-def get_pause(request: Request, user: User) -> dict[str, Any]:
-    response = _airflow(request, "GET", f"variables/{PAUSE_VARIABLE}")
+@app.get("/api/pause-on-error")
+def get_pause_on_error(request: Request, user: User) -> dict[str, Any]:
+    response = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}")
     if response.status_code == 404:
-        return {"variable": PAUSE_VARIABLE, "value": None, "pause_on_error": True, "readable": True}
+        return {"variable": PAUSE_ON_ERROR_VARIABLE, "value": None, "pause_on_error": True, "readable": True}
     if response.status_code != 200:
-        raise _refused(response, f"read the Variable {PAUSE_VARIABLE}")
+        raise _refused(response, f"read the Variable {PAUSE_ON_ERROR_VARIABLE}")
     value = response.json()["value"]
     try:
         return {
-            "variable": PAUSE_VARIABLE,
+            "variable": PAUSE_ON_ERROR_VARIABLE,
             "value": value,
             "pause_on_error": parse_pause_on_error(value),
             "readable": True,
         }
     except SettingsError as exc:  # an unreadable value: show it, the DAG refuses it too
         return {
-            "variable": PAUSE_VARIABLE,
+            "variable": PAUSE_ON_ERROR_VARIABLE,
             "value": value,
             "pause_on_error": None,
             "readable": False,
@@ -197,36 +196,37 @@ def get_pause(request: Request, user: User) -> dict[str, Any]:
         }
 
 
-class PauseChange(BaseModel):
+class PauseOnErrorChange(BaseModel):
     pause_on_error: bool
 
 
-@app.put("/api/pause")
-def set_pause(request: Request, change: PauseChange, user: User) -> dict[str, Any]:
+@app.put("/api/pause-on-error")
+def set_pause_on_error(request: Request, change: PauseOnErrorChange, user: User) -> dict[str, Any]:
     value = "true" if change.pause_on_error else "false"
-    current = _airflow(request, "GET", f"variables/{PAUSE_VARIABLE}")
+    current = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}")
     if current.status_code == 404:
-        from include.crm_export.local.demo import PAUSE_DESCRIPTION
-
         response = _airflow(
-            request, "POST", "variables", json={"key": PAUSE_VARIABLE, "value": value, "description": PAUSE_DESCRIPTION}
+            request,
+            "POST",
+            "variables",
+            json={"key": PAUSE_ON_ERROR_VARIABLE, "value": value, "description": PAUSE_ON_ERROR_DESCRIPTION},
         )
     elif current.status_code == 200:
-        body = {"key": PAUSE_VARIABLE, "value": value, "description": current.json().get("description")}
-        response = _airflow(request, "PATCH", f"variables/{PAUSE_VARIABLE}", json=body)
+        body = {"key": PAUSE_ON_ERROR_VARIABLE, "value": value, "description": current.json().get("description")}
+        response = _airflow(request, "PATCH", f"variables/{PAUSE_ON_ERROR_VARIABLE}", json=body)
     else:
-        raise _refused(current, f"read the Variable {PAUSE_VARIABLE}")
+        raise _refused(current, f"read the Variable {PAUSE_ON_ERROR_VARIABLE}")
     if response.status_code not in (200, 201):
-        raise _refused(response, f"change the Variable {PAUSE_VARIABLE}")
+        raise _refused(response, f"change the Variable {PAUSE_ON_ERROR_VARIABLE}")
     log.warning(
         "CRM Export page: %s set %s to %s%s",
         _user_name(user),
-        PAUSE_VARIABLE,
+        PAUSE_ON_ERROR_VARIABLE,
         value,
         "" if change.pause_on_error else " (rejected records will now be skipped; Salesforce may become incomplete)",
     )
     return {
-        "variable": PAUSE_VARIABLE,
+        "variable": PAUSE_ON_ERROR_VARIABLE,
         "value": value,
         "pause_on_error": change.pause_on_error,
         "changed_by": _user_name(user),

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import psycopg
 
+from devstack.airflow_api import AirflowApi
+from devstack.compare import compare
+from devstack.demo import BLOCKED_DOMAIN, VALIDATION_RULE
+from devstack.emulator.process import EmulatorAdmin, EmulatorInfo
 from include.crm_export.config import load_streams
-from include.crm_export.emulator.process import EmulatorAdmin, EmulatorInfo
-from include.crm_export.local.airflow_api import AirflowApi
-from include.crm_export.local.demo import BLOCKED_DOMAIN, VALIDATION_RULE
-from include.crm_export.local.verify import compare
-from include.crm_export.settings import PAUSE_VARIABLE
+from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 
 EXPORT, REEXPORT = "CRMExport", "CRMExport_ExportError"
 
@@ -82,10 +82,10 @@ class Walkthrough:
         api.wait_for_dags([EXPORT, REEXPORT])
 
         self.step("Pause on export errors is on (the default), and Salesforce has a strict validation rule.")
-        api.set_variable(PAUSE_VARIABLE, "true")
+        api.set_variable(PAUSE_ON_ERROR_VARIABLE, "true")
         self.emulator.clear_rules()  # start from a known org, also when walking through a second time
         self.emulator.add_rule(**VALIDATION_RULE)
-        self.say(f"Admin > Variables: {PAUSE_VARIABLE} = true")
+        self.say(f"Admin > Variables: {PAUSE_ON_ERROR_VARIABLE} = true")
         self.say(f"Salesforce rule {VALIDATION_RULE['name']}: {VALIDATION_RULE['message']}")
         api.set_paused(EXPORT, False)
         self._wait_for_idle(EXPORT)
@@ -122,8 +122,8 @@ class Walkthrough:
         self.say(f"All 40 new contacts are in Salesforce, including {blocked}.")
 
         self.step("Turn pause on export errors off (Admin > Variables).")
-        api.set_variable(PAUSE_VARIABLE, "false")
-        self.say(f"{PAUSE_VARIABLE} = false: rejected records will be logged and skipped.")
+        api.set_variable(PAUSE_ON_ERROR_VARIABLE, "false")
+        self.say(f"{PAUSE_ON_ERROR_VARIABLE} = false: rejected records will be logged and skipped.")
 
         self.step("Salesforce now refuses some records for a missing permission; the export logs and skips them.")
         access_rule = self.emulator.add_rule(
@@ -181,7 +181,7 @@ class Walkthrough:
             self._check_salesforce_equals_source(stream)
 
         self.step("Back to the safe default: pause on export errors on.")
-        api.set_variable(PAUSE_VARIABLE, "true")
+        api.set_variable(PAUSE_ON_ERROR_VARIABLE, "true")
         self.say("Done.")
 
     def _wait_for_idle(self, dag_id: str, timeout: float = 600) -> None:
@@ -221,9 +221,9 @@ def walkthrough_for(root: Path, *, port: int, out=sys.stdout) -> Walkthrough:
 
 
 def main() -> int:
-    from include.crm_export.local.__main__ import LOCAL_ROOT
+    from devstack.__main__ import LOCAL_ROOT
 
-    parser = argparse.ArgumentParser(prog="python -m include.crm_export.local.walkthrough")
+    parser = argparse.ArgumentParser(prog="python -m devstack.walkthrough")
     parser.add_argument("--root", default=str(LOCAL_ROOT))
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from include.crm_export.emulator.org import Org
-from include.crm_export.emulator.rules import RuleError
-from include.crm_export.emulator.schema import RequestRejected
+from devstack.emulator.org import Org
+from devstack.emulator.rules import RuleError
+from devstack.emulator.schema import RequestRejected
 
 log = logging.getLogger(__name__)
 

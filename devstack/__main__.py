@@ -1,4 +1,4 @@
-"""``python -m include.crm_export.local run``: crm-export on embedded defaults.
+"""``python -m devstack run``: crm-export on embedded defaults.
 
 Starts the embedded PostgreSQL, the Salesforce emulator and a local Airflow
 (API server with the UI, scheduler, DAG processor, triggerer), all pointed at
@@ -20,12 +20,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from include.crm_export.db.connection import connect, conninfo_for
+from devstack import demo
+from devstack.airflow_api import AirflowApi
+from devstack.emulator.process import EmulatorAdmin, die_with_parent
+from devstack.stack import PROJECT_ROOT, LocalStack
+from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
-from include.crm_export.emulator.process import EmulatorAdmin, die_with_parent
-from include.crm_export.local import demo
-from include.crm_export.local.airflow_api import AirflowApi
-from include.crm_export.local.stack import PROJECT_ROOT, LocalStack
 
 log = logging.getLogger("crm_export.local")
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         stack_env = stack.start()
         os.environ.update(stack_env)
         (root / "postgres.json").write_text(stack_env.get("AIRFLOW_CONN_CRM_EXPORT_POSTGRES", "{}"))
-        with connect(conninfo_for()) as conn:
+        with Database().connect(application_name="crm-export local run") as conn:
             migrate(conn)
             first_start = demo.seed_source(conn)
         env = airflow_environment(stack_env, port=args.port, root=root)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.crm_export.local")
+    parser = argparse.ArgumentParser(prog="python -m devstack")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="start everything on embedded defaults; Ctrl-C stops it")
     run_parser.add_argument("--port", type=int, default=int(os.environ.get("CRM_EXPORT_UI_PORT", "8080")))

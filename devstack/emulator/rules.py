@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.crm_export.emulator.schema import RecordError
+from devstack.emulator.schema import RecordError
 
 # cause -> (statusCode, default message). Messages follow what orgs print.
 RECORD_CAUSES: dict[str, tuple[str, str]] = {

@@ -13,25 +13,15 @@ from pathlib import Path
 
 import psycopg
 
-from include.crm_export.emulator.process import EmulatorAdmin
-from include.crm_export.local.airflow_api import AirflowApi
-from include.crm_export.settings import PAUSE_VARIABLE
+from devstack.airflow_api import AirflowApi
+from devstack.emulator.process import EmulatorAdmin
+from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
+from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION
 
 log = logging.getLogger(__name__)
 
-SOURCE_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "source_schema.sql"
+SOURCE_SCHEMA_SQL = Path(__file__).with_name("source_schema.sql")
 BLOCKED_DOMAIN = "@blocked.example"
-
-PAUSE_DESCRIPTION = (
-    "Pause on export errors for CRMExport. "
-    "true (the default, also when this Variable is absent): when Salesforce rejects a record, the export stops at "
-    "it and holds its watermark there; the run turns red, and after you fix the cause and clear the task it resumes "
-    "at that record. Nothing is skipped. "
-    'false: rejected records are logged to crm_export."ExportErrors" and skipped, and the run stays green. '
-    "WARNING: Salesforce is then incomplete and inconsistent with the source until CRMExport_ExportError "
-    "re-exports those records (daily) after the cause is fixed. Turn it off only deliberately, for a known error, "
-    "and back on once that is fixed. Accepted values: true or false."
-)
 
 VALIDATION_RULE = {
     "cause": "validation_rule",
@@ -100,9 +90,9 @@ def seed_salesforce(admin: EmulatorAdmin) -> None:
 
 def configure_airflow(api: AirflowApi) -> None:
     """The pause Variable (kept if it exists) and CRMExport switched on."""
-    existing = api.get_variable(PAUSE_VARIABLE)
+    existing = api.get_variable(PAUSE_ON_ERROR_VARIABLE)
     if existing is None:
-        api.set_variable(PAUSE_VARIABLE, "true", description=PAUSE_DESCRIPTION)
-        log.info("Created the Variable %s = true", PAUSE_VARIABLE)
+        api.set_variable(PAUSE_ON_ERROR_VARIABLE, "true", description=PAUSE_ON_ERROR_DESCRIPTION)
+        log.info("Created the Variable %s = true", PAUSE_ON_ERROR_VARIABLE)
     api.wait_for_dags(["CRMExport", "CRMExport_ExportError"])
     api.set_paused("CRMExport", False)

@@ -1,4 +1,4 @@
-"""Run the Salesforce API emulator: ``python -m include.crm_export.emulator serve --state-dir DIR``.
+"""Run the Salesforce API emulator: ``python -m devstack.emulator serve --state-dir DIR``.
 
 Once it listens it writes ``DIR/emulator.json`` with its URL, CA bundle and
 credentials; whoever started it reads that file.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import uvicorn
 
-from include.crm_export.emulator.app import create_app
-from include.crm_export.emulator.certs import ensure_certificates
-from include.crm_export.emulator.org import Org
+from devstack.emulator.app import create_app
+from devstack.emulator.certs import ensure_certificates
+from devstack.emulator.org import Org
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -62,7 +62,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m include.crm_export.emulator")
+    parser = argparse.ArgumentParser(prog="python -m devstack.emulator")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="serve the emulated REST API over HTTPS on loopback")
     run.add_argument("--state-dir", required=True, help="where certificates and emulator.json go")

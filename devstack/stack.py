@@ -18,12 +18,15 @@ import logging
 import os
 from pathlib import Path
 
-from include.crm_export.db.embedded import EmbeddedPostgres
-from include.crm_export.emulator.process import EmulatorInfo, EmulatorProcess
+import psycopg
+
+from devstack.emulator.process import EmulatorInfo, EmulatorProcess
+from devstack.postgres import EmbeddedPostgres
+from include.crm_export.names import POSTGRES_CONN_ID
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalStack:
@@ -109,3 +112,22 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def project_conninfo(conn_id: str = POSTGRES_CONN_ID) -> str:
+    """A libpq connection string for the ``crm_export_postgres`` Airflow connection.
+
+    For tests, benchmarks and the demo, which talk to the database directly
+    (the product connects through ``include.crm_export.db.connection.Database``).
+    """
+    from airflow.sdk import BaseHook
+
+    connection = BaseHook.get_connection(conn_id)
+    parts = {
+        "host": connection.host or "localhost",
+        "port": str(connection.port or 5432),
+        "dbname": connection.schema or "postgres",
+        "user": connection.login or "",
+        "password": connection.password or "",
+    }
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in parts.items() if v})

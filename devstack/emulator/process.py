@@ -16,7 +16,7 @@ import requests
 
 from include.crm_export.http import SalesforceSession
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class EmulatorError(RuntimeError):
@@ -66,7 +66,7 @@ class EmulatorProcess:
         command = [
             sys.executable,
             "-m",
-            "include.crm_export.emulator",
+            "devstack.emulator",
             "serve",
             "--state-dir",
             str(self.state_dir),

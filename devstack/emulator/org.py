@@ -12,9 +12,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from include.crm_export.emulator import soql
-from include.crm_export.emulator.rules import Fault, RecordRule, first_record_error, parse_rule
-from include.crm_export.emulator.schema import ObjectSchema, RecordError, RequestRejected, load_objects
+from devstack.emulator import soql
+from devstack.emulator.rules import Fault, RecordRule, first_record_error, parse_rule
+from devstack.emulator.schema import ObjectSchema, RecordError, RequestRejected, load_objects
 
 MAX_COLLECTION_RECORDS = 200
 QUERY_BATCH_SIZE = 2000

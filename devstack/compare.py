@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from include.crm_export.config import Stream
-from include.crm_export.db import store
+from include.crm_export.db import source
 from include.crm_export.mapping import map_row
 
 
@@ -36,10 +36,9 @@ class Comparison:
 
 
 def compare(conn: psycopg.Connection, stream: Stream, salesforce_records: list[dict[str, Any]]) -> Comparison:
-    types = store.source_column_types(conn, stream)
-    keys = [row[0] for row in conn.execute(store.all_keys_query(stream)).fetchall()]
+    source.column_types(conn, stream)
     expected: dict[str, dict[str, Any]] = {}
-    for row in store.read_rows_by_key(conn, stream, keys, types):
+    for row in source.read_rows_by_key(conn, stream, source.all_keys(conn, stream)):
         record = map_row(stream, row)
         if record.payload is not None:
             expected[record.external_id] = {k: v for k, v in record.payload.items() if k != "attributes"}

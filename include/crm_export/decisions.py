@@ -1,0 +1,122 @@
+"""The export run's decisions, as pure functions on plain data: no I/O, no threads.
+
+Why a run stops, whether the stream is held (and what the person on call is
+told), and what a change of the pause on error Variable during a run means.
+The export loop (``export.py``) only asks these questions; the answers are
+tested without PostgreSQL or Salesforce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from include.crm_export.batch import BatchPlan, RunTally
+from include.crm_export.config import Stream
+from include.crm_export.errors import RecordRejected
+from include.crm_export.names import EXPORT_ERRORS_TABLE, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID, SCHEMA
+
+CAUGHT_UP = "caught up"
+HELD = "held at a rejected record (pause on error)"
+
+INCONSISTENCY_WARNING = (
+    f"{PAUSE_ON_ERROR_VARIABLE} is OFF: rejected records are logged to {EXPORT_ERRORS_TABLE} and skipped, so "
+    f"Salesforce is now missing them until {REEXPORT_DAG_ID} re-exports them (daily) or the cause is fixed."
+)
+
+
+@dataclass(frozen=True)
+class HeldRecord:
+    """The rejected record a stream is held at (pause on error on)."""
+
+    stream: str
+    record_key: str
+    external_id: str | None
+    rejection: RecordRejected
+    sobject: str
+    external_id_field: str
+
+    def message(self) -> str:
+        """The failed task's message: what stopped, where, why, and what to do."""
+        return (
+            f"Export of stream '{self.stream}' is held at record {self.record_key} "
+            f"({self.sobject}.{self.external_id_field} = {self.external_id or 'none'}): Salesforce rejected it with "
+            f"{self.rejection.describe()}. Records before it are exported; the watermark stays on it, so nothing "
+            "after it is skipped. Fix the cause in Salesforce or in the source row, then clear this task (or wait "
+            f"for the next run) to retry it first. To skip it for now instead, set the Variable "
+            f"{PAUSE_ON_ERROR_VARIABLE} to false (Salesforce stays incomplete until it is re-exported). Details: "
+            f"SELECT * FROM {SCHEMA}.\"{EXPORT_ERRORS_TABLE}\" WHERE stream = '{self.stream}' "
+            f"AND record_key = '{self.record_key}' AND status = 'open';"
+        )
+
+
+def held_record(stream: Stream, plan: BatchPlan) -> HeldRecord | None:
+    """The record a committed batch holds the stream at, if any."""
+    if plan.held is None:
+        return None
+    record, rejection = plan.held
+    return HeldRecord(stream.name, record.key, record.external_id, rejection, stream.sobject, stream.external_id_field)
+
+
+def stop_reason(stream: Stream, *, records_read: int, elapsed_seconds: float) -> str | None:
+    """Why the run reads no further batch although the source may have more (None: read on)."""
+    if records_read >= stream.max_records_per_run:
+        return f"max_records_per_run ({stream.max_records_per_run}) reached"
+    if elapsed_seconds >= stream.max_minutes_per_run * 60:
+        return f"max_minutes_per_run ({stream.max_minutes_per_run:g}) reached"
+    return None
+
+
+def next_batch_size(stream: Stream, *, records_read: int) -> int:
+    return min(stream.batch_size, stream.max_records_per_run - records_read)
+
+
+@dataclass(frozen=True)
+class PauseOnErrorChange:
+    """The Variable changed during a run; it applies from the next batch on."""
+
+    now_on: bool
+
+    def warnings(self) -> list[str]:
+        changed = f"{PAUSE_ON_ERROR_VARIABLE} changed to {self.now_on} during the run; applies from this batch on."
+        return [changed] if self.now_on else [changed, INCONSISTENCY_WARNING]
+
+
+def pause_on_error_change(current: bool, latest: bool) -> PauseOnErrorChange | None:
+    return None if latest == current else PauseOnErrorChange(latest)
+
+
+@dataclass
+class ExportResult:
+    """What one run of one stream did; its summary is the run's closing log line."""
+
+    stream: str
+    tally: RunTally = field(default_factory=RunTally)
+    held: HeldRecord | None = None
+    stopped_because: str = CAUGHT_UP
+    pause_on_error: bool = True
+    skipped_with_pause_on_error_off: int = 0
+
+    def summary(self) -> str:
+        text = (
+            f"Stream '{self.stream}': exported {self.tally.exported} record(s) in {self.tally.batches} batch(es); "
+            f"rejected records: {self.tally.errors} ({self.tally.errors_text()}); stopped: {self.stopped_because}."
+        )
+        if self.held:
+            text += f" HELD at record {self.held.record_key} ({self.held.rejection.code})."
+        return text
+
+    def incomplete_warning(self) -> str | None:
+        """Closing warning when rejected records were skipped (pause on error off)."""
+        if not self.skipped_with_pause_on_error_off:
+            return None
+        return (
+            f"Salesforce is incomplete: {self.skipped_with_pause_on_error_off} record(s) of stream '{self.stream}' "
+            f"were skipped with {PAUSE_ON_ERROR_VARIABLE} off ({self.tally.errors_text()}). They are open in "
+            f"{EXPORT_ERRORS_TABLE}; {REEXPORT_DAG_ID} re-exports them daily."
+        )
+
+    def add(self, plan: BatchPlan, *, pause_on_error: bool) -> None:
+        """Count a committed batch; remember where the stream is held."""
+        self.tally.add(plan)
+        if not pause_on_error:
+            self.skipped_with_pause_on_error_off += len(plan.errors)

@@ -1,0 +1,38 @@
+"""Every fixed name of crm-export, in one place. Pure: no imports of Airflow or a driver.
+
+Users, their runbooks and their SQL rely on these names; everything else in
+the package imports them from here instead of spelling them again.
+"""
+
+from __future__ import annotations
+
+# DAGs
+EXPORT_DAG_ID = "CRMExport"
+REEXPORT_DAG_ID = "CRMExport_ExportError"
+EXPORT_TASK_PREFIX = "export_"
+REEXPORT_TASK_PREFIX = "reexport_"
+CLI_DAG_ID = "cli"  # recorded as dag_id for work done from the command line
+
+# Airflow Variable and connections
+PAUSE_ON_ERROR_VARIABLE = "crm_export_pause_on_error"
+SALESFORCE_CONN_ID = "salesforce_default"
+POSTGRES_CONN_ID = "crm_export_postgres"
+
+# The project's own PostgreSQL schema and tables
+SCHEMA = "crm_export"
+EXPORT_ERRORS_TABLE = "ExportErrors"
+WATERMARKS_TABLE = "stream_watermarks"
+MIGRATIONS_TABLE = "schema_migrations"
+
+# ExportErrors.status values
+OPEN = "open"
+RESOLVED = "resolved"
+SOURCE_DELETED = "source_deleted"  # the record's source row is gone; nothing left to send
+ERROR_STATUSES = (OPEN, RESOLVED, SOURCE_DELETED)
+
+# Limits
+MAX_BATCH_SIZE = 200  # records per sObject Collections request (Salesforce's limit)
+DEFAULT_REEXPORT_LIMIT = 50_000  # records per stream and CRMExport_ExportError run, unless the params say otherwise
+
+# The streams file
+STREAMS_FILE_ENV = "CRM_EXPORT_STREAMS_FILE"

@@ -1,0 +1,190 @@
+"""CollectionWriter through its seam (the client's ``restful`` call): splitting, retries, renewal, failures.
+
+The wire itself (the real SalesforceHook and simple-salesforce against the
+emulator over HTTPS) is covered in tests/integration and tests/dags; here a
+scripted client answers the way simple-salesforce does: per-record result
+lists, or its exception classes for refused requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
+from include.crm_export.mapping import SourceRecord
+from include.crm_export.salesforce import CollectionWriter, Saved
+
+
+def ok(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"003{payload['Ext__c']}", "success": True, "created": True, "errors": []}
+
+
+def rejected(code: str, message: str = "no", fields: list[str] | None = None) -> dict[str, Any]:
+    return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": fields or []}]}
+
+
+class ScriptedClient:
+    """Answers like simple-salesforce's ``Salesforce.restful``; ``answer`` decides per request."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.requests: list[list[dict[str, Any]]] = []
+        self.session = requests.Session()
+        self.headers: dict[str, str] = {}
+
+    def restful(self, path: str, method: str, json: dict[str, Any]) -> Any:
+        assert (method, json["allOrNone"]) == ("PATCH", False)
+        self.requests.append(json["records"])
+        return self.answer(json["records"], len(self.requests))
+
+
+def payloads(n: int) -> list[dict[str, Any]]:
+    return [{"attributes": {"type": "Contact"}, "Ext__c": str(i), "LastName": f"L{i}"} for i in range(1, n + 1)]
+
+
+def writer(client: ScriptedClient, **kwargs: Any) -> CollectionWriter:
+    sleeps: list[float] = []
+    made = CollectionWriter(client, sobject="Contact", external_id_field="Ext__c", sleep=sleeps.append, **kwargs)
+    made.sleeps = sleeps  # type: ignore[attr-defined]
+    return made
+
+
+def error_body(code: str, message: str = "refused", fields: list[str] | None = None) -> list[dict[str, Any]]:
+    return [{"errorCode": code, "message": message, "fields": fields or []}]
+
+
+def test_per_record_results_in_input_order():
+    client = ScriptedClient(lambda records, _: [ok(r) if r["Ext__c"] != "2" else rejected("X") for r in records])
+    results = writer(client).upsert(payloads(3))
+    assert [type(r) for r in results] == [Saved, RecordRejected, Saved]
+    assert results[1].code == "X"
+
+
+def test_a_request_refused_for_one_record_is_split_until_that_record_is_isolated():
+    def answer(records, _):
+        if any(r["Ext__c"] == "5" for r in records):
+            raise SalesforceMalformedRequest("url", 400, "composite", error_body("JSON_PARSER_ERROR", "bad", []))
+        return [ok(r) for r in records]
+
+    client = ScriptedClient(answer)
+    results = writer(client).upsert(payloads(8))
+    assert [isinstance(r, Saved) for r in results] == [True] * 4 + [False] + [True] * 3
+    assert results[4] == RecordRejected("JSON_PARSER_ERROR", "bad", ())
+    assert len(client.requests) <= 2 * 8 - 1
+
+
+def test_transient_record_errors_are_retried_with_backoff_then_go_through():
+    def answer(records, attempt):
+        return [rejected("UNABLE_TO_LOCK_ROW") if r["Ext__c"] == "2" and attempt < 3 else ok(r) for r in records]
+
+    client = ScriptedClient(answer)
+    made = writer(client, backoff_seconds=0.5)
+    results = made.upsert(payloads(3))
+    assert all(isinstance(r, Saved) for r in results)
+    assert [len(r) for r in client.requests] == [3, 1, 1]  # only the locked record is sent again
+    assert made.sleeps == [0.5, 1.0]
+
+
+def test_transient_errors_that_outlast_the_retries_count_as_rejections():
+    client = ScriptedClient(lambda records, _: [rejected("UNABLE_TO_LOCK_ROW") for _ in records])
+    made = writer(client, transient_retries=2)
+    (result,) = made.upsert(payloads(1))
+    assert isinstance(result, RecordRejected)
+    assert result.transient
+    assert len(client.requests) == 3
+
+
+class CountingRenewer:
+    def __init__(self) -> None:
+        self.renewed = 0
+
+    def renew(self, sf: Any) -> None:
+        self.renewed += 1
+
+
+def test_an_expired_session_is_renewed_once_and_the_request_sent_again():
+    def answer(records, attempt):
+        if attempt == 1:
+            raise SalesforceExpiredSession("url", 401, "composite", error_body("INVALID_SESSION_ID"))
+        return [ok(r) for r in records]
+
+    renewer = CountingRenewer()
+    client = ScriptedClient(answer)
+    results = writer(client, renewer=renewer).upsert(payloads(2))
+    assert all(isinstance(r, Saved) for r in results)
+    assert renewer.renewed == 1
+
+
+def test_an_expired_session_without_a_way_to_renew_is_a_request_failure_that_says_what_to_do():
+    def answer(records, attempt):
+        raise SalesforceExpiredSession("url", 401, "composite", error_body("INVALID_SESSION_ID"))
+
+    with pytest.raises(SessionExpired, match="Put a fresh access token in the connection") as raised:
+        writer(ScriptedClient(answer)).upsert(payloads(1))
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None
+
+
+@pytest.mark.parametrize(
+    ("exception", "expected", "code"),
+    [
+        (
+            SalesforceRefusedRequest("u", 403, "r", error_body("REQUEST_LIMIT_EXCEEDED")),
+            RequestFailed,
+            "REQUEST_LIMIT_EXCEEDED",
+        ),
+        (SalesforceGeneralError("u", 503, "r", error_body("SERVER_UNAVAILABLE")), RequestFailed, "SERVER_UNAVAILABLE"),
+        (SalesforceResourceNotFound("u", 404, "r", error_body("NOT_FOUND")), StreamConfigError, None),
+        (requests.exceptions.ConnectionError("refused"), RequestFailed, None),
+        (requests.exceptions.ReadTimeout("slow"), RequestFailed, None),
+    ],
+)
+def test_request_level_failures_are_not_record_rejections(exception, expected, code):
+    def answer(records, _):
+        raise exception
+
+    client = ScriptedClient(answer)
+    with pytest.raises(expected) as raised:
+        writer(client).upsert(payloads(3))
+    assert len(client.requests) == 1  # never split, never retried record by record
+    if code is not None:
+        assert raised.value.code == code
+
+
+def test_an_answer_with_the_wrong_number_of_results_is_a_request_failure():
+    client = ScriptedClient(lambda records, _: [ok(records[0])])
+    with pytest.raises(RequestFailed, match="answered 1 results for 2 records"):
+        writer(client).upsert(payloads(2))
+
+
+def test_send_keeps_unmappable_records_out_of_the_request_and_in_order():
+    unmappable = RecordRejected("CRM_EXPORT_INVALID_SOURCE_VALUE", "Source column x: not a number", ("X__c",))
+    records = [
+        SourceRecord("1", (1,), "1", payloads(1)[0]),
+        SourceRecord("2", (2,), "2", None, unmappable),
+        SourceRecord("3", (3,), "3", payloads(3)[2]),
+    ]
+    client = ScriptedClient(lambda rs, _: [ok(r) for r in rs])
+    outcomes = writer(client).send(records)
+    assert [o.rejection for o in outcomes] == [None, unmappable, None]
+    assert [r["Ext__c"] for r in client.requests[0]] == ["1", "3"]
+
+
+def test_trace_sees_the_exact_request_and_answer():
+    seen = []
+    client = ScriptedClient(lambda rs, _: [ok(r) for r in rs])
+    writer(client, trace=lambda *exchange: seen.append(exchange)).upsert(payloads(1))
+    ((method, path, body, answer),) = seen
+    assert (method, path) == ("PATCH", "composite/sobjects/Contact/Ext__c")
+    assert body == {"allOrNone": False, "records": payloads(1)}
+    assert answer[0]["success"] is True

@@ -1,0 +1,75 @@
+"""The export run's pure decisions: why it stops, where it is held, and a pause on error flip mid-run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from include.crm_export.batch import RecordOutcome, plan_batch
+from include.crm_export.config import load_streams
+from include.crm_export.decisions import (
+    CAUGHT_UP,
+    INCONSISTENCY_WARNING,
+    ExportResult,
+    held_record,
+    next_batch_size,
+    pause_on_error_change,
+    stop_reason,
+)
+from include.crm_export.errors import RecordRejected
+from include.crm_export.mapping import SourceRecord
+
+STREAM = dataclasses.replace(load_streams()["contacts"], max_records_per_run=450, max_minutes_per_run=2)
+RULE = RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Title must be set", ("Title",))
+
+
+def record(key: int) -> SourceRecord:
+    return SourceRecord(str(key), (f"2026-01-01T00:00:{key:02d}", key), str(key), {"LastName": "x"})
+
+
+def test_a_run_reads_on_until_a_per_run_budget_is_used_up():
+    assert stop_reason(STREAM, records_read=200, elapsed_seconds=10) is None
+    assert stop_reason(STREAM, records_read=450, elapsed_seconds=10) == "max_records_per_run (450) reached"
+    assert stop_reason(STREAM, records_read=200, elapsed_seconds=120) == "max_minutes_per_run (2) reached"
+
+
+def test_the_last_batch_is_cut_to_the_record_budget():
+    assert next_batch_size(STREAM, records_read=0) == 200
+    assert next_batch_size(STREAM, records_read=400) == 50
+
+
+def test_a_batch_with_a_rejection_under_pause_on_error_holds_the_stream_at_that_record():
+    plan = plan_batch([RecordOutcome(record(1), None), RecordOutcome(record(2), RULE)], pause_on_error=True)
+    held = held_record(STREAM, plan)
+    assert held is not None
+    assert held.record_key == "2"
+    message = held.message()
+    assert message.startswith("Export of stream 'contacts' is held at record 2 (Contact.CRM_Contact_Id__c = 2)")
+    for part in ("FIELD_CUSTOM_VALIDATION_EXCEPTION: Title must be set (fields: Title)", "clear this task"):
+        assert part in message
+    assert "crm_export_pause_on_error to false" in message
+
+
+def test_pause_on_error_off_holds_nothing_and_counts_what_it_skipped():
+    plan = plan_batch([RecordOutcome(record(1), RULE), RecordOutcome(record(2), None)], pause_on_error=False)
+    assert held_record(STREAM, plan) is None
+    result = ExportResult("contacts", pause_on_error=False)
+    result.add(plan, pause_on_error=False)
+    assert result.stopped_because == CAUGHT_UP
+    assert result.incomplete_warning().startswith("Salesforce is incomplete: 1 record(s) of stream 'contacts'")
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: 1" in result.summary()
+
+
+def test_nothing_skipped_means_no_incomplete_warning():
+    result = ExportResult("contacts")
+    result.add(plan_batch([RecordOutcome(record(1), None)], pause_on_error=True), pause_on_error=True)
+    assert result.incomplete_warning() is None
+
+
+def test_flipping_pause_on_error_mid_run_warns_and_turning_it_off_warns_about_salesforce():
+    assert pause_on_error_change(True, True) is None
+    turned_off = pause_on_error_change(True, False)
+    assert turned_off is not None
+    assert INCONSISTENCY_WARNING in turned_off.warnings()
+    turned_on = pause_on_error_change(False, True)
+    assert turned_on is not None
+    assert INCONSISTENCY_WARNING not in turned_on.warnings()
