@@ -35,7 +35,7 @@ def fill_source(conninfo: str, rows: int) -> None:
     import psycopg
 
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute((ROOT / "include" / "crm_export" / "source_schema.sql").read_text())
+        conn.execute((ROOT / "devstack" / "source_schema.sql").read_text())
         conn.execute('TRUNCATE crm.contacts, crm_export.stream_watermarks, crm_export."ExportErrors" RESTART IDENTITY')
         conn.execute(
             """INSERT INTO crm.contacts (id, first_name, last_name, email, phone, title, department, birthdate,

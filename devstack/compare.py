@@ -36,9 +36,9 @@ class Comparison:
 
 
 def compare(conn: psycopg.Connection, stream: Stream, salesforce_records: list[dict[str, Any]]) -> Comparison:
-    source.column_types(conn, stream)
+    types = source.column_types(conn, stream)
     expected: dict[str, dict[str, Any]] = {}
-    for row in source.read_rows_by_key(conn, stream, source.all_keys(conn, stream)):
+    for row in source.read_rows_by_key(conn, stream, source.all_keys(conn, stream), types):
         record = map_row(stream, row)
         if record.payload is not None:
             expected[record.external_id] = {k: v for k, v in record.payload.items() if k != "attributes"}

@@ -226,10 +226,12 @@ class EmbeddedPostgres:
                 self._chown_for_service(self.log_file)
             # fsync=off: a local server survives its own crash (commits reach
             # the WAL before they return) but not a power loss; fine for local
-            # runs and tests, never used in a deployment.
+            # runs and tests, never used in a deployment. Prepared transactions
+            # are allowed so tests can hold one open, as a two-phase-commit
+            # writer does.
             options = (
                 f"-p {port} -c listen_addresses=127.0.0.1 -k {self.socket_dir} "
-                "-c fsync=off -c max_connections=200 -c shared_buffers=128MB"
+                "-c fsync=off -c max_connections=200 -c shared_buffers=128MB -c max_prepared_transactions=20"
             )
             result = self._pg(
                 "pg_ctl",

@@ -18,14 +18,24 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from devstack.emulator.org import Org
 from devstack.emulator.rules import RuleError
 from devstack.emulator.schema import RequestRejected
+from include.crm_export import exact_json
 
 log = logging.getLogger(__name__)
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Numbers go out digit for digit, as Salesforce returns them (no float in between)."""
+
+    def render(self, content: Any) -> bytes:
+        return exact_json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
 
 API_VERSIONS = ["58.0", "59.0", "60.0", "61.0", "62.0"]
 
@@ -71,7 +81,7 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
-        return json.loads(raw)
+        return exact_json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RequestRejected(
             400, "JSON_PARSER_ERROR", f"Unexpected character: {exc.msg} at [line:{exc.lineno}, column:{exc.colno}]"
@@ -245,12 +255,12 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         if state_file is not None and state_file.exists():
-            org.load(json.loads(state_file.read_text()))
+            org.load(exact_json.loads(state_file.read_text()))
             log.info("Loaded the org's records and rules from %s", state_file)
         yield
         if state_file is not None:
             tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(org.dump()))
+            tmp.write_text(exact_json.dumps(org.dump()))
             tmp.replace(state_file)
 
     app = Starlette(routes=routes, lifespan=lifespan)

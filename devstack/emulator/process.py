@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from include.crm_export import exact_json
 from include.crm_export.http import SalesforceSession
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +161,7 @@ class EmulatorAdmin:
         response = self._session.request(method, f"{self.info.url}/__emulator__/{path}", **kwargs)
         if not response.ok:
             raise EmulatorError(f"{method} {path}: {response.status_code} {response.text}")
-        return response.json()
+        return exact_json.loads(response.text)  # numbers exactly as the org holds them
 
     def add_rule(self, **rule: Any) -> dict[str, Any]:
         """Add a record rule (``cause=…``) or a request fault (``fault=…``); see ``rules.py``."""

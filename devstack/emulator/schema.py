@@ -18,8 +18,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from include.crm_export import exact_json
 
 OBJECTS_DIR = Path(__file__).parent / "objects"
 
@@ -225,7 +228,7 @@ class ObjectSchema:
                     400,
                     "JSON_PARSER_ERROR",
                     f"Cannot deserialize instance of {spec.type} from {_json_kind(value)} value "
-                    f"{json.dumps(value)} or request may be missing a required field",
+                    f"{exact_json.dumps(value)} or request may be missing a required field",
                     [spec.name],
                 )
             bound[spec.name] = value
@@ -283,7 +286,7 @@ class ObjectSchema:
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "VALUE_TRUE" if value else "VALUE_FALSE"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int | float | Decimal):
         return "VALUE_NUMBER"
     if isinstance(value, str):
         return "VALUE_STRING"
@@ -300,7 +303,7 @@ def _json_type_ok(spec: FieldSpec, value: Any) -> bool:
     if spec.type in _NUMBER_TYPES:
         if isinstance(value, bool):
             return False
-        if isinstance(value, (int, float)):
+        if isinstance(value, int | float | Decimal):
             return True
         if isinstance(value, str):
             try:

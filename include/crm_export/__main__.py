@@ -3,6 +3,7 @@
     python -m include.crm_export export --stream contacts [--dry-run] [--pause-on-error true|false]
     python -m include.crm_export send --stream contacts --key 42 [--dry-run]
     python -m include.crm_export reexport --stream contacts [--error-code CODE] [--limit N] [--dry-run]
+    python -m include.crm_export reposition --stream contacts (--from-start | --from-change-time TIME) [--yes]
     python -m include.crm_export migrate
 
 ``export`` runs one stream exactly as the CRMExport task does (same watermark,
@@ -17,14 +18,16 @@ the metadata database), as in the DAGs.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from include.crm_export.config import load_streams
-from include.crm_export.db import export_errors, source
+from include.crm_export.config import load_streams, stream_definition
+from include.crm_export.db import export_errors, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.errors import CrmExportError
@@ -88,8 +91,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     stream = load_streams()[args.stream]
     with Database().connect(application_name=f"crm-export {stream.name} send") as conn:
         migrate(conn)
-        source.column_types(conn, stream)
-        rows = source.read_rows_by_key(conn, stream, [args.key])
+        rows = source.read_rows_by_key(conn, stream, [args.key], source.column_types(conn, stream))
         if not rows:
             print(f"No row with {stream.key} = {args.key} in {stream.source}.")
             return 1
@@ -131,6 +133,40 @@ def cmd_reexport(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reposition(args: argparse.Namespace) -> int:
+    stream = load_streams()[args.stream]
+    where = "from the start" if args.from_start else f"from rows changed at or after {args.from_change_time}"
+    if not args.yes:
+        answer = input(f"Re-export stream '{stream.name}' {where}? Its held record is released. Type yes: ")
+        if answer.strip().lower() != "yes":
+            print("Nothing changed.")
+            return 1
+    with Database().connect(application_name=f"crm-export {stream.name} reposition") as conn:
+        migrate(conn)
+        types = source.column_types(conn, stream)
+        done = watermarks.reposition(
+            conn,
+            stream,
+            definition=stream_definition(stream, types),
+            from_change_time=None if args.from_start else args.from_change_time,
+            by=f"cli:{getpass.getuser()}@{socket.gethostname()}",
+            reason=args.reason,
+        )
+    print(
+        f"Stream '{stream.name}' re-positioned {where} (was {done['old_position']}); recorded as done by "
+        f"{done['by']}. The next CRMExport run exports from there."
+    )
+    return 0
+
+
+def _change_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2026-01-01T00:00:00Z") from None
+    return value
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     with Database().connect(application_name="crm-export migrate") as conn:
         applied = migrate(conn)
@@ -162,6 +198,16 @@ def main() -> int:
     )
     reexport.add_argument("--dry-run", action="store_true")
     reexport.set_defaults(handler=cmd_reexport)
+    reposition = sub.add_parser(
+        "reposition", help="re-export a stream from the start or from a change time (recorded, with who did it)"
+    )
+    reposition.add_argument("--stream", required=True)
+    start = reposition.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-start", action="store_true", help="re-export every row of the source")
+    start.add_argument("--from-change-time", type=_change_time, help="re-export rows changed at or after this time")
+    reposition.add_argument("--reason", help="why, for the audit log")
+    reposition.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reposition.set_defaults(handler=cmd_reposition)
     migrate_parser = sub.add_parser("migrate", help="bring the crm_export schema up to date")
     migrate_parser.set_defaults(handler=cmd_migrate)
     args = parser.parse_args()

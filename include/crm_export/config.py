@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -81,6 +81,16 @@ class ExternalIdSettings(BaseModel):
     column: SqlIdentifier
 
 
+class ChangeStampSettings(BaseModel):
+    """How the change column (the first ``order_by`` column) gets its values; see README, "Late rows"."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    set_by: Literal["database", "application"] = "database"
+    writer_time_zones: list[Annotated[str, Field(min_length=1)]] = []
+    lead_seconds: Annotated[Number, Field(ge=0)] | None = None
+
+
 class StreamSettings(RunLimits):
     """One stream as written in the file."""
 
@@ -90,6 +100,68 @@ class StreamSettings(RunLimits):
     sobject: SalesforceName
     external_id: ExternalIdSettings
     fields: dict[SalesforceName, SqlIdentifier]
+    change_stamp: ChangeStampSettings = ChangeStampSettings()
+    lock_stale_after_minutes: Annotated[Number, Field(ge=0.01)] | None = None
+
+
+# How long before its transaction starts an application may stamp a row (the
+# time between computing "now" and BEGIN, plus clock skew), unless the stream says.
+DEFAULT_APPLICATION_LEAD_SECONDS = 300.0
+ANY_TIME_ZONE = "any"
+# A run stops reading after max_minutes_per_run and finishes its batch in flight
+# (Airflow times the task out 5 minutes later); a lock held longer than this
+# beyond max_minutes_per_run belongs to a session whose worker is gone.
+LOCK_GRACE_MINUTES = 10.0
+
+
+@dataclass(frozen=True)
+class ChangeStamp:
+    set_by: str = "database"
+    writer_time_zones: tuple[str, ...] = ()
+    lead_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChangeColumn:
+    """What the change column's type means for the horizon (see ``change_column``)."""
+
+    kind: str  # "timestamptz", "timestamp" (without time zone) or "date"
+    writer_time_zones: tuple[str, ...]  # for "timestamp" and "date": the zones writers stamp in
+    margin_seconds: float  # how far below its transaction's start a row's value may lie
+
+
+_TIMESTAMP_TYPE = re.compile(r"^timestamp(?:\((\d)\))? with(out)? time zone$")
+
+
+def change_column(stream: Stream, column_type: str) -> ChangeColumn:
+    """The change column's kind from its PostgreSQL type (``format_type``); refuses what cannot be made safe."""
+    column = stream.order_by[0]
+    match = _TIMESTAMP_TYPE.match(column_type)
+    if column_type == "date":
+        kind, precision = "date", 0
+    elif match:
+        kind = "timestamp" if match.group(2) else "timestamptz"
+        precision = int(match.group(1)) if match.group(1) is not None else 6
+    else:
+        raise _fail(
+            stream.name,
+            "order_by",
+            f"the first column '{column}' must be the change timestamp (timestamptz, timestamp or date), "
+            f"not {column_type}.",
+        )
+    stamp = stream.change_stamp
+    if kind != "timestamptz" and not stamp.writer_time_zones:
+        raise _fail(
+            stream.name,
+            "change_stamp.writer_time_zones",
+            f"the change column '{column}' is {column_type}: its values say nothing about when a row changed "
+            "unless the time zone its writers stamp in is known. Use timestamptz, or name the zone(s) writers' "
+            "sessions use, for example writer_time_zones: [UTC] (or [any] if they differ: rows then wait up to "
+            "26 hours before they are exported).",
+        )
+    # A value rounded to the column's precision may lie up to one unit below the instant it was taken.
+    margin = 10.0**-precision if kind != "date" else 0.0
+    return ChangeColumn(kind, stamp.writer_time_zones, margin + stamp.lead_seconds)
 
 
 @dataclass(frozen=True)
@@ -107,6 +179,8 @@ class Stream:
     max_records_per_run: int
     max_minutes_per_run: float
     settle_seconds: float
+    change_stamp: ChangeStamp = field(default_factory=lambda: ChangeStamp())
+    lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
 
     @property
     def source(self) -> str:
@@ -218,7 +292,23 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         max_records_per_run=settings.max_records_per_run,
         max_minutes_per_run=float(settings.max_minutes_per_run),
         settle_seconds=float(settings.settle_seconds),
+        change_stamp=_change_stamp(name, settings.change_stamp),
+        lock_stale_after_minutes=float(
+            settings.lock_stale_after_minutes
+            if settings.lock_stale_after_minutes is not None
+            else settings.max_minutes_per_run + LOCK_GRACE_MINUTES
+        ),
     )
+
+
+def _change_stamp(name: str, raw: ChangeStampSettings) -> ChangeStamp:
+    if raw.lead_seconds is not None and raw.set_by != "application":
+        raise _fail(name, "change_stamp.lead_seconds", "applies only with set_by: application")
+    lead = raw.lead_seconds if raw.lead_seconds is not None else DEFAULT_APPLICATION_LEAD_SECONDS
+    zones = tuple(dict.fromkeys(raw.writer_time_zones))
+    if ANY_TIME_ZONE in zones and len(zones) > 1:
+        raise _fail(name, "change_stamp.writer_time_zones", "'any' already covers every zone; list it alone")
+    return ChangeStamp(raw.set_by, zones, float(lead) if raw.set_by == "application" else 0.0)
 
 
 def parse_config(raw: Any, *, origin: str = "streams config") -> dict[str, Stream]:
@@ -265,3 +355,29 @@ def load_streams(path: Path | None = None) -> dict[str, Stream]:
     except yaml.YAMLError as exc:
         raise StreamConfigError(f"The streams config {path} is not valid YAML: {exc}") from exc
     return parse_config(raw, origin=str(path))
+
+
+def stream_definition(stream: Stream, column_types: dict[str, str]) -> dict[str, Any]:
+    """What a stream's watermark is a position in: change any of it and the position means something else."""
+    return {
+        "source": stream.source,
+        "key": [stream.key, column_types[stream.key]],
+        "order_by": [[column, column_types[column]] for column in stream.order_by],
+        "sobject": stream.sobject,
+        "external_id": [stream.external_id_field, stream.external_id_column],
+    }
+
+
+def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each part of the definition that differs, as a person reads it."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            return ", ".join(f"{column} {kind}" for column, kind in value)
+        if isinstance(value, list):
+            return " ".join(str(part) for part in value)
+        return str(value)
+
+    return [
+        f"{part} was {text(old.get(part))!s} and is now {text(new[part])}" for part in new if old.get(part) != new[part]
+    ]

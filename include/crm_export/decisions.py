@@ -120,3 +120,14 @@ class ExportResult:
         self.tally.add(plan)
         if not pause_on_error:
             self.skipped_with_pause_on_error_off += len(plan.errors)
+
+
+def stream_changed_message(stream: str, changes: list[str]) -> str:
+    """The failed task's message when streams.yml (or the source) changed under a watermark."""
+    return (
+        f"Stream '{stream}' changed since its watermark was set: {'; '.join(changes)}. The watermark is a position "
+        "in the old definition, so continuing could skip or repeat records; nothing was sent. Re-position the "
+        "stream on purpose, from the start or from a change time: python -m include.crm_export reposition "
+        f"--stream {stream} --from-start (or --from-change-time 2026-01-01T00:00:00Z), or the Re-position action "
+        "on the CRM Export page. Then clear this task."
+    )

@@ -73,3 +73,7 @@ class StreamConfigError(CrmExportError):
 
 class StreamBusy(CrmExportError):
     """Another process is exporting the same stream right now."""
+
+
+class StreamStuck(CrmExportError):
+    """The stream's lock has been held longer than any export takes: its holder is gone or hung."""

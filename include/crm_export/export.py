@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import psycopg
 
 from include.crm_export.batch import BatchPlan, plan_batch
-from include.crm_export.config import Stream
+from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
 from include.crm_export.db import export_errors, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
@@ -42,7 +42,9 @@ from include.crm_export.decisions import (
     next_batch_size,
     pause_on_error_change,
     stop_reason,
+    stream_changed_message,
 )
+from include.crm_export.errors import StreamConfigError
 from include.crm_export.mapping import SourceRecord, map_row, position_to_json
 from include.crm_export.salesforce import CollectionWriter
 
@@ -71,13 +73,43 @@ class StreamExport:
         self.reader = reader  # reads the source, so a read never waits for a commit
         self.context = context
         self.column_types = source.column_types(conn, stream)
+        self.change = change_column(stream, self.column_types[stream.order_by[0]])
+        self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
+        self._check_definition(stream_definition(stream, self.column_types))
+        if source.is_view(conn, stream):
+            self._check_every_row_has_a_place()
         self._own_backends = (conn.info.backend_pid, reader.info.backend_pid)
         self._horizon: source.Horizon | None = None
         self._horizon_looked_up = 0.0
         # Resolving open errors costs a statement per batch; skip it while the
         # stream has none (the common case).
         self._has_open_errors = export_errors.has_open_errors(conn, stream)
+
+    def _check_definition(self, definition: dict) -> None:
+        """A watermark taken under another stream definition is never continued silently.
+
+        The current definition is written with the run's first commit (or its
+        idle-run note), not here: a run that has not committed anything has
+        changed nothing.
+        """
+        self.definition = definition
+        stored, position = self.watermark.definition, self.watermark
+        if stored is None or stored == definition:
+            return
+        if position.position is None and position.held_record_key is None:
+            return  # nothing exported under the old definition: nothing to protect
+        raise StreamConfigError(stream_changed_message(self.stream.name, definition_changes(stored, definition)))
+
+    def _check_every_row_has_a_place(self) -> None:
+        key = source.rows_without_a_place(self.reader, self.stream)
+        if key is not None:
+            raise StreamConfigError(
+                f"Stream config error in stream '{self.stream.name}', field 'order_by': row {key} of "
+                f"{self.stream.source} has NULL in {', '.join(self.stream.order_by)}, so it has no place in the "
+                "export's order and would never be exported. Nothing was sent. Fill it in the view (for example "
+                "COALESCE(updated_at, created_at)) or in the data, then clear this task."
+            )
 
     @classmethod
     def open(cls, stream: Stream, database: Database, context: RunContext, *, exits: ExitStack) -> StreamExport:
@@ -86,6 +118,7 @@ class StreamExport:
         reader = exits.enter_context(database.connect(application_name=f"{name} reader"))
         migrate(conn)
         watermarks.lock_stream(conn, stream)
+        export_errors.compact_error_counts(conn)
         return cls(stream, conn=conn, reader=reader, context=context)
 
     def read(
@@ -96,7 +129,9 @@ class StreamExport:
         # looked up again at most once a second rather than per batch.
         if self._horizon is None or clock() - self._horizon_looked_up >= HORIZON_REFRESH_SECONDS:
             self._horizon_looked_up = clock()
-            self._horizon = source.export_horizon(self.reader, self.stream, exclude_backends=self._own_backends)
+            self._horizon = source.export_horizon(
+                self.reader, self.stream, self.change, exclude_backends=self._own_backends
+            )
         rows = source.read_batch(
             self.reader,
             self.stream,
@@ -111,6 +146,9 @@ class StreamExport:
         """Write the batch's ExportErrors changes and advance the watermark, in one transaction."""
         self._has_open_errors = self._has_open_errors or bool(plan.errors)
         with self.conn.transaction():
+            if self._has_open_errors:
+                keys = [*plan.confirmed_keys, *(record.key for record, _ in plan.errors)]
+                export_errors.lock_open_rows(self.conn, self.stream, keys)
             export_errors.record_rejections(
                 self.conn, self.stream, plan.errors, dag_id=self.context.dag_id, run_id=self.context.run_id
             )
@@ -125,10 +163,11 @@ class StreamExport:
                 held_record_key=plan.held[0].key if plan.held else None,
                 exported=plan.exported,
                 run_id=self.context.run_id,
+                definition=self.definition,
             )
 
     def note_idle_run(self) -> None:
-        watermarks.note_run(self.conn, self.stream, run_id=self.context.run_id)
+        watermarks.note_run(self.conn, self.stream, run_id=self.context.run_id, definition=self.definition)
 
 
 def export_stream(
@@ -227,6 +266,8 @@ def _log_start(run: StreamExport, pause: bool) -> None:
         )
     if not pause:
         log.warning("%s", INCONSISTENCY_WARNING)
+    if run.blind_spot:
+        log.warning("Late rows may be skipped: %s", run.blind_spot)
     log.info(
         "Exporting stream '%s' (%s -> %s by %s) after position %s",
         stream.name,
@@ -248,13 +289,32 @@ def _reread_pause_on_error(current: bool, pause_on_error: Callable[[], bool], re
 
 
 def _warn_horizon(horizon: source.Horizon) -> None:
+    holder = horizon.held_back_by
+    if holder["kind"] == "prepared":
+        since = f"no earlier than {holder['since']}" if holder["since"] else "at an unknown time"
+        log.warning(
+            "Not reading rows changed after %s: prepared transaction %r (owner %s, prepared %s, started %s) may "
+            "still commit rows with older change timestamps. The export catches up once it is finished: "
+            "COMMIT PREPARED %r or ROLLBACK PREPARED %r.",
+            horizon.at if horizon.at is not None else "the watermark",
+            holder["gid"],
+            holder["owner"],
+            holder["prepared"],
+            since,
+            holder["gid"],
+            holder["gid"],
+        )
+        return
     log.warning(
-        "Not reading rows changed after %s: a transaction open since then (pid %s, %s, %s) may still "
+        "Not reading rows changed after %s: a transaction open since %s (pid %s, user %s, %s, %s, %s) may still "
         "commit rows with older change timestamps. The export catches up once it ends.",
         horizon.at,
-        horizon.held_back_by["pid"],
-        horizon.held_back_by["application_name"] or "unknown application",
-        horizon.held_back_by["state"],
+        holder["since"],
+        holder["pid"],
+        holder["user"] or "unknown",
+        holder["backend_type"],
+        holder["application_name"] or "unknown application",
+        holder["state"],
     )
 
 

@@ -18,6 +18,11 @@ from typing import Any
 from include.crm_export.config import Stream
 from include.crm_export.errors import INVALID_SOURCE_VALUE, MISSING_EXTERNAL_ID, RecordRejected
 
+# Every source read also selects the key's PostgreSQL text form under this
+# name: that is the record key stored in ExportErrors and in the watermark, and
+# casting it back to the key's type finds the row (char(n), citext, uuid …).
+RECORD_KEY = "crm_export$record_key"
+
 
 @dataclass(frozen=True)
 class SourceRecord:
@@ -45,7 +50,8 @@ def to_json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise _Unmappable(f"{value} is not a finite number")
-        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else float(value)
+        # Exact, digit for digit (see exact_json): never through float.
+        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else value
     if isinstance(value, datetime):
         # timestamp without time zone is taken as UTC.
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -69,7 +75,7 @@ def position_to_json(position: tuple[Any, ...]) -> list[str]:
 
 
 def map_row(stream: Stream, row: dict[str, Any]) -> SourceRecord:
-    key = str(row[stream.key])
+    key = row[RECORD_KEY] if RECORD_KEY in row else str(row[stream.key])
     position = tuple(row[column] for column in stream.order_by)
     raw_external_id = row[stream.external_id_column]
     if raw_external_id is None or str(raw_external_id).strip() == "":

@@ -142,6 +142,7 @@ class ReexportRun:
     context: RunContext
     started_at: datetime  # rows attempted since then (by this run) are not picked again
     result: ReexportResult
+    column_types: dict[str, str]
 
     @property
     def claimant(self) -> str:
@@ -159,9 +160,16 @@ def reexport_stream(
     """Re-export the open errors of ``stream``; ``writer`` may be None for a dry run."""
     with database.connect(application_name=f"crm-export reexport {stream.name}") as conn:
         migrate(conn)
-        source.column_types(conn, stream)  # a source that is gone or changed fails here, naming the setting
+        export_errors.compact_error_counts(conn)
         run = ReexportRun(
-            stream, conn, options, context, database_now(conn), ReexportResult(stream.name, dry_run=options.dry_run)
+            stream,
+            conn,
+            options,
+            context,
+            started_at=database_now(conn),
+            result=ReexportResult(stream.name, dry_run=options.dry_run),
+            # A source that is gone or changed fails here, naming the setting.
+            column_types=source.column_types(conn, stream),
         )
         log.info(
             "Re-exporting open errors of stream '%s'%s, at most %d record(s)%s",
@@ -242,8 +250,10 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
 
 
 def _current_records(run: ReexportRun, keys: list[str]) -> dict[str, SourceRecord]:
-    rows = source.read_rows_by_key(run.conn, run.stream, keys)
-    return {str(row[run.stream.key]): map_row(run.stream, row) for row in rows}
+    records = (
+        map_row(run.stream, row) for row in source.read_rows_by_key(run.conn, run.stream, keys, run.column_types)
+    )
+    return {record.key: record for record in records}
 
 
 def _send_current(
@@ -258,7 +268,7 @@ def _send_current(
         for outcome in writer.send(pending):
             final[outcome.record.key] = (outcome.record, outcome.rejection)
         sent_ok = [r.key for r in pending if final[r.key][1] is None]
-        now = source.positions_by_key(run.conn, run.stream, sent_ok) if sent_ok else {}
+        now = source.positions_by_key(run.conn, run.stream, sent_ok, run.column_types) if sent_ok else {}
         changed = [key for key in sent_ok if key in now and now[key] != final[key][0].position]
         if not changed:
             break

@@ -36,6 +36,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
+from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
 from include.crm_export.config import Stream
 from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
@@ -217,7 +218,8 @@ class CollectionWriter:
         body = self.request_body(payloads)
         refused: SalesforceError | None = None
         try:
-            answer = self.sf.restful(self.path, method="PATCH", json=body)
+            # Serialized here, so numerics go out exactly (simple-salesforce would pass them through float).
+            answer = self.sf.restful(self.path, method="PATCH", data=exact_json.dumps(body))
         except SalesforceError as exc:
             refused = exc
         except requests.exceptions.Timeout:

@@ -10,7 +10,7 @@ from typing import Any
 
 from include.crm_export.config import load_streams
 from include.crm_export.db.connection import Database
-from include.crm_export.errors import RequestFailed, SettingsError, StreamBusy, StreamConfigError
+from include.crm_export.errors import RequestFailed, SettingsError, StreamBusy, StreamConfigError, StreamStuck
 from include.crm_export.export import RunContext, export_stream
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 from include.crm_export.reexport import ReexportOptions, reexport_stream
@@ -41,7 +41,7 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
             pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
-    except (SettingsError, StreamConfigError) as exc:
+    except (SettingsError, StreamConfigError, StreamStuck) as exc:
         log.error("%s", exc)
         raise AirflowFailException(str(exc)) from None
     except RequestFailed as exc:

@@ -65,7 +65,12 @@ def wait_until_held(base: str) -> dict:
 
 
 def test_requests_without_a_session_are_refused(airflow):
-    for path in ("/crm-export/api/streams", "/crm-export/api/errors", "/crm-export/api/pause-on-error"):
+    for path in (
+        "/crm-export/api/streams",
+        "/crm-export/api/errors",
+        "/crm-export/api/pause-on-error",
+        "/crm-export/api/late-rows",
+    ):
         assert call(airflow, "GET", path, user=None).status_code == 401
     assert (
         requests.put(f"{airflow}/crm-export/api/pause-on-error", json={"pause_on_error": False}, timeout=30).status_code
@@ -105,6 +110,8 @@ def test_api_shows_where_each_stream_stands_and_its_errors(airflow):
     assert [(c["status"], c["stream"], c["error_code"], c["count"]) for c in counts] == [
         ("open", "contacts", "FIELD_CUSTOM_VALIDATION_EXCEPTION", 1)
     ]
+    # The local run's database user sees every session, so the page has no late-rows warning to show.
+    assert call(airflow, "GET", "/crm-export/api/late-rows").json() == {"warning": None}
 
 
 def test_pause_switch_and_reexport_need_airflow_permissions(airflow):
@@ -201,3 +208,23 @@ def test_the_page_is_in_airflows_navigation(airflow):
     crm = next(p for p in plugins if p["name"] == "crm_export")
     assert crm["external_views"][0]["href"] == "/crm-export/"
     assert crm["fastapi_apps"][0]["url_prefix"] == "/crm-export"
+
+
+def test_reposition_is_confirmed_permitted_and_recorded(airflow):
+    path = "/crm-export/api/streams/subscriptions/reposition"
+    assert call(airflow, "POST", path, user="viewer", json={"confirm": True}).status_code == 403
+    unconfirmed = call(airflow, "POST", path, json={})
+    assert unconfirmed.status_code == 400
+    assert "confirm" in unconfirmed.json()["detail"]
+    assert call(airflow, "POST", "/crm-export/api/streams/leads/reposition", json={"confirm": True}).status_code == 404
+
+    for _ in range(30):  # a scheduled run may hold the stream for a moment
+        done = call(airflow, "POST", path, json={"confirm": True, "reason": "mapping changed"})
+        if done.status_code != 409:
+            break
+        time.sleep(1)
+    assert done.status_code == 200, done.text
+    assert done.json()["by"] == "ui:admin"
+    assert done.json()["new_position"] is None
+    streams = {s["stream"]: s for s in call(airflow, "GET", "/crm-export/api/streams").json()}
+    assert streams["subscriptions"]["watermark"] is None

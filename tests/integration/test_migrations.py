@@ -106,3 +106,57 @@ def test_a_database_newer_than_the_code_is_refused(scratch_conn):
     scratch_conn.commit()
     with pytest.raises(RuntimeError, match="newer than this code"):
         migrate(scratch_conn)
+
+
+def test_an_up_to_date_schema_needs_no_create_privilege(scratch_conn, scratch_database):
+    """A DBA creates the schema once, then the export's user runs without CREATE anywhere."""
+    migrate(scratch_conn)
+    role = "crm_export_no_create"
+    scratch_conn.execute(f"DROP ROLE IF EXISTS {role}")
+    scratch_conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    dbname = scratch_conn.info.dbname
+    scratch_conn.execute(f"REVOKE CREATE ON DATABASE {dbname} FROM PUBLIC")
+    scratch_conn.execute(f"GRANT CONNECT ON DATABASE {dbname} TO {role}")
+    scratch_conn.execute(f"GRANT USAGE ON SCHEMA crm_export TO {role}")
+    scratch_conn.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA crm_export TO {role}")
+    scratch_conn.commit()
+    info = scratch_conn.info
+    try:
+        with psycopg.connect(
+            host=info.host, port=info.port, dbname=dbname, user=role, password="pw", autocommit=True
+        ) as limited:
+            assert migrate(limited) == []
+            assert applied_versions(limited) == list(range(1, NEWEST + 1))
+    finally:
+        scratch_conn.execute(f"DROP OWNED BY {role}")
+        scratch_conn.execute(f"DROP ROLE {role}")
+        scratch_conn.commit()
+
+
+def test_error_counts_follow_every_change_without_scanning_the_history(scratch_conn):
+    from include.crm_export.db.export_errors import compact_error_counts
+    from include.crm_export.db.page_queries import error_counts
+
+    scratch_conn.autocommit = True
+    migrate(scratch_conn)
+    for key in ("1", "2", "3"):
+        insert_error(scratch_conn, record_key=key)
+    insert_error(scratch_conn, record_key="9", status="resolved", resolved=True)
+    scratch_conn.execute(
+        """UPDATE crm_export."ExportErrors" SET status = 'resolved', resolved_at = now() WHERE record_key = '1'"""
+    )
+    scratch_conn.execute(
+        """UPDATE crm_export."ExportErrors" SET error_code = 'UNABLE_TO_LOCK_ROW' WHERE record_key = '2'"""
+    )
+    scratch_conn.execute("""DELETE FROM crm_export."ExportErrors" WHERE record_key = '3'""")
+
+    def counts():
+        return {(c["status"], c["error_code"]): c["count"] for c in error_counts(scratch_conn)}
+
+    expected = {("open", "UNABLE_TO_LOCK_ROW"): 1, ("resolved", "FIELD_CUSTOM_VALIDATION_EXCEPTION"): 2}
+    assert counts() == expected
+    compact_error_counts(scratch_conn)
+    assert counts() == expected
+    assert scratch_conn.execute("SELECT count(*) FROM crm_export.export_error_count_deltas").fetchone()[0] == 2
+    scratch_conn.execute('TRUNCATE crm_export."ExportErrors"')
+    assert counts() == {}

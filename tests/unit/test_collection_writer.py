@@ -20,6 +20,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
+from include.crm_export import exact_json
 from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.salesforce import CollectionWriter, Saved
@@ -42,10 +43,11 @@ class ScriptedClient:
         self.session = requests.Session()
         self.headers: dict[str, str] = {}
 
-    def restful(self, path: str, method: str, json: dict[str, Any]) -> Any:
-        assert (method, json["allOrNone"]) == ("PATCH", False)
-        self.requests.append(json["records"])
-        return self.answer(json["records"], len(self.requests))
+    def restful(self, path: str, method: str, data: str) -> Any:
+        body = exact_json.loads(data)
+        assert (method, body["allOrNone"]) == ("PATCH", False)
+        self.requests.append(body["records"])
+        return self.answer(body["records"], len(self.requests))
 
 
 def payloads(n: int) -> list[dict[str, Any]]:
@@ -188,3 +190,15 @@ def test_trace_sees_the_exact_request_and_answer():
     assert (method, path) == ("PATCH", "composite/sobjects/Contact/Ext__c")
     assert body == {"allOrNone": False, "records": payloads(1)}
     assert answer[0]["success"] is True
+
+
+def test_numerics_go_out_digit_for_digit():
+    from decimal import Decimal
+
+    seen = []
+    client = ScriptedClient(lambda rs, _: [ok(r) for r in rs])
+    original = client.restful
+    client.restful = lambda path, method, data: (seen.append(data), original(path, method, data))[1]
+    payload = {"attributes": {"type": "Contact"}, "Ext__c": "1", "Amount__c": Decimal("9999999999999999.99")}
+    writer(client).upsert([payload])
+    assert '"Amount__c": 9999999999999999.99' in seen[0]

@@ -116,3 +116,12 @@ def test_clean_batch():
 def test_transient_codes_are_typed():
     assert RecordRejected("UNABLE_TO_LOCK_ROW", "x").transient
     assert not RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "x").transient
+
+
+def test_exact_json_keeps_every_digit():
+    from include.crm_export import exact_json
+
+    values = {"a": Decimal("9999999999999999.99"), "b": Decimal("-0.000001"), "c": "x\\u0000decimal:1", "d": 1.5}
+    text = exact_json.dumps(values)
+    assert '"a": 9999999999999999.99' in text
+    assert exact_json.loads(text) == {**values, "d": Decimal("1.5")}

@@ -45,8 +45,11 @@ class Database:
 
         if self._hook is None:
             self._hook = PostgresHook(postgres_conn_id=self.conn_id)
+        # Server-side keepalives: when a worker host dies, PostgreSQL ends its
+        # session within about two minutes, and with it the stream's lock.
         self._hook.options = (
-            f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms} -c TimeZone=UTC"
+            f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms} -c TimeZone=UTC "
+            "-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6"
         )
         conn = self._hook.get_conn()
         if not isinstance(conn, psycopg.Connection):

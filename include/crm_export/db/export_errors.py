@@ -18,12 +18,20 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from include.crm_export import exact_json
 from include.crm_export.config import Stream
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import EXPORT_ERRORS_TABLE, OPEN, RESOLVED, SCHEMA, SOURCE_DELETED
 
 EXPORT_ERRORS = sql.Identifier(SCHEMA, EXPORT_ERRORS_TABLE)
+COUNT_DELTAS = sql.Identifier(SCHEMA, "export_error_count_deltas")
+_COMPACTING = 7_202_611_23  # advisory lock: one compaction at a time
+
+
+def _payload(payload: dict[str, Any] | None) -> Jsonb | None:
+    """What was sent, stored exactly (numerics digit for digit)."""
+    return Jsonb(payload, dumps=exact_json.dumps) if payload is not None else None
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ def record_rejections(
             rejection.code,
             rejection.message,
             list(rejection.fields),
-            Jsonb(record.payload) if record.payload is not None else None,
+            _payload(record.payload),
             dag_id,
             run_id,
         )
@@ -91,6 +99,20 @@ def record_rejections(
             ).format(errors=EXPORT_ERRORS),
             rows,
         )
+
+
+def lock_open_rows(conn: psycopg.Connection, stream: Stream, keys: list[str]) -> None:
+    """Lock the open rows of these records in id order, inside the caller's transaction.
+
+    The export and the re-export both lock ExportErrors rows in id order
+    before changing them, so the two never deadlock on each other.
+    """
+    conn.execute(
+        sql.SQL(
+            "SELECT id FROM {} WHERE stream = %s AND status = 'open' AND record_key = ANY(%s) ORDER BY id FOR UPDATE"
+        ).format(EXPORT_ERRORS),
+        (stream.name, keys),
+    )
 
 
 def has_open_errors(conn: psycopg.Connection, stream: Stream) -> bool:
@@ -206,6 +228,11 @@ def record_reexport(
         "WHERE id = ANY(%(ids)s) AND " + mine
     ).format(errors=EXPORT_ERRORS)
     with conn.transaction():
+        every = sorted([*resolved, *source_deleted, *(failure.error_id for failure in still_rejected)])
+        # In id order, as the export locks them (lock_open_rows): the two never deadlock.
+        conn.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) ORDER BY id FOR UPDATE").format(EXPORT_ERRORS), (every,)
+        )
         for status, ids in ((RESOLVED, resolved), (SOURCE_DELETED, source_deleted)):
             if ids:
                 conn.execute(close, {"status": status, "by": dag_id, "ids": ids, "claimant": claimant})
@@ -225,7 +252,9 @@ def record_reexport(
                             "code": failure.rejection.code,
                             "message": failure.rejection.message,
                             "fields": list(failure.rejection.fields),
-                            "payload": Jsonb(failure.payload) if failure.payload is not None else None,
+                            "payload": Jsonb(failure.payload, dumps=exact_json.dumps)
+                            if failure.payload is not None
+                            else None,
                             "by": dag_id,
                             "run_id": run_id,
                             "claimant": claimant,
@@ -250,3 +279,20 @@ def open_error_summary(conn: psycopg.Connection, stream: Stream) -> tuple[int, d
     query = sql.SQL("SELECT count(*), min(first_failed_at) FROM {} WHERE stream = %s AND status = 'open'")
     count, oldest = conn.execute(query.format(EXPORT_ERRORS), (stream.name,)).fetchone()
     return count, oldest
+
+
+def compact_error_counts(conn: psycopg.Connection) -> None:
+    """Fold the count deltas (migration 0007) into one row per group, so the page sums a small table.
+
+    Rows other transactions add meanwhile are not touched, so no count is lost.
+    """
+    with conn.transaction():
+        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_COMPACTING,)).fetchone()[0]:
+            return  # another run is at it
+        conn.execute(
+            sql.SQL(
+                """WITH folded AS (DELETE FROM {deltas} RETURNING stream, status, error_code, delta)
+                   INSERT INTO {deltas}
+                   SELECT stream, status, error_code, sum(delta) FROM folded GROUP BY 1, 2, 3 HAVING sum(delta) <> 0"""
+            ).format(deltas=COUNT_DELTAS)
+        )

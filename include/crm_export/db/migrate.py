@@ -58,28 +58,42 @@ def applied_versions(conn: psycopg.Connection) -> list[int]:
     return [row[0] for row in rows]
 
 
+def _check_not_newer(done: set[int]) -> None:
+    newest_known = max((m.version for m in available_migrations()), default=0)
+    if done and max(done) > newest_known:
+        raise RuntimeError(
+            f"The database schema {SCHEMA} is at version {max(done)}, newer than this code "
+            f"knows ({newest_known}). Deploy the newer crm-export code to every worker."
+        )
+
+
 def migrate(conn: psycopg.Connection, *, target: int | None = None) -> list[int]:
-    """Bring the schema up to ``target`` (default: newest). Returns the versions applied."""
+    """Bring the schema up to ``target`` (default: newest). Returns the versions applied.
+
+    An up-to-date schema is only read: no lock, no DDL, so a DBA may create
+    the schema once and then revoke ``CREATE`` from the export's user.
+    """
     migrations = available_migrations()
     if target is not None:
         migrations = [m for m in migrations if m.version <= target]
+    done = set(applied_versions(conn))
+    _check_not_newer(done)
+    if all(m.version in done for m in migrations):
+        return []
     applied_now: list[int] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK_KEY,))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.{MIGRATIONS_TABLE} (
-                    version integer PRIMARY KEY,
-                    name text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        done = set(applied_versions(conn))
-        newest_known = max((m.version for m in available_migrations()), default=0)
-        if done and max(done) > newest_known:
-            raise RuntimeError(
-                f"The database schema {SCHEMA} is at version {max(done)}, newer than this code "
-                f"knows ({newest_known}). Deploy the newer crm-export code to every worker."
+        if conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None:
+            conn.execute(f"CREATE SCHEMA {SCHEMA}")
+        if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{MIGRATIONS_TABLE}",)).fetchone()[0] is None:
+            conn.execute(
+                f"""CREATE TABLE {SCHEMA}.{MIGRATIONS_TABLE} (
+                        version integer PRIMARY KEY,
+                        name text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
+        done = set(applied_versions(conn))  # again, under the lock: another worker may have just migrated
+        _check_not_newer(done)
         for migration in migrations:
             if migration.version in done:
                 continue

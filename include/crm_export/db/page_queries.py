@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from include.crm_export.db.connection import dict_rows
-from include.crm_export.db.export_errors import EXPORT_ERRORS
+from include.crm_export.db.export_errors import COUNT_DELTAS, EXPORT_ERRORS
 from include.crm_export.db.watermarks import WATERMARKS
 
 
@@ -29,11 +29,19 @@ def stream_status(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def error_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Errors by stream, status and code (open ones served by the open-rows index)."""
+    """Errors by stream, status and code, from the count deltas (no scan of the history).
+
+    The oldest failure is given for open errors (served by the open-rows index); closed ones have none.
+    """
     query = sql.SQL(
-        """SELECT stream, status, error_code, count(*) AS count, min(first_failed_at) AS oldest
-           FROM {errors} GROUP BY stream, status, error_code ORDER BY status, stream, error_code"""
-    ).format(errors=EXPORT_ERRORS)
+        """SELECT c.stream, c.status, c.error_code, c.count, o.oldest
+           FROM (SELECT stream, status, error_code, sum(delta)::bigint AS count FROM {deltas}
+                 GROUP BY 1, 2, 3 HAVING sum(delta) > 0) c
+           LEFT JOIN (SELECT stream, error_code, min(first_failed_at) AS oldest FROM {errors}
+                      WHERE status = 'open' GROUP BY 1, 2) o
+             ON c.status = 'open' AND o.stream = c.stream AND o.error_code = c.error_code
+           ORDER BY c.status, c.stream, c.error_code"""
+    ).format(deltas=COUNT_DELTAS, errors=EXPORT_ERRORS)
     return dict_rows(conn, query)
 
 

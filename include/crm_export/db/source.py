@@ -7,25 +7,49 @@ Configured names (source schema, table, columns) always go through
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from include.crm_export.config import Stream
+from include.crm_export.config import ANY_TIME_ZONE, ChangeColumn, Stream, change_column
 from include.crm_export.db.connection import dict_rows
 from include.crm_export.errors import StreamConfigError
+from include.crm_export.mapping import RECORD_KEY
 from include.crm_export.names import POSTGRES_CONN_ID
 
-_CHANGE_COLUMN_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
+# Backends that never write user rows: their transactions (a long autovacuum)
+# must not hold the export back. Every other kind (client sessions, background
+# workers such as pg_cron's or logical replication's, parallel workers) counts.
+_NOT_WRITERS = [
+    "autovacuum launcher",
+    "autovacuum worker",
+    "archiver",
+    "background writer",
+    "checkpointer",
+    "logger",
+    "startup",
+    "walreceiver",
+    "walsender",
+    "walwriter",
+]
+# Keep horizon samples this long: a prepared transaction older than that freezes the export (see below).
+_SAMPLE_DAYS = 7
+# The most western UTC offset in use (UTC-12): "any" writer zone.
+_WESTMOST_ZONE = "Etc/GMT+12"
 
 
 @dataclass(frozen=True)
 class Horizon:
-    """Rows whose change timestamp is below ``at`` are all committed (see README, "Late rows")."""
+    """Rows whose change value is below ``at`` are all committed (see README, "Late rows").
 
-    at: datetime
+    ``at`` is in the change column's own terms (an instant, a local time or a
+    date); None means nothing may be read (a prepared transaction of unknown age).
+    """
+
+    at: datetime | date | None
+    bound: datetime  # the instant (UTC) no writer still open can have started before
     held_back_by: dict[str, Any] | None  # the old transaction that holds it back, if any
 
 
@@ -37,6 +61,20 @@ def _columns(names: tuple[str, ...]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(c) for c in names)
 
 
+def _selected(stream: Stream) -> sql.Composed:
+    """The stream's columns, and the key's text form as the record key."""
+    return sql.SQL("{columns}, {key}::text AS {record_key}").format(
+        columns=_columns(stream.source_columns), key=sql.Identifier(stream.key), record_key=sql.Identifier(RECORD_KEY)
+    )
+
+
+def _key_in(stream: Stream, column_types: dict[str, str]) -> sql.Composed:
+    """``key = ANY(%s)`` with the record keys cast back to the key's own type, so the key's index serves it."""
+    return sql.SQL("{key} = ANY(CAST(%s AS {key_type}[]))").format(
+        key=sql.Identifier(stream.key), key_type=sql.SQL(column_types[stream.key])
+    )
+
+
 def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
     """The source's column types; fails naming the stream and column when something is missing."""
     regclass = f'"{stream.source_schema}"."{stream.source_table}"'
@@ -46,12 +84,13 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
             f"does not exist in the {POSTGRES_CONN_ID} database (or this user cannot see it)."
         )
     rows = conn.execute(
-        """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
-           FROM pg_attribute a
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, c.relkind
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
            WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped""",
         (regclass,),
     ).fetchall()
-    types = dict(rows)
+    types = {name: kind for name, kind, _not_null, _relkind in rows}
+    nullable = {name for name, _kind, not_null, relkind in rows if not not_null and relkind in ("r", "p", "f")}
     where_used = {stream.key: "key", stream.external_id_column: "external_id.column"}
     where_used.update({column: "order_by" for column in stream.order_by})
     where_used.update({column: f"fields.{sf_field}" for sf_field, column in stream.fields})
@@ -61,38 +100,157 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
                 f"Stream config error in stream '{stream.name}', field '{where_used[column]}': "
                 f"{stream.source} has no column '{column}'."
             )
-    if types[stream.order_by[0]] not in _CHANGE_COLUMN_TYPES:
-        raise StreamConfigError(
-            f"Stream config error in stream '{stream.name}', field 'order_by': the first column "
-            f"'{stream.order_by[0]}' must be the change timestamp (timestamptz, timestamp or date), "
-            f"not {types[stream.order_by[0]]}."
-        )
+    for column in (stream.key, *stream.order_by):
+        if column in nullable:
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field '{where_used[column]}': column '{column}' of "
+                f"{stream.source} allows NULL, and a row with NULL there has no place in the export's order: it "
+                f"would never be exported. Make it NOT NULL (ALTER TABLE {stream.source} ALTER COLUMN {column} SET "
+                "NOT NULL), or export a view that fills it (for example COALESCE(updated_at, created_at))."
+            )
+    change = change_column(stream, types[stream.order_by[0]])
+    for zone in change.writer_time_zones:
+        if (
+            zone != ANY_TIME_ZONE
+            and not conn.execute("SELECT %s IN (SELECT name FROM pg_timezone_names)", (zone,)).fetchone()[0]
+        ):
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'change_stamp.writer_time_zones': "
+                f"PostgreSQL does not know the time zone {zone!r} (see pg_timezone_names, e.g. UTC, Europe/Berlin)."
+            )
     return types
 
 
-def export_horizon(conn: psycopg.Connection, stream: Stream, *, exclude_backends: tuple[int, ...] = ()) -> Horizon:
-    """How far the export may read: now minus the settle window, and never past an open transaction.
+def rows_without_a_place(conn: psycopg.Connection, stream: Stream) -> str | None:
+    """The key of a row whose order columns hold NULL, if any (views: their columns cannot be declared NOT NULL).
 
-    A transaction still in flight may yet commit rows whose change timestamp
-    is its start time; reading past that start could skip them for good.
+    Such a row has no place in the order and would never be read; the export
+    refuses to pass over it silently. A scan of the view, once per run.
+    """
+    query = sql.SQL("SELECT {key}::text FROM {table} WHERE {nulls} LIMIT 1").format(
+        key=sql.Identifier(stream.key),
+        table=_table(stream),
+        nulls=sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in stream.order_by),
+    )
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
+def is_view(conn: psycopg.Connection, stream: Stream) -> bool:
+    regclass = f'"{stream.source_schema}"."{stream.source_table}"'
+    return conn.execute(
+        "SELECT relkind IN ('v', 'm') FROM pg_class WHERE oid = to_regclass(%s)", (regclass,)
+    ).fetchone()[0]
+
+
+def export_horizon(
+    conn: psycopg.Connection,
+    stream: Stream,
+    change: ChangeColumn,
+    *,
+    exclude_backends: tuple[int, ...] = (),
+    record_sample: bool = True,
+) -> Horizon:
+    """How far the export may read: now minus the settle window, and never past a writer still open.
+
+    A transaction still in flight may yet commit rows whose change value is its
+    start time (less the column's margin); reading past that could skip them
+    for good. Writers are every backend of the database that may write rows
+    (sessions of any role, background workers) and prepared transactions,
+    whose start is bounded by the horizons recorded before they were prepared.
     """
     row = conn.execute(
-        """SELECT now() - make_interval(secs => %s) AS settled,
-                  a.xact_start, a.pid, a.application_name, a.state
+        """SELECT now() - make_interval(secs => %(settle)s) AS settled,
+                  a.xact_start, a.pid, a.application_name, a.state, a.usename, a.backend_type,
+                  p.gid, p.prepared, p.owner,
+                  (SELECT max(bound) FROM crm_export.horizon_samples WHERE taken_at <= p.prepared) AS prepared_floor
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
-               SELECT xact_start, pid, application_name, state FROM pg_stat_activity
-               WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> ALL(%s)
-                 AND xact_start IS NOT NULL AND backend_type = 'client backend'
-               ORDER BY xact_start LIMIT 1) a ON true""",
-        (stream.settle_seconds, list(exclude_backends)),
+               SELECT xact_start, pid, application_name, state, usename, backend_type FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> ALL(%(own)s)
+                 AND xact_start IS NOT NULL AND backend_type <> ALL(%(not_writers)s)
+               ORDER BY xact_start LIMIT 1) a ON true
+           LEFT JOIN LATERAL (
+               SELECT gid, prepared, owner FROM pg_prepared_xacts
+               WHERE database = current_database() ORDER BY prepared LIMIT 1) p ON true""",
+        {"settle": stream.settle_seconds, "own": list(exclude_backends), "not_writers": _NOT_WRITERS},
     ).fetchone()
-    settled, oldest_start, pid, application, state = row
-    if oldest_start is not None and oldest_start < settled:
-        return Horizon(
-            oldest_start, {"pid": pid, "application_name": application, "state": state, "since": oldest_start}
+    settled, oldest_start, pid, application, state, user, backend_type, gid, prepared, owner, prepared_floor = row
+    bound, held_back_by = settled, None
+    if oldest_start is not None and oldest_start < bound:
+        bound = oldest_start
+        held_back_by = {
+            "kind": "transaction",
+            "pid": pid,
+            "application_name": application,
+            "state": state,
+            "user": user,
+            "backend_type": backend_type,
+            "since": oldest_start,
+        }
+    if record_sample:
+        _record_sample(conn, stream, bound)
+    if gid is not None and (prepared_floor is None or prepared_floor < bound):
+        held_back_by = {"kind": "prepared", "gid": gid, "prepared": prepared, "owner": owner, "since": prepared_floor}
+        if prepared_floor is None:
+            return Horizon(None, bound, held_back_by)
+        bound = prepared_floor
+    bound -= timedelta(seconds=change.margin_seconds)
+    if change.kind == "timestamptz":
+        return Horizon(bound, bound, held_back_by)
+    local = local_horizon(conn, bound, change.writer_time_zones)
+    return Horizon(local.date() if change.kind == "date" else local, bound, held_back_by)
+
+
+def local_horizon(conn: psycopg.Connection, bound: datetime, zones: tuple[str, ...]) -> datetime:
+    """The lowest local time any writer in ``zones`` can stamp at or after the instant ``bound``.
+
+    Around a daylight-saving change local clocks jump back, so each zone's
+    smallest UTC offset within a day either side of ``bound`` is used.
+    """
+    names = [_WESTMOST_ZONE if zone == ANY_TIME_ZONE else zone for zone in zones]
+    return conn.execute(
+        """SELECT min((%(bound)s::timestamptz AT TIME ZONE 'UTC') + least(
+                       ((%(bound)s::timestamptz - interval '1 day') AT TIME ZONE z)
+                           - ((%(bound)s::timestamptz - interval '1 day') AT TIME ZONE 'UTC'),
+                       (%(bound)s::timestamptz AT TIME ZONE z) - (%(bound)s::timestamptz AT TIME ZONE 'UTC'),
+                       ((%(bound)s::timestamptz + interval '1 day') AT TIME ZONE z)
+                           - ((%(bound)s::timestamptz + interval '1 day') AT TIME ZONE 'UTC')))
+           FROM unnest(%(zones)s::text[]) z""",
+        {"bound": bound, "zones": names},
+    ).fetchone()[0]
+
+
+def _record_sample(conn: psycopg.Connection, stream: Stream, bound: datetime) -> None:
+    """Remember the bound: a transaction prepared later started no earlier than it."""
+    conn.execute(
+        """WITH pruned AS (DELETE FROM crm_export.horizon_samples
+                           WHERE taken_at < now() - make_interval(days => %(days)s))
+           INSERT INTO crm_export.horizon_samples (stream, taken_at, bound) VALUES (%(stream)s, now(), %(bound)s)""",
+        {"days": _SAMPLE_DAYS, "stream": stream.name, "bound": bound},
+    )
+
+
+def activity_blind_spot(conn: psycopg.Connection) -> str | None:
+    """Why this user cannot see every writer in pg_stat_activity, if it cannot; the remedy included."""
+    tracking, privileged, user = conn.execute(
+        """SELECT current_setting('track_activities')::bool,
+                  pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+                      OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                  current_user"""
+    ).fetchone()
+    if not tracking:
+        return (
+            "track_activities is off, so PostgreSQL does not show when open transactions started: a row committed "
+            "late may be skipped (only settle_seconds protects it). Turn track_activities on (the default)."
         )
-    return Horizon(settled, None)
+    if not privileged:
+        return (
+            f"The export's database user {user} cannot see when other roles' transactions started "
+            "(pg_stat_activity hides them), so a row another role commits late may be skipped (only settle_seconds "
+            f"protects it). Grant it: GRANT pg_read_all_stats TO {user};"
+        )
+    return None
 
 
 def read_batch(
@@ -100,24 +258,30 @@ def read_batch(
     stream: Stream,
     *,
     after: list[str] | None,
-    horizon: datetime,
+    horizon: datetime | date | None,
     column_types: dict[str, str],
     limit: int,
 ) -> list[dict[str, Any]]:
     """The next ``limit`` rows after ``after`` in the stream's order (keyset paging, never OFFSET)."""
     order = _columns(stream.order_by)
+    if horizon is None:
+        return []
     conditions = [sql.SQL("{} < %(horizon)s").format(sql.Identifier(stream.order_by[0]))]
     params: dict[str, Any] = {"horizon": horizon, "limit": limit}
     if after is not None:
+        # A full position reads after it; a shorter one (a re-positioned stream:
+        # "changed at or after") reads from it.
+        columns = stream.order_by[: len(after)]
         placeholders = []
-        for index, column in enumerate(stream.order_by):
+        for index, column in enumerate(columns):
             params[f"p{index}"] = after[index]
             placeholders.append(
                 sql.SQL("CAST({} AS {})").format(sql.Placeholder(f"p{index}"), sql.SQL(column_types[column]))
             )
-        conditions.append(sql.SQL("({}) > ({})").format(order, sql.SQL(", ").join(placeholders)))
+        compare = sql.SQL(">" if len(columns) == len(stream.order_by) else ">=")
+        conditions.append(sql.SQL("({}) {} ({})").format(_columns(columns), compare, sql.SQL(", ").join(placeholders)))
     query = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
-        columns=_columns(stream.source_columns),
+        columns=_selected(stream),
         table=_table(stream),
         where=sql.SQL(" AND ").join(conditions),
         order=order,
@@ -125,23 +289,30 @@ def read_batch(
     return dict_rows(conn, query, params)
 
 
-def read_rows_by_key(conn: psycopg.Connection, stream: Stream, keys: list[str]) -> list[dict[str, Any]]:
-    """Current source rows for ``keys`` (record keys as text)."""
-    query = sql.SQL("SELECT {columns} FROM {table} WHERE {key}::text = ANY(%s)").format(
-        columns=_columns(stream.source_columns), table=_table(stream), key=sql.Identifier(stream.key)
+def read_rows_by_key(
+    conn: psycopg.Connection, stream: Stream, keys: list[str], column_types: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Current source rows for ``keys`` (record keys: the key's text form), looked up through the key's index."""
+    query = sql.SQL("SELECT {columns} FROM {table} WHERE {key_in}").format(
+        columns=_selected(stream), table=_table(stream), key_in=_key_in(stream, column_types)
     )
     return dict_rows(conn, query, (keys,))
 
 
-def positions_by_key(conn: psycopg.Connection, stream: Stream, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+def positions_by_key(
+    conn: psycopg.Connection, stream: Stream, keys: list[str], column_types: dict[str, str]
+) -> dict[str, tuple[Any, ...]]:
     """The current order_by values of the given source rows (to see whether they changed)."""
-    query = sql.SQL("SELECT {columns} FROM {table} WHERE {key}::text = ANY(%s)").format(
-        columns=_columns((stream.key, *stream.order_by)), table=_table(stream), key=sql.Identifier(stream.key)
+    query = sql.SQL("SELECT {key}::text, {order} FROM {table} WHERE {key_in}").format(
+        key=sql.Identifier(stream.key),
+        order=_columns(stream.order_by),
+        table=_table(stream),
+        key_in=_key_in(stream, column_types),
     )
-    return {str(row[0]): tuple(row[1:]) for row in conn.execute(query, (keys,)).fetchall()}
+    return {row[0]: tuple(row[1:]) for row in conn.execute(query, (keys,)).fetchall()}
 
 
 def all_keys(conn: psycopg.Connection, stream: Stream) -> list[str]:
-    """Every record key of the source, as text (for comparisons, not for the export path)."""
+    """Every record key of the source (for comparisons, not for the export path)."""
     query = sql.SQL("SELECT {key}::text FROM {table}").format(key=sql.Identifier(stream.key), table=_table(stream))
     return [row[0] for row in conn.execute(query).fetchall()]

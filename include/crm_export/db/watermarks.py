@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from include.crm_export.config import Stream
-from include.crm_export.errors import StreamBusy
+from include.crm_export.errors import StreamBusy, StreamStuck
 from include.crm_export.mapping import position_to_json
 from include.crm_export.names import SCHEMA, WATERMARKS_TABLE
 
@@ -25,8 +27,9 @@ WATERMARKS = sql.Identifier(SCHEMA, WATERMARKS_TABLE)
 
 @dataclass(frozen=True)
 class Watermark:
-    position: list[str] | None
+    position: list[str] | None  # None: from the start; shorter than order_by: at or after this prefix
     held_record_key: str | None
+    definition: dict[str, Any] | None  # the stream definition the position belongs to
 
 
 def _lock_key(stream: Stream) -> str:
@@ -34,21 +37,43 @@ def _lock_key(stream: Stream) -> str:
 
 
 def lock_stream(conn: psycopg.Connection, stream: Stream) -> None:
-    """Hold a session lock on the stream for the life of ``conn``: one exporter per stream."""
+    """Hold a session lock on the stream for the life of ``conn``: one exporter per stream.
+
+    Busy for a while is normal (a run still going: this one is skipped).
+    Busy for longer than any run can take means the holder is gone or hung
+    (a worker host that died and left its session behind): that fails,
+    naming the session and how to end it, instead of skipping run after run.
+    """
     locked = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(stream),)).fetchone()[0]
-    if not locked:
-        holder = conn.execute(
-            """SELECT a.pid, a.application_name, a.client_addr, a.backend_start
-               FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-               WHERE l.locktype = 'advisory' AND l.objid = (hashtextextended(%s, 0) & 4294967295)::oid
-                 AND l.granted LIMIT 1""",
-            (_lock_key(stream),),
-        ).fetchone()
-        who = f" (PostgreSQL backend pid {holder[0]}, {holder[1] or 'unknown application'})" if holder else ""
+    if locked:
+        return
+    holder = conn.execute(
+        """SELECT a.pid, a.application_name, a.client_addr, a.backend_start, a.state, a.state_change,
+                  now() - a.backend_start > make_interval(secs => %s) AS stale
+           FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE l.locktype = 'advisory' AND l.objid = (hashtextextended(%s, 0) & 4294967295)::oid
+             AND l.granted LIMIT 1""",
+        (stream.lock_stale_after_minutes * 60, _lock_key(stream)),
+    ).fetchone()
+    if holder is None:
         raise StreamBusy(
-            f"Stream '{stream.name}' is being exported by another process right now{who}. "
+            f"Stream '{stream.name}' is being exported by another process right now. "
             "This run leaves it alone; the next scheduled run continues."
         )
+    pid, application, client, started, state, state_change, stale = holder
+    who = f"PostgreSQL backend pid {pid}, {application or 'unknown application'}, from {client or 'a local socket'}"
+    if stale:
+        raise StreamStuck(
+            f"Stream '{stream.name}' has been locked since {started:%Y-%m-%d %H:%M:%S %Z} by {who} (state {state} "
+            f"since {state_change:%H:%M:%S}), longer than any export takes (lock_stale_after_minutes: "
+            f"{stream.lock_stale_after_minutes:g}). Its worker is probably gone. Nothing was exported. End that "
+            f"session and clear this task: SELECT pg_terminate_backend({pid}); (nothing is lost: the watermark "
+            "only moves after Salesforce confirmed a batch)."
+        )
+    raise StreamBusy(
+        f"Stream '{stream.name}' is being exported by another process right now ({who}, since "
+        f"{started:%H:%M:%S %Z}). This run leaves it alone; the next scheduled run continues."
+    )
 
 
 def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
@@ -57,10 +82,71 @@ def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
             sql.SQL("INSERT INTO {} (stream) VALUES (%s) ON CONFLICT (stream) DO NOTHING").format(WATERMARKS),
             (stream.name,),
         )
-        position, held = conn.execute(
-            sql.SQL("SELECT position, held_record_key FROM {} WHERE stream = %s").format(WATERMARKS), (stream.name,)
+        row = conn.execute(
+            sql.SQL("SELECT position, held_record_key, definition FROM {} WHERE stream = %s").format(WATERMARKS),
+            (stream.name,),
         ).fetchone()
-    return Watermark(position, held)
+    return Watermark(*row)
+
+
+def reposition(
+    conn: psycopg.Connection,
+    stream: Stream,
+    *,
+    definition: dict[str, Any],
+    from_change_time: datetime | None,
+    by: str,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Re-export the stream from the start (``from_change_time`` None) or from rows changed at or after a time.
+
+    A deliberate act: it clears the held record, adopts the current
+    definition, and is recorded with who did it. Refused while the stream is
+    being exported (it takes the stream's lock for the moment it needs).
+    """
+    lock_stream(conn, stream)
+    try:
+        with conn.transaction():
+            old = load_watermark(conn, stream)
+            new_position = [from_change_time.isoformat()] if from_change_time is not None else None
+            conn.execute(
+                sql.SQL(
+                    """UPDATE {} SET position = %(position)s, held_record_key = NULL, held_since = NULL,
+                                     definition = %(definition)s, repositioned_at = now(), repositioned_by = %(by)s,
+                                     updated_at = now()
+                       WHERE stream = %(stream)s"""
+                ).format(WATERMARKS),
+                {
+                    "position": Jsonb(new_position) if new_position is not None else None,
+                    "definition": Jsonb(definition),
+                    "by": by,
+                    "stream": stream.name,
+                },
+            )
+            conn.execute(
+                sql.SQL(
+                    """INSERT INTO {} (stream, repositioned_by, old_position, new_position, old_definition,
+                                       new_definition, held_record_key, reason)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
+                ).format(sql.Identifier(SCHEMA, "stream_repositions")),
+                (
+                    stream.name,
+                    by,
+                    Jsonb(old.position) if old.position is not None else None,
+                    Jsonb(new_position) if new_position is not None else None,
+                    Jsonb(old.definition) if old.definition is not None else None,
+                    Jsonb(definition),
+                    old.held_record_key,
+                    reason,
+                ),
+            )
+    finally:
+        unlock_stream(conn, stream)
+    return {"stream": stream.name, "old_position": old.position, "new_position": new_position, "by": by}
+
+
+def unlock_stream(conn: psycopg.Connection, stream: Stream) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_lock_key(stream),))
 
 
 def advance_watermark(
@@ -71,8 +157,11 @@ def advance_watermark(
     held_record_key: str | None,
     exported: int,
     run_id: str,
+    definition: dict[str, Any],
 ) -> None:
     """Move the watermark to ``position`` (None: it stays) and set or clear the held record.
+
+    ``definition`` is the stream definition the position belongs to.
 
     Call inside the transaction that writes the same batch's ExportErrors rows.
     """
@@ -89,10 +178,12 @@ def advance_watermark(
                    records_exported = records_exported + %(exported)s,
                    last_run_exported = CASE WHEN last_run_id IS DISTINCT FROM %(run_id)s THEN %(exported)s
                                             ELSE last_run_exported + %(exported)s END,
+                   definition = %(definition)s,
                    updated_at = now()
                WHERE stream = %(stream)s"""
         ).format(watermarks=WATERMARKS),
         {
+            "definition": Jsonb(definition),
             "position": json.dumps(position_to_json(position)) if position is not None else None,
             "held": held_record_key,
             "run_id": run_id,
@@ -102,12 +193,13 @@ def advance_watermark(
     )
 
 
-def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str) -> None:
+def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str, definition: dict[str, Any]) -> None:
     """Record that a run looked at the stream, even when it found nothing to export."""
     with conn.transaction():
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET last_run_id = %s, last_run_at = now(), last_run_exported = 0 WHERE stream = %s"
+                "UPDATE {} SET last_run_id = %s, last_run_at = now(), last_run_exported = 0, definition = %s "
+                "WHERE stream = %s"
             ).format(WATERMARKS),
-            (run_id, stream.name),
+            (run_id, Jsonb(definition), stream.name),
         )

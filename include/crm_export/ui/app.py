@@ -20,11 +20,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
 
-from include.crm_export.config import load_streams
-from include.crm_export.db import page_queries
+from include.crm_export.config import load_streams, stream_definition
+from include.crm_export.db import page_queries, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
-from include.crm_export.errors import SettingsError
+from include.crm_export.errors import SettingsError, StreamBusy, StreamStuck
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
 from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
 
@@ -144,6 +144,13 @@ def streams(user: User) -> list[dict[str, Any]]:
     return result
 
 
+@app.get("/api/late-rows")
+def late_rows(user: User) -> dict[str, Any]:
+    """Whether the export's database user can see every writer (README, "Late rows"); the remedy if not."""
+    with _db() as conn:
+        return {"warning": source.activity_blind_spot(conn)}
+
+
 @app.get("/api/error-counts")
 def error_counts(user: User) -> list[dict[str, Any]]:
     with _db() as conn:
@@ -231,6 +238,45 @@ def set_pause_on_error(request: Request, change: PauseOnErrorChange, user: User)
         "pause_on_error": change.pause_on_error,
         "changed_by": _user_name(user),
     }
+
+
+class RepositionRequest(BaseModel):
+    confirm: bool = False
+    from_change_time: datetime | None = None
+    reason: str | None = None
+
+
+@app.post("/api/streams/{stream_name}/reposition")
+def reposition_stream(stream_name: str, ask: RepositionRequest, user: User) -> dict[str, Any]:
+    """Re-export a stream from the start or from a change time: a confirmed, recorded act."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    stream = load_streams().get(stream_name)
+    if stream is None:
+        raise HTTPException(status_code=404, detail=f"Unknown stream {stream_name!r}")
+    if not ask.confirm:
+        raise HTTPException(status_code=400, detail="Re-positioning re-exports records: confirm it.")
+    allowed = get_auth_manager().is_authorized_dag(
+        method="PUT", user=user, access_entity=DagAccessEntity.RUN, details=DagDetails(id=EXPORT_DAG_ID)
+    )
+    if not allowed:
+        raise HTTPException(status_code=403, detail=f"Airflow does not allow you to change runs of {EXPORT_DAG_ID}.")
+    by = f"ui:{_user_name(user)}"
+    with _db() as conn:
+        try:
+            done = watermarks.reposition(
+                conn,
+                stream,
+                definition=stream_definition(stream, source.column_types(conn, stream)),
+                from_change_time=ask.from_change_time,
+                by=by,
+                reason=ask.reason,
+            )
+        except (StreamBusy, StreamStuck) as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+    log.warning("CRM Export page: %s re-positioned stream %s to %s", by, stream.name, done["new_position"])
+    return done
 
 
 class ReexportRequest(BaseModel):
