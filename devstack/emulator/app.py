@@ -220,6 +220,20 @@ async def admin_reset(request: Request) -> Response:
     return JSONResponse({"reset": True})
 
 
+async def admin_field_access(request: Request) -> Response:
+    """Field-level security for the integration user: {"object", "field", "visible"}."""
+    raw = await request.json()
+    try:
+        answer = request.app.state.org.set_field_access(
+            raw["object"], raw["field"], visible=bool(raw["visible"]), after_requests=int(raw.get("after_requests", 0))
+        )
+    except (KeyError, TypeError):
+        return _error(400, "INVALID_INPUT", 'expected {"object": ..., "field": ..., "visible": true|false}')
+    except RequestRejected as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(answer)
+
+
 async def admin_expire_sessions(request: Request) -> Response:
     request.app.state.org.expire_sessions()
     return JSONResponse({"expired": True})
@@ -250,6 +264,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/counters", admin_counters, methods=["GET"]),
         Route("/__emulator__/reset", admin_reset, methods=["POST"]),
         Route("/__emulator__/sessions/expire", admin_expire_sessions, methods=["POST"]),
+        Route("/__emulator__/field-access", admin_field_access, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager

@@ -49,6 +49,33 @@ class Org:
         self.counters: Counter[str] = Counter()
         self.cursors: dict[str, tuple[str, list[str], list[dict[str, Any]]]] = {}
         self._sequence = 0
+        self.pending_access: list[list[Any]] = []  # [upserts still to serve, schema, field, visible]
+        for schema in self.objects.values():
+            schema.hidden.clear()
+
+    def set_field_access(self, sobject: str, field: str, *, visible: bool, after_requests: int = 0) -> dict[str, Any]:
+        """Grant or revoke the integration user's field-level security on one field.
+
+        ``after_requests``: only once that many more collection upserts were
+        served, as when an admin changes it in the middle of an export run.
+        """
+        schema = self.schema(sobject)
+        if field.lower() not in {name.lower() for name in schema.fields}:
+            raise RequestRejected(400, "INVALID_FIELD", f"No such field {sobject}.{field}")
+        if after_requests > 0:
+            self.pending_access.append([after_requests, schema, field.lower(), visible])
+        else:
+            (schema.hidden.discard if visible else schema.hidden.add)(field.lower())
+        return {"object": sobject, "field": field, "visible": visible, "after_requests": after_requests}
+
+    def _apply_pending_access(self) -> None:
+        for change in list(self.pending_access):
+            if change[0] <= 0:
+                _, schema, field, visible = change
+                (schema.hidden.discard if visible else schema.hidden.add)(field)
+                self.pending_access.remove(change)
+            else:
+                change[0] -= 1
 
     # sessions
 
@@ -115,6 +142,7 @@ class Org:
         return f"{schema.key_prefix}{body}AAA"
 
     def upsert(self, sobject: str, external_field: str, body: Any) -> list[dict[str, Any]]:
+        self._apply_pending_access()
         schema = self.schema(sobject)
         ext_spec = schema.field_named(external_field)
         if ext_spec is None or not ext_spec.external_id:

@@ -185,5 +185,10 @@ class EmulatorAdmin:
     def reset(self) -> None:
         self._call("POST", "reset")
 
+    def set_field_access(self, sobject: str, field: str, *, visible: bool, after_requests: int = 0) -> None:
+        """Grant or revoke the integration user's access to a field (field-level security), now or mid-run."""
+        body = {"object": sobject, "field": field, "visible": visible, "after_requests": after_requests}
+        self._call("POST", "field-access", json=body)
+
     def expire_sessions(self) -> None:
         self._call("POST", "sessions/expire")

@@ -144,6 +144,7 @@ class ObjectSchema:
     key_prefix: str
     custom: bool
     fields: dict[str, FieldSpec] = field(default_factory=dict)
+    hidden: set[str] = field(default_factory=set)  # lower-case names the integration user cannot see
 
     @classmethod
     def from_declaration(cls, declaration: dict[str, Any]) -> ObjectSchema:
@@ -175,11 +176,19 @@ class ObjectSchema:
         )
 
     def field_named(self, name: str) -> FieldSpec | None:
-        # Salesforce field names are case-insensitive on the wire.
+        """The field the integration user can see by this name (case-insensitive on the wire), if any.
+
+        A field hidden from the user by field-level security does not exist
+        for it: describe leaves it out and a request naming it is refused as a
+        whole with 400 INVALID_FIELD "No such column" (REST API Developer
+        Guide, "Status Codes and Error Responses": errorcodes.htm).
+        """
+        lowered = name.lower()
+        if lowered in self.hidden:
+            return None
         spec = self.fields.get(name)
         if spec is not None:
             return spec
-        lowered = name.lower()
         return next((f for f in self.fields.values() if f.name.lower() == lowered), None)
 
     def describe(self, version: str) -> dict[str, Any]:
@@ -194,7 +203,7 @@ class ObjectSchema:
             "updateable": True,
             "deletable": True,
             "queryable": True,
-            "fields": [f.describe() for f in self.fields.values()],
+            "fields": [f.describe() for f in self.fields.values() if f.name.lower() not in self.hidden],
             "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
         }
 

@@ -59,6 +59,15 @@ class RequestFailed(CrmExportError):
         self.code = code
 
 
+class RequestRefused(RequestFailed):
+    """Salesforce refuses the request itself, and retrying cannot help until a person changes something.
+
+    For example every part of a request refused for the same reason (a mapped
+    field the integration user cannot see). The task fails without Airflow's
+    retries; the message says what to change.
+    """
+
+
 class SessionExpired(RequestFailed):
     """401 INVALID_SESSION_ID that could not be renewed with the connection's auth flow."""
 

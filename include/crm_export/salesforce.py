@@ -39,7 +39,7 @@ from simple_salesforce.exceptions import (
 from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
 from include.crm_export.config import Stream
-from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
+from include.crm_export.errors import RecordRejected, RequestFailed, RequestRefused, SessionExpired, StreamConfigError
 from include.crm_export.http import DEFAULT_TIMEOUT, SalesforceSession
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import MAX_BATCH_SIZE, SALESFORCE_CONN_ID
@@ -209,10 +209,55 @@ class CollectionWriter:
         try:
             return self._send(payloads)
         except _WholeRequestRejected as rejected:
-            if len(payloads) == 1:
-                return [rejected.as_record_error()]
-            middle = len(payloads) // 2
-            return self._upsert_isolating(payloads[:middle]) + self._upsert_isolating(payloads[middle:])
+            split = _Split()
+            results = self._isolate(payloads, rejected, split, same_levels=0)
+            log.info(
+                "Salesforce refused a request of %d records with %s; isolating the record(s) it was about took "
+                "%d more request(s)",
+                len(payloads),
+                rejected.as_record_error().code,
+                split.requests,
+            )
+            return results
+
+    def _isolate(
+        self, payloads: list[dict[str, Any]], rejected: _WholeRequestRejected, split: _Split, *, same_levels: int
+    ) -> list[Result]:
+        """Halve a refused request until the refusal is pinned on records, or shown to be no record's fault.
+
+        Salesforce answers 400 for a request whose body it cannot take
+        ("Status Codes and Error Responses", REST API Developer Guide,
+        errorcodes.htm) without saying whether one record or the request as a
+        whole is the cause. The docs being silent, we take the stricter
+        reading: when every part, two halvings deep, is refused for the same
+        reason, it is a request failure (a field the integration user lost
+        access to, a mapping Salesforce cannot take), not one rejected record
+        per row. That costs at most a few requests instead of up to 399.
+        """
+        if len(payloads) == 1:
+            return [rejected.as_record_error()]
+        middle = len(payloads) // 2
+        halves = (payloads[:middle], payloads[middle:])
+        answers: list[list[Result] | _WholeRequestRejected] = []
+        for half in halves:
+            split.requests += 1
+            try:
+                answers.append(self._send(half))
+            except _WholeRequestRejected as refused:
+                answers.append(refused)
+        every_part_same = all(
+            isinstance(answer, _WholeRequestRejected) and answer.same_reason(rejected) for answer in answers
+        )
+        levels = same_levels + 1 if every_part_same else 0
+        if levels >= _SAME_REASON_LEVELS:
+            raise RequestRefused(_refused_message(rejected), status=400, code=rejected.as_record_error().code)
+        results: list[Result] = []
+        for half, answer in zip(halves, answers, strict=True):
+            if isinstance(answer, _WholeRequestRejected):
+                results += self._isolate(half, answer, split, same_levels=levels)
+            else:
+                results += answer
+        return results
 
     def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
         body = self.request_body(payloads)
@@ -284,10 +329,38 @@ _EXPIRED_MESSAGE = (
 )
 
 
+# Halvings in a row whose every part Salesforce refused for the request's own reason: then it is a request failure.
+_SAME_REASON_LEVELS = 2
+
+
+@dataclass
+class _Split:
+    requests: int = 0
+
+
+def _refused_message(rejected: _WholeRequestRejected) -> str:
+    error = rejected.as_record_error()
+    fields = f" (fields: {', '.join(error.fields)})" if error.fields else ""
+    cause = (
+        "The integration user probably lost access to a mapped field (field-level security), or the field was "
+        "deleted or renamed: grant it edit access to the field in Salesforce, or fix the mapping in streams.yml."
+        if error.code == "INVALID_FIELD"
+        else "Fix what Salesforce names (the mapping in streams.yml, or the object's setup), then clear this task."
+    )
+    return (
+        f"Salesforce refused every part of the request with HTTP 400 {error.code}: {error.message}{fields}. "
+        f"This is not any one record's fault, so no record was logged to ExportErrors and the watermark did not "
+        f"move. {cause}"
+    )
+
+
 class _WholeRequestRejected(Exception):
     def __init__(self, content: Any) -> None:
         super().__init__(str(content))
         self.content = content
+
+    def same_reason(self, other: _WholeRequestRejected) -> bool:
+        return self.as_record_error() == other.as_record_error()
 
     def as_record_error(self) -> RecordRejected:
         return RecordRejected(

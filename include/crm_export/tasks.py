@@ -10,7 +10,14 @@ from typing import Any
 
 from include.crm_export.config import load_streams
 from include.crm_export.db.connection import Database
-from include.crm_export.errors import RequestFailed, SettingsError, StreamBusy, StreamConfigError, StreamStuck
+from include.crm_export.errors import (
+    RequestFailed,
+    RequestRefused,
+    SettingsError,
+    StreamBusy,
+    StreamConfigError,
+    StreamStuck,
+)
 from include.crm_export.export import RunContext, export_stream
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 from include.crm_export.reexport import ReexportOptions, reexport_stream
@@ -44,6 +51,10 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
     except (SettingsError, StreamConfigError, StreamStuck) as exc:
         log.error("%s", exc)
         raise AirflowFailException(str(exc)) from None
+    except RequestRefused as exc:
+        message = f"Stream '{stream_name}' stopped by a request failure that retrying cannot fix: {exc}"
+        log.error("%s", message)
+        raise AirflowFailException(message) from None
     except RequestFailed as exc:
         log.error(
             "Stream '%s' stopped by a request failure: %s Nothing of the batch in flight was recorded and the "
@@ -96,6 +107,10 @@ def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: st
     except StreamConfigError as exc:
         log.error("%s", exc)
         raise AirflowFailException(str(exc)) from None
+    except RequestRefused as exc:
+        message = f"Re-export of stream '{stream_name}' stopped by a request failure that retrying cannot fix: {exc}"
+        log.error("%s", message)
+        raise AirflowFailException(message) from None
     except RequestFailed as exc:
         log.error(
             "Re-export of stream '%s' stopped by a request failure: %s Rows of the batch in flight stay open and "

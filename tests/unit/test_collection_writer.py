@@ -21,7 +21,7 @@ from simple_salesforce.exceptions import (
 )
 
 from include.crm_export import exact_json
-from include.crm_export.errors import RecordRejected, RequestFailed, SessionExpired, StreamConfigError
+from include.crm_export.errors import RecordRejected, RequestFailed, RequestRefused, SessionExpired, StreamConfigError
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.salesforce import CollectionWriter, Saved
 
@@ -83,6 +83,34 @@ def test_a_request_refused_for_one_record_is_split_until_that_record_is_isolated
     assert [isinstance(r, Saved) for r in results] == [True] * 4 + [False] + [True] * 3
     assert results[4] == RecordRejected("JSON_PARSER_ERROR", "bad", ())
     assert len(client.requests) <= 2 * 8 - 1
+
+
+def test_a_request_every_part_of_which_is_refused_alike_is_a_request_failure_not_n_rejections():
+    """An admin removed the integration user's access to a mapped field: no record is at fault."""
+
+    def answer(records, _):
+        raise SalesforceMalformedRequest(
+            "url", 400, "composite", error_body("INVALID_FIELD", "No such column 'Title' on sobject of type Contact")
+        )
+
+    client = ScriptedClient(answer)
+    with pytest.raises(RequestRefused, match="not any one record's fault") as raised:
+        writer(client).upsert(payloads(200))
+    assert "grant it edit access to the field" in str(raised.value)
+    assert raised.value.code == "INVALID_FIELD"
+    assert len(client.requests) <= 5  # not 399
+
+
+def test_two_records_refused_for_different_reasons_are_both_isolated():
+    def answer(records, _):
+        for r in records:
+            if r["Ext__c"] in ("3", "150"):
+                raise SalesforceMalformedRequest("url", 400, "c", error_body("JSON_PARSER_ERROR", f"bad {r['Ext__c']}"))
+        return [ok(r) for r in records]
+
+    results = writer(ScriptedClient(answer)).upsert(payloads(200))
+    rejected = {i + 1: r.message for i, r in enumerate(results) if isinstance(r, RecordRejected)}
+    assert rejected == {3: "bad 3", 150: "bad 150"}
 
 
 def test_transient_record_errors_are_retried_with_backoff_then_go_through():
