@@ -38,11 +38,50 @@ RECORD_CAUSES: dict[str, tuple[str, str]] = {
         "Give your Salesforce admin these details. An unhandled fault has occurred in this flow.",
     ),
     "row_lock": ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 records"),
+    # The codes below are Salesforce StatusCode values (SOAP API Developer Guide, "Core Data Types Used in API
+    # Calls": StatusCode; "DuplicateError" for duplicate rules); the messages are the ones orgs print.
+    # A row lock met by a trigger or flow reaches the API wrapped in the automation's code, with
+    # UNABLE_TO_LOCK_ROW only in the message.
+    "trigger_row_lock": (
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+        "ContactTrigger: execution of AfterUpdate caused by: System.DmlException: Update failed. First exception "
+        "on row 0 with id 001000000000001AAA; first error: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access "
+        "to this record or 1 records: 001000000000001AAA: []",
+    ),
+    "trigger_failure": (
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+        "ContactTrigger: execution of BeforeUpdate caused by: System.NullPointerException: Attempt to "
+        "de-reference a null object: Trigger.ContactTrigger: line 7, column 1",
+    ),
+    "restricted_picklist": (
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "bad value for restricted picklist field: {value}",
+    ),
+    "duplicate_rule": ("DUPLICATES_DETECTED", "Use one of these records?"),
+    "approval_lock": ("ENTITY_IS_LOCKED", "the entity is locked for editing"),
+    "inactive_owner": (
+        "INACTIVE_OWNER_OR_USER",
+        "operation performed with inactive user [005000000000001AAA] as owner",
+    ),
+    "field_integrity": ("FIELD_INTEGRITY_EXCEPTION", "field integrity exception: unknown (id value of incorrect type)"),
 }
 
 # Order in which an org evaluates the causes for one record: sharing and
 # access first, then locks, then validation rules, then automation.
-_CAUSE_ORDER = ["no_access", "no_cross_reference_access", "row_lock", "validation_rule", "flow_failure"]
+_CAUSE_ORDER = [
+    "no_access",
+    "no_cross_reference_access",
+    "inactive_owner",
+    "approval_lock",
+    "row_lock",
+    "field_integrity",
+    "restricted_picklist",
+    "validation_rule",
+    "duplicate_rule",
+    "trigger_failure",
+    "trigger_row_lock",
+    "flow_failure",
+]
 
 FAULTS: dict[str, tuple[int, str, str]] = {
     "http_500": (
@@ -52,6 +91,9 @@ FAULTS: dict[str, tuple[int, str, str]] = {
     ),
     "http_503": (503, "SERVER_UNAVAILABLE", "Service Unavailable: the server is temporarily unable to serve requests"),
     "request_limit": (403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+    # The org has no API access (edition or setting), or the integration user lacks "API Enabled".
+    "api_disabled_org": (403, "API_DISABLED_FOR_ORG", "API is not enabled for this Organization or Partner"),
+    "api_disabled_user": (403, "API_CURRENTLY_DISABLED", "API is disabled for this User"),
     "invalid_session": (401, "INVALID_SESSION_ID", "Session expired or invalid"),
     # No status: these delay the request instead of failing it.
     "latency": (0, "", ""),
@@ -166,6 +208,8 @@ class RecordRule:
         message = self.message
         if self.cause in ("no_access", "row_lock") and record_id:
             message = f"{message}: {record_id}"
+        if "{value}" in message:
+            message = message.replace("{value}", str(values.get(self.fields[0]) if self.fields else ""))
         return RecordError(self.status_code, message, self.fields)
 
     def as_json(self) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class StreamSettings(RunLimits):
     fields: dict[SalesforceName, SqlIdentifier]
     change_stamp: ChangeStampSettings = ChangeStampSettings()
     lock_stale_after_minutes: Annotated[Number, Field(ge=0.01)] | None = None
+    request_limit_wait_minutes: Annotated[Number, Field(ge=0.01)] = 30.0
 
 
 # How long before its transaction starts an application may stamp a row (the
@@ -181,6 +182,9 @@ class Stream:
     settle_seconds: float
     change_stamp: ChangeStamp = field(default_factory=lambda: ChangeStamp())
     lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
+    # On REQUEST_LIMIT_EXCEEDED the task is rescheduled this much later instead of burning Airflow's retries:
+    # the org's allowance is a rolling 24-hour window that frees up over time.
+    request_limit_wait_minutes: float = 30.0
 
     @property
     def source(self) -> str:
@@ -293,6 +297,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         max_minutes_per_run=float(settings.max_minutes_per_run),
         settle_seconds=float(settings.settle_seconds),
         change_stamp=_change_stamp(name, settings.change_stamp),
+        request_limit_wait_minutes=float(settings.request_limit_wait_minutes),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

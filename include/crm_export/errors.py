@@ -24,6 +24,17 @@ TRANSIENT_RECORD_CODES = frozenset(
     }
 )
 
+_TRANSIENT_IN_MESSAGE = ("UNABLE_TO_LOCK_ROW",)
+
+# Request-level 403s that retrying cannot fix: an admin has to change the org or the user.
+API_ACCESS_CODES = {
+    "API_DISABLED_FOR_ORG": "The org has no API access: an admin must enable it (Setup, or the org's edition).",
+    "API_CURRENTLY_DISABLED": (
+        'The integration user may not use the API: an admin must give it the "API Enabled" permission '
+        "(its profile or a permission set)."
+    ),
+}
+
 # Codes raised before a record reaches Salesforce (the source row cannot be sent).
 MISSING_EXTERNAL_ID = "CRM_EXPORT_MISSING_EXTERNAL_ID"
 INVALID_SOURCE_VALUE = "CRM_EXPORT_INVALID_SOURCE_VALUE"
@@ -39,7 +50,9 @@ class RecordRejected:
 
     @property
     def transient(self) -> bool:
-        return self.code in TRANSIENT_RECORD_CODES
+        # A row lock met inside a trigger or flow comes back under the automation's code
+        # (CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY …) with UNABLE_TO_LOCK_ROW only in the message.
+        return self.code in TRANSIENT_RECORD_CODES or any(code in self.message for code in _TRANSIENT_IN_MESSAGE)
 
     def describe(self) -> str:
         fields = f" (fields: {', '.join(self.fields)})" if self.fields else ""
@@ -66,6 +79,10 @@ class RequestRefused(RequestFailed):
     field the integration user cannot see). The task fails without Airflow's
     retries; the message says what to change.
     """
+
+
+class RequestLimitExceeded(RequestFailed):
+    """403 REQUEST_LIMIT_EXCEEDED: the org's rolling 24-hour API allowance is used up. Wait, do not retry."""
 
 
 class SessionExpired(RequestFailed):

@@ -39,7 +39,15 @@ from simple_salesforce.exceptions import (
 from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
 from include.crm_export.config import Stream
-from include.crm_export.errors import RecordRejected, RequestFailed, RequestRefused, SessionExpired, StreamConfigError
+from include.crm_export.errors import (
+    API_ACCESS_CODES,
+    RecordRejected,
+    RequestFailed,
+    RequestLimitExceeded,
+    RequestRefused,
+    SessionExpired,
+    StreamConfigError,
+)
 from include.crm_export.http import DEFAULT_TIMEOUT, SalesforceSession
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import MAX_BATCH_SIZE, SALESFORCE_CONN_ID
@@ -301,11 +309,18 @@ class CollectionWriter:
                 return self._send(payloads, renewed=True)
             raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID")
         code = _error_code(exc.content)
+        if isinstance(exc, SalesforceRefusedRequest) and code in API_ACCESS_CODES:
+            raise _api_access_refused(code, exc.content)
+        if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED":
+            raise RequestLimitExceeded(
+                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. The org's API "
+                "request allowance (a rolling 24-hour window) is used up by this and its other integrations.",
+                status=403,
+                code=code,
+            )
         if isinstance(exc, SalesforceRefusedRequest):
-            limit_used_up = code == "REQUEST_LIMIT_EXCEEDED"
             raise RequestFailed(
-                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. "
-                + ("The org's API request limit is used up; Airflow retries later." if limit_used_up else ""),
+                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}.",
                 status=403,
                 code=code,
             )
@@ -351,6 +366,15 @@ def _refused_message(rejected: _WholeRequestRejected) -> str:
         f"Salesforce refused every part of the request with HTTP 400 {error.code}: {error.message}{fields}. "
         f"This is not any one record's fault, so no record was logged to ExportErrors and the watermark did not "
         f"move. {cause}"
+    )
+
+
+def _api_access_refused(code: str, content: Any) -> RequestRefused:
+    return RequestRefused(
+        f"Salesforce refused the request (HTTP 403 {code}): {_error_message(content)}. {API_ACCESS_CODES[code]} "
+        "Retrying cannot help until then; clear this task afterwards.",
+        status=403,
+        code=code,
     )
 
 
@@ -412,6 +436,12 @@ def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: Se
         raise StreamConfigError(
             f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
             f"{stream.sobject} (or the integration user cannot see it)."
+        ) from None
+    except SalesforceRefusedRequest as exc:
+        if _error_code(exc.content) in API_ACCESS_CODES:
+            raise _api_access_refused(_error_code(exc.content), exc.content) from None
+        raise RequestFailed(
+            f"Describing {stream.sobject} failed (HTTP {exc.status}): {_error_message(exc.content)}"
         ) from None
     except SalesforceError as exc:
         raise RequestFailed(

@@ -6,12 +6,14 @@ Connections, Variables and hooks are read here, at run time, never at import.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.crm_export.config import load_streams
 from include.crm_export.db.connection import Database
 from include.crm_export.errors import (
     RequestFailed,
+    RequestLimitExceeded,
     RequestRefused,
     SettingsError,
     StreamBusy,
@@ -55,6 +57,8 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
         message = f"Stream '{stream_name}' stopped by a request failure that retrying cannot fix: {exc}"
         log.error("%s", message)
         raise AirflowFailException(message) from None
+    except RequestLimitExceeded as exc:
+        raise _wait_for_the_api_allowance(stream_name, exc) from None
     except RequestFailed as exc:
         log.error(
             "Stream '%s' stopped by a request failure: %s Nothing of the batch in flight was recorded and the "
@@ -77,6 +81,23 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
         "stopped_because": result.stopped_because,
         "pause_on_error": result.pause_on_error,
     }
+
+
+def _wait_for_the_api_allowance(stream_name: str, exc: RequestLimitExceeded) -> Exception:
+    """Reschedule the task (no retry used up): batches before it are committed, nothing after it was recorded."""
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    wait = timedelta(minutes=load_streams()[stream_name].request_limit_wait_minutes)
+    at = datetime.now(UTC) + wait
+    log.warning(
+        "Stream '%s' waits for Salesforce's API allowance: %s Everything before the refused request is committed; "
+        "the task is rescheduled for %s (in %s), which uses none of Airflow's retries.",
+        stream_name,
+        exc,
+        f"{at:%Y-%m-%d %H:%M:%S} UTC",
+        wait,
+    )
+    return AirflowRescheduleException(at)
 
 
 def reexport_options(params: dict[str, Any]) -> tuple[ReexportOptions, list[str]]:
@@ -111,6 +132,8 @@ def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: st
         message = f"Re-export of stream '{stream_name}' stopped by a request failure that retrying cannot fix: {exc}"
         log.error("%s", message)
         raise AirflowFailException(message) from None
+    except RequestLimitExceeded as exc:
+        raise _wait_for_the_api_allowance(stream_name, exc) from None
     except RequestFailed as exc:
         log.error(
             "Re-export of stream '%s' stopped by a request failure: %s Rows of the batch in flight stay open and "

@@ -230,3 +230,26 @@ def test_numerics_go_out_digit_for_digit():
     payload = {"attributes": {"type": "Contact"}, "Ext__c": "1", "Amount__c": Decimal("9999999999999999.99")}
     writer(client).upsert([payload])
     assert '"Amount__c": 9999999999999999.99' in seen[0]
+
+
+def test_a_row_lock_inside_automation_is_transient_under_its_wrapping_code():
+    wrapped = RecordRejected(
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+        "ContactTrigger: execution of AfterUpdate caused by: System.DmlException: Update failed. First exception on "
+        "row 0; first error: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access to this record: []",
+    )
+    failing_trigger = RecordRejected("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "System.NullPointerException")
+    assert wrapped.transient
+    assert not failing_trigger.transient
+
+
+@pytest.mark.parametrize(
+    ("code", "says"), [("API_DISABLED_FOR_ORG", "enable it"), ("API_CURRENTLY_DISABLED", '"API Enabled" permission')]
+)
+def test_api_access_refusals_are_request_failures_an_admin_must_fix(code, says):
+    def answer(records, _):
+        raise SalesforceRefusedRequest("u", 403, "r", error_body(code, "API is disabled"))
+
+    with pytest.raises(RequestRefused, match=says) as raised:
+        writer(ScriptedClient(answer)).upsert(payloads(2))
+    assert raised.value.code == code
