@@ -51,7 +51,16 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         org: Org = request.app.state.org
+        response = await serve(request, org)
+        response.headers["Sforce-Limit-Info"] = org.limit_info()
+        return response
+
+    async def serve(request: Request, org: Org) -> Response:
         method, path = request.method, request.url.path
+        if org.api_used >= org.daily_api_requests:
+            # Stricter than a real org, which tolerates a little overage before it refuses.
+            org.counters["request_errors.REQUEST_LIMIT_EXCEEDED"] += 1
+            return _error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         org.counters["api_requests"] += 1
         for fault in org.faults_for(method, path):
             org.counters[f"faults.{fault.fault}"] += 1
@@ -234,6 +243,14 @@ async def admin_field_access(request: Request) -> Response:
     return JSONResponse(answer)
 
 
+async def admin_limits(request: Request) -> Response:
+    """The org's daily API allowance and what its other integrations used: {"daily_api_requests", "used_elsewhere"}."""
+    raw = await request.json()
+    org: Org = request.app.state.org
+    org.set_api_usage(daily_api_requests=raw.get("daily_api_requests"), used_elsewhere=raw.get("used_elsewhere"))
+    return JSONResponse({"limit_info": org.limit_info()})
+
+
 async def admin_expire_sessions(request: Request) -> Response:
     request.app.state.org.expire_sessions()
     return JSONResponse({"expired": True})
@@ -265,6 +282,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/reset", admin_reset, methods=["POST"]),
         Route("/__emulator__/sessions/expire", admin_expire_sessions, methods=["POST"]),
         Route("/__emulator__/field-access", admin_field_access, methods=["POST"]),
+        Route("/__emulator__/limits", admin_limits, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager

@@ -49,6 +49,8 @@ class Org:
         self.counters: Counter[str] = Counter()
         self.cursors: dict[str, tuple[str, list[str], list[dict[str, Any]]]] = {}
         self._sequence = 0
+        self.daily_api_requests = DAILY_API_REQUESTS
+        self.api_used_elsewhere = 0
         self.pending_access: list[list[Any]] = []  # [upserts still to serve, schema, field, visible]
         for schema in self.objects.values():
             schema.hidden.clear()
@@ -273,10 +275,25 @@ class Org:
             body["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{total - len(rest)}"
         return body
 
+    @property
+    def api_used(self) -> int:
+        """API requests counted in the org's rolling 24-hour window (its other integrations' included)."""
+        return self.counters["api_requests"] + self.api_used_elsewhere
+
+    def set_api_usage(self, *, daily_api_requests: int | None = None, used_elsewhere: int | None = None) -> None:
+        if daily_api_requests is not None:
+            self.daily_api_requests = daily_api_requests
+        if used_elsewhere is not None:
+            self.api_used_elsewhere = used_elsewhere
+
+    def limit_info(self) -> str:
+        """The Sforce-Limit-Info header every REST response carries (REST API Developer Guide, "Limit Info Header")."""
+        return f"api-usage={self.api_used}/{self.daily_api_requests}"
+
     def limits(self) -> dict[str, Any]:
-        used = self.counters["api_requests"]
+        used, most = self.api_used, self.daily_api_requests
         return {
-            "DailyApiRequests": {"Max": DAILY_API_REQUESTS, "Remaining": max(DAILY_API_REQUESTS - used, 0)},
+            "DailyApiRequests": {"Max": most, "Remaining": max(most - used, 0)},
             "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
             "DataStorageMB": {"Max": 1024, "Remaining": 1024},
         }

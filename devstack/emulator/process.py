@@ -190,5 +190,10 @@ class EmulatorAdmin:
         body = {"object": sobject, "field": field, "visible": visible, "after_requests": after_requests}
         self._call("POST", "field-access", json=body)
 
+    def set_api_usage(self, *, daily_api_requests: int | None = None, used_elsewhere: int | None = None) -> str:
+        """Set the org's daily API allowance and the requests its other integrations used; returns the header."""
+        body = {"daily_api_requests": daily_api_requests, "used_elsewhere": used_elsewhere}
+        return self._call("POST", "limits", json=body)["limit_info"]
+
     def expire_sessions(self) -> None:
         self._call("POST", "sessions/expire")

@@ -72,6 +72,9 @@ class RunLimits(BaseModel):
     max_records_per_run: Annotated[WholeNumber, Field(ge=1)] = 100_000
     max_minutes_per_run: Annotated[Number, Field(ge=0.01)] = 12.0
     settle_seconds: Annotated[Number, Field(ge=0)] = 30.0
+    request_limit_wait_minutes: Annotated[Number, Field(ge=0.01)] = 30.0
+    daily_api_requests: Annotated[WholeNumber, Field(ge=1)] = 100_000
+    api_reserve_percent: Annotated[Number, Field(ge=0, le=100)] = 10.0
 
 
 class ExternalIdSettings(BaseModel):
@@ -102,7 +105,6 @@ class StreamSettings(RunLimits):
     fields: dict[SalesforceName, SqlIdentifier]
     change_stamp: ChangeStampSettings = ChangeStampSettings()
     lock_stale_after_minutes: Annotated[Number, Field(ge=0.01)] | None = None
-    request_limit_wait_minutes: Annotated[Number, Field(ge=0.01)] = 30.0
 
 
 # How long before its transaction starts an application may stamp a row (the
@@ -185,6 +187,11 @@ class Stream:
     # On REQUEST_LIMIT_EXCEEDED the task is rescheduled this much later instead of burning Airflow's retries:
     # the org's allowance is a rolling 24-hour window that frees up over time.
     request_limit_wait_minutes: float = 30.0
+    # crm-export's own Salesforce API requests in a rolling 24 hours (every stream and the re-export together),
+    # as the product it is modelled on offers a "daily CRM API limit".
+    daily_api_requests: int = 100_000
+    # The share of the org's allowance (Sforce-Limit-Info) left to its other integrations.
+    api_reserve_percent: float = 10.0
 
     @property
     def source(self) -> str:
@@ -298,6 +305,8 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         settle_seconds=float(settings.settle_seconds),
         change_stamp=_change_stamp(name, settings.change_stamp),
         request_limit_wait_minutes=float(settings.request_limit_wait_minutes),
+        daily_api_requests=settings.daily_api_requests,
+        api_reserve_percent=float(settings.api_reserve_percent),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

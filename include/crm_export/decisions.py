@@ -66,6 +66,31 @@ def stop_reason(stream: Stream, *, records_read: int, elapsed_seconds: float) ->
     return None
 
 
+def api_budget_stop(stream: Stream, *, ours_last_day: int, org_usage: tuple[int, int] | None) -> str | None:
+    """Why the next request would overspend, if it would: crm-export's own daily budget, or the org's reserve.
+
+    ``ours_last_day``: requests crm-export made in the last 24 hours, this run's
+    included. ``org_usage``: (used, allowed) from the last Sforce-Limit-Info.
+    """
+    if ours_last_day >= stream.daily_api_requests:
+        return (
+            f"API budget: crm-export has made {ours_last_day:,} Salesforce API requests in the last 24 hours, its "
+            f"daily_api_requests ({stream.daily_api_requests:,}). Nothing is lost: the next run continues once the "
+            "oldest of them are more than 24 hours old"
+        )
+    if org_usage is not None:
+        used, allowed = org_usage
+        reserve = int(allowed * stream.api_reserve_percent / 100)
+        left = allowed - used
+        if left <= reserve:
+            return (
+                f"API budget: the org has used {used:,} of its {allowed:,} daily API requests; {left:,} are left, "
+                f"at or below the {stream.api_reserve_percent:g}% ({reserve:,}) kept for its other integrations "
+                "(api_reserve_percent). Nothing is lost: the next run continues as the rolling 24-hour usage falls"
+            )
+    return None
+
+
 def next_batch_size(stream: Stream, *, records_read: int) -> int:
     return min(stream.batch_size, stream.max_records_per_run - records_read)
 

@@ -31,13 +31,14 @@ import psycopg
 
 from include.crm_export.batch import BatchPlan, plan_batch
 from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
-from include.crm_export.db import export_errors, source, watermarks
+from include.crm_export.db import api_requests, export_errors, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import (
     HELD,
     INCONSISTENCY_WARNING,
     ExportResult,
+    api_budget_stop,
     held_record,
     next_batch_size,
     pause_on_error_change,
@@ -186,6 +187,8 @@ def export_stream(
         ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"crm-export-{stream.name}") as pool,
     ):
         run = StreamExport.open(stream, database, context, exits=exits)
+        ours_before = api_requests.used_last_day(run.conn)
+        exits.callback(lambda: _count_requests(run, writer))
         pause = pause_on_error()
         result = ExportResult(stream.name, pause_on_error=pause)
         _log_start(run, pause)
@@ -214,6 +217,13 @@ def export_stream(
                 else:
                     result.stopped_because = stopped
 
+                over_budget = api_budget_stop(
+                    stream, ours_last_day=ours_before + writer.requests_sent, org_usage=writer.org_api_usage()
+                )
+                if over_budget is not None:
+                    result.stopped_because = over_budget
+                    log.warning("Stream '%s' stops here: %s.", stream.name, over_budget)
+                    break
                 outcomes = writer.send(records)
                 if pending_commit is not None:
                     pending_commit.result()
@@ -244,6 +254,13 @@ def export_stream(
     if warning:
         log.warning("%s", warning)
     return result
+
+
+def _count_requests(run: StreamExport, writer: CollectionWriter) -> None:
+    try:
+        api_requests.record(run.conn, run.stream, run_id=run.context.run_id, requests=writer.requests_sent)
+    except psycopg.Error as exc:  # never hide the run's own outcome behind the bookkeeping
+        log.warning("Could not record this run's %d Salesforce API requests: %s", writer.requests_sent, exc)
 
 
 def read_next_batch(stream: Stream, database: Database) -> list[SourceRecord]:

@@ -25,7 +25,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from include.crm_export.config import Stream
-from include.crm_export.db import export_errors, source
+from include.crm_export.db import api_requests, export_errors, source
 from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
@@ -187,6 +187,7 @@ def reexport_stream(
                 _reexport(run, writer)
             finally:
                 export_errors.release_claims(conn, claimant=run.claimant)
+                api_requests.record(conn, stream, run_id=context.run_id, requests=writer.requests_sent)
         run.result.open_left, run.result.oldest_open_since = export_errors.open_error_summary(conn, stream)
         log.info(run.result.summary(database_now(conn)))
     return run.result

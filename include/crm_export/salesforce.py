@@ -167,6 +167,12 @@ class CollectionWriter:
         self.renewer = renewer
         self.sleep = sleep
         self.trace = trace
+        self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
+
+    def org_api_usage(self) -> tuple[int, int] | None:
+        """(used, allowed) in the org's rolling 24 hours, from the last response's Sforce-Limit-Info header."""
+        usage = getattr(self.sf, "api_usage", {}).get("api-usage")
+        return (usage.used, usage.total) if usage is not None else None
 
     @staticmethod
     def request_body(payloads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,6 +276,7 @@ class CollectionWriter:
     def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
         body = self.request_body(payloads)
         refused: SalesforceError | None = None
+        self.requests_sent += 1
         try:
             # Serialized here, so numerics go out exactly (simple-salesforce would pass them through float).
             answer = self.sf.restful(self.path, method="PATCH", data=exact_json.dumps(body))

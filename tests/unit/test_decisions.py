@@ -73,3 +73,14 @@ def test_flipping_pause_on_error_mid_run_warns_and_turning_it_off_warns_about_sa
     turned_on = pause_on_error_change(False, True)
     assert turned_on is not None
     assert INCONSISTENCY_WARNING not in turned_on.warnings()
+
+
+def test_the_api_budget_stops_a_run_before_it_overspends():
+    from include.crm_export.decisions import api_budget_stop
+
+    stream = dataclasses.replace(STREAM, daily_api_requests=1000, api_reserve_percent=10)
+    assert api_budget_stop(stream, ours_last_day=999, org_usage=(80_000, 100_000)) is None
+    ours = api_budget_stop(stream, ours_last_day=1000, org_usage=None)
+    assert ours.startswith("API budget: crm-export has made 1,000 Salesforce API requests in the last 24 hours")
+    org = api_budget_stop(stream, ours_last_day=10, org_usage=(90_000, 100_000))
+    assert "10,000 are left, at or below the 10% (10,000) kept for its other integrations" in org
