@@ -9,9 +9,13 @@ and read what the org holds).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,8 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             if fault.fault in ("latency", "hang"):
                 await asyncio.sleep(fault.seconds)
                 continue
+            if fault.fault == "session_expiry":
+                org.expire_sessions()  # revoked: every token issued so far stops working
             status, body = fault.response
             return JSONResponse(body, status_code=status)
         version = request.path_params.get("version")
@@ -160,27 +166,48 @@ async def limits(request: Request, org: Org) -> Any:
 
 
 async def oauth_token(request: Request) -> Response:
-    """OAuth 2.0 client credentials flow, as a My Domain token endpoint serves it."""
+    """OAuth 2.0 client credentials flow, as a My Domain token endpoint serves it.
+
+    Follows "OAuth 2.0 Client Credentials Flow for Server-to-Server
+    Integration" (Salesforce Help, remoteaccess_oauth_client_credentials_flow):
+    the connected app's key and secret come in the body (client_id,
+    client_secret) or as HTTP Basic, and the answer carries access_token,
+    signature, scope, instance_url, id, token_type and issued_at.
+    """
     org: Org = request.app.state.org
     form = await request.form()
     if form.get("grant_type") != "client_credentials":
         return JSONResponse(
             {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, status_code=400
         )
+    client_id, client_secret = form.get("client_id"), form.get("client_secret")
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("basic "):
+        try:
+            client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            client_id = client_secret = None
     try:
-        token = org.issue_token(form.get("client_id"), form.get("client_secret"))
+        token = org.issue_token(client_id, client_secret)
     except RequestRejected:
         return JSONResponse(
             {"error": "invalid_client", "error_description": "invalid client credentials"}, status_code=400
         )
     base = str(request.base_url).rstrip("/")
+    identity = f"{base}/id/00D000000000001AAA/005000000000001AAA"
+    issued_at = str(int(time.time() * 1000))
+    signature = base64.b64encode(
+        hmac.new(org.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
+    ).decode()
     return JSONResponse(
         {
             "access_token": token,
-            "instance_url": base,
-            "token_type": "Bearer",
-            "id": f"{base}/id/00D000000000001AAA/005000000000001AAA",
+            "signature": signature,
             "scope": "api",
+            "instance_url": base,
+            "id": identity,
+            "token_type": "Bearer",
+            "issued_at": issued_at,
         }
     )
 

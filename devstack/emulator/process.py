@@ -45,6 +45,25 @@ class EmulatorInfo:
             },
         }
 
+    def client_credentials_connection(self, *, version: str = "62.0") -> dict[str, Any]:
+        """``salesforce_default`` for the provider hook's own OAuth client credentials login, against this emulator.
+
+        simple-salesforce builds the token URL as https://{domain}.salesforce.com/services/oauth2/token; a
+        domain ending in "?" turns the rest into a query string, so it reaches the emulator's token endpoint.
+        A real org uses its My Domain name (for example "mycompany.my").
+        """
+        host = self.url.removeprefix("https://")
+        return {
+            "conn_type": "salesforce",
+            "extra": {
+                "consumer_key": self.client_id,
+                "consumer_secret": self.client_secret,
+                "domain": f"{host}/services/oauth2/token?through=",
+                "version": version,
+                "ca_bundle": self.ca_bundle,
+            },
+        }
+
 
 class EmulatorProcess:
     """The emulator as a child process; a context manager that always stops it."""

@@ -95,6 +95,8 @@ FAULTS: dict[str, tuple[int, str, str]] = {
     "api_disabled_org": (403, "API_DISABLED_FOR_ORG", "API is not enabled for this Organization or Partner"),
     "api_disabled_user": (403, "API_CURRENTLY_DISABLED", "API is disabled for this User"),
     "invalid_session": (401, "INVALID_SESSION_ID", "Session expired or invalid"),
+    # Every session ends (timeout, or an admin revoked them), then the request gets 401.
+    "session_expiry": (401, "INVALID_SESSION_ID", "Session expired or invalid"),
     # No status: these delay the request instead of failing it.
     "latency": (0, "", ""),
     "hang": (0, "", ""),

@@ -326,3 +326,45 @@ def test_a_persistent_emulator_keeps_records_and_rules_across_restarts(tmp_path)
                 answer = session.patch(url, json={"records": [contact("kept"), contact("x")]}, headers=headers)
                 assert [r["success"] for r in answer.json()] == [True, False]
                 assert answer.json()[0]["created"] is False
+
+
+def test_token_endpoint_takes_http_basic_and_answers_with_the_documented_fields(stack):
+    """Salesforce Help, "OAuth 2.0 Client Credentials Flow for Server-to-Server Integration"."""
+    import base64
+    import hashlib
+    import hmac
+
+    info = stack.emulator_info
+    session = SalesforceSession(ca_bundle=info.ca_bundle)
+    token = session.post(
+        f"{info.url}/services/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        auth=(info.client_id, info.client_secret),
+    ).json()
+    assert set(token) == {"access_token", "signature", "scope", "instance_url", "id", "token_type", "issued_at"}
+    assert token["token_type"] == "Bearer"
+    expected = hmac.new(
+        info.client_secret.encode(), (token["id"] + token["issued_at"]).encode(), hashlib.sha256
+    ).digest()
+    assert base64.b64decode(token["signature"]) == expected
+    wrong = session.post(
+        f"{info.url}/services/oauth2/token", data={"grant_type": "client_credentials"}, auth=(info.client_id, "no")
+    )
+    assert wrong.status_code == 400
+
+
+def test_the_hooks_own_login_flow_renews_an_expired_session_by_itself(stack, emulator, monkeypatch):
+    """The provider's hook logs in with the client credentials flow; simple-salesforce renews the session."""
+    import json
+
+    from include.crm_export.salesforce import connect
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SALESFORCE_DEFAULT", json.dumps(stack.emulator_info.client_credentials_connection())
+    )
+    sf = connect(timeout=(5, 10))
+    assert emulator.counters()["sessions_issued"] == 1
+    assert sf.Contact.describe()["name"] == "Contact"
+    emulator.add_rule(fault="session_expiry", path="/describe", times=1)
+    assert sf.Contact.describe()["name"] == "Contact"  # 401, new session, same call again
+    assert emulator.counters()["sessions_issued"] == 2
