@@ -166,15 +166,16 @@ class Org:
 
         bound = [schema.bind(record) for record in records]
         keys = [values.get(ext_spec.name) for values in bound]
-        seen = Counter(k for k in keys if k is not None)
+        # Matched as the org matches them: case-insensitively unless the field is case sensitive.
+        seen = Counter(ext_spec.match_key(k) for k in keys if k is not None)
         index = self.by_external_id.setdefault((sobject, ext_spec.name), {})
 
         outcomes: list[tuple[str | None, list[RecordError]]] = []
         for values, key in zip(bound, keys, strict=True):
-            existing = index.get(key) if key is not None else None
+            existing = index.get(ext_spec.match_key(key)) if key is not None else None
             if key is None or key == "":
                 errors = [RecordError("MISSING_ARGUMENT", f"{ext_spec.name} not specified", (ext_spec.name,))]
-            elif seen[key] > 1:
+            elif seen[ext_spec.match_key(key)] > 1:
                 errors = [RecordError("DUPLICATE_VALUE", f"Duplicate external id specified: {key}", (ext_spec.name,))]
             else:
                 errors = schema.record_errors(values, creating=existing is None)
@@ -203,7 +204,7 @@ class Org:
                     **{f.name: False for f in schema.fields.values() if f.type == "boolean" and f.defaulted_on_create},
                 }
                 self.records[sobject][record_id] = stored
-                index[key] = record_id
+                index[ext_spec.match_key(key)] = record_id
                 self.counters["records_created"] += 1
             else:
                 record_id = existing
@@ -222,7 +223,7 @@ class Org:
             raise RequestRejected(
                 404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}"
             )
-        record_id = self.by_external_id.get((sobject, spec.name), {}).get(value)
+        record_id = self.by_external_id.get((sobject, spec.name), {}).get(spec.match_key(value))
         if record_id is None:
             raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist")
         return self.records[sobject][record_id]
@@ -318,7 +319,9 @@ class Org:
             for spec in self.objects[sobject].fields.values():
                 if spec.external_id:
                     self.by_external_id[(sobject, spec.name)] = {
-                        r[spec.name]: record_id for record_id, r in records.items() if r.get(spec.name) is not None
+                        spec.match_key(r[spec.name]): record_id
+                        for record_id, r in records.items()
+                        if r.get(spec.name) is not None
                     }
         self._sequence = state.get("sequence", 0)
         for raw in state.get("record_rules", []):

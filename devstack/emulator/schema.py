@@ -72,6 +72,7 @@ class FieldSpec:
     defaulted_on_create: bool = False
     external_id: bool = False
     unique: bool = False
+    case_sensitive: bool = False  # text values compare case-insensitively unless the field says so
     custom: bool = False
     precision: int = 0
     scale: int = 0
@@ -82,6 +83,10 @@ class FieldSpec:
     def required_on_create(self) -> bool:
         # How Salesforce derives "required" from a describe.
         return self.createable and not self.nillable and not self.defaulted_on_create
+
+    def match_key(self, value: Any) -> Any:
+        """The value as the org compares it: an external id text field is case-insensitive unless caseSensitive."""
+        return value.lower() if isinstance(value, str) and not self.case_sensitive else value
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -160,6 +165,7 @@ class ObjectSchema:
                 defaulted_on_create=raw.get("defaultedOnCreate", False),
                 external_id=raw.get("externalId", False),
                 unique=raw.get("unique", False),
+                case_sensitive=raw.get("caseSensitive", False),
                 custom=raw.get("custom", raw["name"].endswith("__c")),
                 precision=raw.get("precision", 0),
                 scale=raw.get("scale", 0),
@@ -232,13 +238,15 @@ class ObjectSchema:
             spec = self.field_named(name)
             if spec is None:
                 raise RequestRejected(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {self.name}")
+            if value == "" and spec.type in _TEXT_TYPES:
+                value = None  # the org stores an empty text as no value
             if value is not None and not _json_type_ok(spec, value):
+                # As an org answers it: the request as a whole, and no fields (the message has the value).
                 raise RequestRejected(
                     400,
                     "JSON_PARSER_ERROR",
                     f"Cannot deserialize instance of {spec.type} from {_json_kind(value)} value "
                     f"{exact_json.dumps(value)} or request may be missing a required field",
-                    [spec.name],
                 )
             bound[spec.name] = value
         return bound
@@ -322,21 +330,29 @@ def _json_type_ok(spec: FieldSpec, value: Any) -> bool:
             return True
         return False
     if spec.type == "date":
-        if not isinstance(value, str):
-            return False
-        try:
-            date.fromisoformat(value)
-        except ValueError:
-            return False
-        return True
+        return isinstance(value, str) and _valid(_DATE, value, lambda v: date.fromisoformat(v))
     if spec.type == "datetime":
-        if not isinstance(value, str):
-            return False
-        try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        return True
+        return isinstance(value, str) and _valid(
+            _DATETIME, value, lambda v: datetime.fromisoformat(v.replace("Z", "+00:00"))
+        )
+    return True
+
+
+# The formats the REST API takes ("Valid Date and DateTime Formats", SOQL and SOSL Reference; ISO 8601 with the
+# separators and, for a dateTime, its offset). Python's fromisoformat is kinder: it takes "20240730" and
+# "2024-07-30 20:54:16", which an org refuses, so the shape is checked first. Where the docs are silent (an
+# offset-less dateTime) the stricter answer is chosen: refused.
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})$")
+
+
+def _valid(shape: re.Pattern[str], value: str, parse: Any) -> bool:
+    if not shape.match(value):
+        return False
+    try:
+        parse(re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", value))  # +0000 as Python reads it: +00:00
+    except ValueError:
+        return False
     return True
 
 

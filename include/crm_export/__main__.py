@@ -95,16 +95,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         if not rows:
             print(f"No row with {stream.key} = {args.key} in {stream.source}.")
             return 1
-        record = map_row(stream, rows[0])
+        writer = None if args.dry_run else writer_for(stream, trace=_print_exchange)
+        record = map_row(stream, rows[0], writer.field_types if writer else None)
         if record.payload is None:
             print(f"Record {record.key} cannot be sent: {record.rejection.describe()}")
             return 1
-        if args.dry_run:
+        if writer is None:
             print(f"PATCH composite/sobjects/{stream.sobject}/{stream.external_id_field}")
             _print_json("request body", CollectionWriter.request_body([record.payload]))
             print("Dry run: nothing sent.")
             return 0
-        writer = writer_for(stream, trace=_print_exchange)
         writer.transient_retries = 0  # show Salesforce's first answer, as it is
         (outcome,) = writer.send([record])
         if outcome.rejection is not None:

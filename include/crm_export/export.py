@@ -68,8 +68,17 @@ class StreamExport:
     loads the watermark); closed with the context manager.
     """
 
-    def __init__(self, stream: Stream, *, conn: psycopg.Connection, reader: psycopg.Connection, context: RunContext):
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        conn: psycopg.Connection,
+        reader: psycopg.Connection,
+        context: RunContext,
+        field_types: dict[str, str] | None = None,
+    ):
         self.stream = stream
+        self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
         self.conn = conn  # commits (watermark, ExportErrors) and holds the stream's lock
         self.reader = reader  # reads the source, so a read never waits for a commit
         self.context = context
@@ -113,14 +122,22 @@ class StreamExport:
             )
 
     @classmethod
-    def open(cls, stream: Stream, database: Database, context: RunContext, *, exits: ExitStack) -> StreamExport:
+    def open(
+        cls,
+        stream: Stream,
+        database: Database,
+        context: RunContext,
+        *,
+        exits: ExitStack,
+        field_types: dict[str, str] | None = None,
+    ) -> StreamExport:
         name = f"crm-export {stream.name}"
         conn = exits.enter_context(database.connect(application_name=name))
         reader = exits.enter_context(database.connect(application_name=f"{name} reader"))
         migrate(conn)
         watermarks.lock_stream(conn, stream)
         export_errors.compact_error_counts(conn)
-        return cls(stream, conn=conn, reader=reader, context=context)
+        return cls(stream, conn=conn, reader=reader, context=context, field_types=field_types)
 
     def read(
         self, after: list[str] | None, limit: int, *, clock: Callable[[], float] = time.monotonic
@@ -141,7 +158,7 @@ class StreamExport:
             column_types=self.column_types,
             limit=limit,
         )
-        return self._horizon, [map_row(self.stream, row) for row in rows]
+        return self._horizon, [map_row(self.stream, row, self.field_types) for row in rows]
 
     def commit(self, plan: BatchPlan) -> None:
         """Write the batch's ExportErrors changes and advance the watermark, in one transaction."""
@@ -186,7 +203,7 @@ def export_stream(
         ExitStack() as exits,
         ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"crm-export-{stream.name}") as pool,
     ):
-        run = StreamExport.open(stream, database, context, exits=exits)
+        run = StreamExport.open(stream, database, context, exits=exits, field_types=writer.field_types)
         ours_before = api_requests.used_last_day(run.conn)
         exits.callback(lambda: _count_requests(run, writer))
         pause = pause_on_error()

@@ -143,6 +143,7 @@ class ReexportRun:
     started_at: datetime  # rows attempted since then (by this run) are not picked again
     result: ReexportResult
     column_types: dict[str, str]
+    field_types: dict[str, str] | None = None  # Salesforce types of the mapped fields, from the writer's describe
 
     @property
     def claimant(self) -> str:
@@ -170,6 +171,7 @@ def reexport_stream(
             result=ReexportResult(stream.name, dry_run=options.dry_run),
             # A source that is gone or changed fails here, naming the setting.
             column_types=source.column_types(conn, stream),
+            field_types=writer.field_types if writer is not None else None,
         )
         log.info(
             "Re-exporting open errors of stream '%s'%s, at most %d record(s)%s",
@@ -252,7 +254,8 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
 
 def _current_records(run: ReexportRun, keys: list[str]) -> dict[str, SourceRecord]:
     records = (
-        map_row(run.stream, row) for row in source.read_rows_by_key(run.conn, run.stream, keys, run.column_types)
+        map_row(run.stream, row, run.field_types)
+        for row in source.read_rows_by_key(run.conn, run.stream, keys, run.column_types)
     )
     return {record.key: record for record in records}
 

@@ -168,6 +168,7 @@ class CollectionWriter:
         self.sleep = sleep
         self.trace = trace
         self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
+        self.field_types: dict[str, str] | None = None  # mapped field -> Salesforce type, from describe
 
     def org_api_usage(self) -> tuple[int, int] | None:
         """(used, allowed) in the org's rolling 24 hours, from the last response's Sforce-Limit-Info header."""
@@ -427,8 +428,14 @@ def _result(item: dict[str, Any]) -> Result:
     )
 
 
-def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: SessionRenewer | None = None) -> None:
-    """Fail before sending anything when the org does not have what the stream maps to."""
+def check_stream_against_describe(
+    sf: Salesforce, stream: Stream, *, renewer: SessionRenewer | None = None
+) -> dict[str, str]:
+    """Fail before sending anything when the org does not have what the stream maps to.
+
+    Returns each mapped field's Salesforce type (``string``, ``date``, ``datetime`` …), which the
+    mapping uses to send only values the org takes.
+    """
     try:
         try:
             describe = getattr(sf, stream.sobject).describe()
@@ -475,6 +482,7 @@ def check_stream_against_describe(sf: Salesforce, stream: Stream, *, renewer: Se
                 f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
                 f"{stream.sobject}.{sf_field} is read-only in Salesforce."
             )
+    return {sf_field: fields[sf_field.lower()].get("type", "") for sf_field, _column in stream.fields}
 
 
 def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trace | None = None) -> CollectionWriter:
@@ -484,7 +492,9 @@ def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trac
     connection = BaseHook.get_connection(conn_id)
     sf = _client(connection)
     renewer = renewer_for(connection.extra_dejson, sf.session)
-    check_stream_against_describe(sf, stream, renewer=renewer)
-    return CollectionWriter(
+    field_types = check_stream_against_describe(sf, stream, renewer=renewer)
+    writer = CollectionWriter(
         sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer, trace=trace
     )
+    writer.field_types = field_types
+    return writer

@@ -6,6 +6,8 @@ Connections, Variables and hooks are read here, at run time, never at import.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,11 +38,45 @@ def read_pause_on_error() -> bool:
     return parse_pause_on_error(Variable.get(PAUSE_ON_ERROR_VARIABLE, default=None))
 
 
-def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
-    """Body of ``CRMExport.export_<stream>``."""
+@contextmanager
+def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[None]:
+    """Each kind of failure as the Airflow outcome it calls for, with the message the person on call reads.
+
+    Settings and config a person must fix, a stuck lock, and a request
+    Salesforce will keep refusing fail at once (no retries); the used-up API
+    allowance reschedules; any other request failure is retried by Airflow; a
+    stream another run is exporting is skipped.
+    """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     try:
+        yield
+    except (SettingsError, StreamConfigError, StreamStuck) as exc:
+        log.error("%s", exc)
+        raise AirflowFailException(str(exc)) from None
+    except RequestRefused as exc:
+        message = f"{what} stopped by a request failure that retrying cannot fix: {exc}"
+        log.error("%s", message)
+        raise AirflowFailException(message) from None
+    except RequestLimitExceeded as exc:
+        raise _wait_for_the_api_allowance(stream_name, exc) from None
+    except RequestFailed as exc:
+        log.error("%s stopped by a request failure: %s %s; Airflow retries the task.", what, exc, in_flight)
+        raise
+    except StreamBusy as exc:
+        log.warning("%s", exc)
+        raise AirflowSkipException(str(exc)) from None
+
+
+def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Body of ``CRMExport.export_<stream>``."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with airflow_outcome(
+        f"Stream '{stream_name}'",
+        stream_name,
+        in_flight="Nothing of the batch in flight was recorded and the watermark did not move",
+    ):
         stream = load_streams()[stream_name]
         read_pause_on_error()  # a bad value fails before anything is sent
         result = export_stream(
@@ -50,26 +86,6 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
             pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
-    except (SettingsError, StreamConfigError, StreamStuck) as exc:
-        log.error("%s", exc)
-        raise AirflowFailException(str(exc)) from None
-    except RequestRefused as exc:
-        message = f"Stream '{stream_name}' stopped by a request failure that retrying cannot fix: {exc}"
-        log.error("%s", message)
-        raise AirflowFailException(message) from None
-    except RequestLimitExceeded as exc:
-        raise _wait_for_the_api_allowance(stream_name, exc) from None
-    except RequestFailed as exc:
-        log.error(
-            "Stream '%s' stopped by a request failure: %s Nothing of the batch in flight was recorded and the "
-            "watermark did not move; Airflow retries the task.",
-            stream_name,
-            exc,
-        )
-        raise
-    except StreamBusy as exc:
-        log.warning("%s", exc)
-        raise AirflowSkipException(str(exc)) from None
     if result.held is not None:
         message = result.held.message()
         log.error("%s", message)
@@ -116,7 +132,11 @@ def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: st
         raise AirflowFailException(str(exc)) from None
     if selected and stream_name not in selected:
         raise AirflowSkipException(f"Stream '{stream_name}' is not among the streams chosen for this run: {selected}")
-    try:
+    with airflow_outcome(
+        f"Re-export of stream '{stream_name}'",
+        stream_name,
+        in_flight="Rows of the batch in flight stay open and are retried",
+    ):
         stream = load_streams()[stream_name]
         result = reexport_stream(
             stream,
@@ -125,23 +145,6 @@ def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: st
             options=options,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
-    except StreamConfigError as exc:
-        log.error("%s", exc)
-        raise AirflowFailException(str(exc)) from None
-    except RequestRefused as exc:
-        message = f"Re-export of stream '{stream_name}' stopped by a request failure that retrying cannot fix: {exc}"
-        log.error("%s", message)
-        raise AirflowFailException(message) from None
-    except RequestLimitExceeded as exc:
-        raise _wait_for_the_api_allowance(stream_name, exc) from None
-    except RequestFailed as exc:
-        log.error(
-            "Re-export of stream '%s' stopped by a request failure: %s Rows of the batch in flight stay open and "
-            "are retried; Airflow retries the task.",
-            stream_name,
-            exc,
-        )
-        raise
     return {
         "stream": stream_name,
         "resolved": result.resolved,

@@ -161,6 +161,20 @@ CONTACT_FIELDS = {
 }
 
 
+def table_stream(source: str, *, key: str, change: str, **overrides: Any) -> dict[str, Any]:
+    """A Contact stream over a test table with columns (key, ext, last_name, change), exported as they come."""
+    return {
+        "source": source,
+        "key": key,
+        "order_by": [change, key],
+        "sobject": "Contact",
+        "external_id": {"field": "CRM_Contact_Id__c", "column": "ext"},
+        "fields": {"LastName": "last_name"},
+        "settle_seconds": 0,
+        **overrides,
+    }
+
+
 def contacts_stream(**overrides: Any) -> dict[str, Any]:
     """A contacts stream like the shipped one, with overrides."""
     return {

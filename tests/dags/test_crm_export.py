@@ -216,29 +216,37 @@ def test_source_rows_that_cannot_be_sent_become_record_errors(db, emulator, run_
     assert len(salesforce_contacts(emulator)) == 96
 
 
-def test_whole_request_400_is_split_to_the_offending_record(db, emulator, run_crm_export, pause_variable, tmp_path):
+def test_a_value_salesforce_would_refuse_is_a_rejected_record_naming_the_column(
+    db, emulator, run_crm_export, pause_variable, tmp_path
+):
+    """The mapping sends only what the org takes (its field types from describe), so a bad date never costs a
+    refused request (a real org refuses the whole request with JSON_PARSER_ERROR and names no field)."""
     pause_variable("false")
     insert_contacts(db, 200)
     db.execute("CREATE SCHEMA crm_test")
     db.execute(
         """CREATE VIEW crm_test.contacts AS
-           SELECT id, last_name, updated_at,
+           SELECT id, last_name, updated_at, id * 10 AS title_number,
                   CASE WHEN id = 123 THEN '31/12/1990' ELSE birthdate::text END AS birthdate_text
            FROM crm.contacts"""
     )
     stream = contacts_stream(
-        source="crm_test.contacts", fields={"LastName": "last_name", "Birthdate": "birthdate_text"}
+        source="crm_test.contacts",
+        fields={"LastName": "last_name", "Birthdate": "birthdate_text", "Title": "title_number"},
     )
 
     run = run_crm_export(streams_file=write_streams(tmp_path / "streams.yml", {"contacts": stream}))
 
     assert run.state == "success"
-    assert [(e["record_key"], e["error_code"], e["error_fields"]) for e in open_errors(db)] == [
-        ("123", "JSON_PARSER_ERROR", ["Birthdate"])
+    ((key, code, fields, message),) = [
+        (e["record_key"], e["error_code"], e["error_fields"], e["error_message"]) for e in open_errors(db)
     ]
-    assert set(salesforce_contacts(emulator)) == {str(i) for i in range(1, 201)} - {"123"}
-    # Halving isolates it: requests of 200, 100, 50, 25, 13, 7, 4, 2 and 1 records were refused.
-    assert emulator.counters()["request_errors.JSON_PARSER_ERROR"] == 9
+    assert (key, code, fields) == ("123", "CRM_EXPORT_INVALID_SOURCE_VALUE", ["Birthdate"])
+    assert message == "Source column birthdate_text: '31/12/1990' is not a date Salesforce takes (YYYY-MM-DD)"
+    contacts = salesforce_contacts(emulator)
+    assert set(contacts) == {str(i) for i in range(1, 201)} - {"123"}
+    assert contacts["7"]["Title"] == "70"  # a number to a text field goes as its exact text
+    assert emulator.counters().get("request_errors.JSON_PARSER_ERROR", 0) == 0
 
 
 def test_failure_between_export_errors_and_watermark_changes_neither(db, emulator, run_crm_export, pause_variable):

@@ -14,24 +14,14 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from tests.dags.conftest import salesforce_contacts, watermark, write_streams
+from tests.dags.conftest import salesforce_contacts, table_stream, watermark, write_streams
 
 ZONE = "America/New_York"
 
 
 def late_stream(**change_stamp) -> dict:
-    stream = {
-        "source": "crm_test.late",
-        "key": "id",
-        "order_by": ["changed", "id"],
-        "sobject": "Contact",
-        "external_id": {"field": "CRM_Contact_Id__c", "column": "ext"},
-        "fields": {"LastName": "last_name"},
-        "settle_seconds": 0,
-    }
-    if change_stamp:
-        stream["change_stamp"] = change_stamp
-    return stream
+    extra = {"change_stamp": change_stamp} if change_stamp else {}
+    return table_stream("crm_test.late", key="id", change="changed", **extra)
 
 
 def make_table(db, column: str) -> None:

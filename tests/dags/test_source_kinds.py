@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dags.conftest import salesforce_contacts, write_streams
+from tests.dags.conftest import salesforce_contacts, table_stream, write_streams
 
 REEXPORT = "CRMExport_ExportError"
 
@@ -29,16 +29,8 @@ KEYS = {
 }
 
 
-def keyed_stream(key_type: str) -> dict:
-    return {
-        "source": "crm_test.keyed",
-        "key": "k",
-        "order_by": ["updated_at", "k"],
-        "sobject": "Contact",
-        "external_id": {"field": "CRM_Contact_Id__c", "column": "ext"},
-        "fields": {"LastName": "last_name"},
-        "settle_seconds": 0,
-    }
+def keyed_stream() -> dict:
+    return table_stream("crm_test.keyed", key="k", change="updated_at")
 
 
 @pytest.mark.parametrize("key_type", sorted(KEYS))
@@ -53,7 +45,7 @@ def test_rejected_record_with_any_key_type_is_found_again_and_resolved(
     )
     for n, value in enumerate(values, start=1):
         db.execute("INSERT INTO crm_test.keyed (k, ext, last_name) VALUES (%s, %s, %s)", (value, f"ext-{n}", f"L{n}"))
-    streams = write_streams(tmp_path / "streams.yml", {"contacts": keyed_stream(key_type)})
+    streams = write_streams(tmp_path / "streams.yml", {"contacts": keyed_stream()})
     pause_variable("false")
     rule = emulator.add_rule(cause="no_access", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "ext-2"})
 
@@ -81,7 +73,7 @@ def test_lookup_by_record_key_uses_the_key_index(db, project_conninfo):
     )
     db.execute("INSERT INTO crm_test.keyed SELECT g, 'e' || g, 'L' FROM generate_series(1, 20000) g")
     db.execute("ANALYZE crm_test.keyed")
-    stream = parse_config({"streams": {"contacts": keyed_stream("bigint")}})["contacts"]
+    stream = parse_config({"streams": {"contacts": keyed_stream()}})["contacts"]
     with psycopg.connect(project_conninfo, autocommit=True) as conn:
         types = source.column_types(conn, stream)
         conn.execute("SET enable_seqscan = off")  # a plan that can use the index must; one that cannot still scans
@@ -103,7 +95,7 @@ def test_a_nullable_order_column_is_refused_before_anything_is_sent(db, emulator
         "CREATE TABLE crm_test.keyed (k bigint PRIMARY KEY, ext text NOT NULL, last_name text, updated_at timestamptz)"
     )
     db.execute("INSERT INTO crm_test.keyed VALUES (1, 'e1', 'L', now() - interval '1 hour'), (2, 'e2', 'L', NULL)")
-    streams = write_streams(tmp_path / "s.yml", {"contacts": keyed_stream("bigint")})
+    streams = write_streams(tmp_path / "s.yml", {"contacts": keyed_stream()})
     run = run_dag(streams_file=streams, retries=False)
     assert run.task_states["export_contacts"] == "failed"
     assert "column 'updated_at' of crm_test.keyed allows NULL" in run.log
@@ -118,7 +110,7 @@ def test_a_view_row_with_null_in_its_order_is_named_and_nothing_is_skipped(db, e
     )
     db.execute("INSERT INTO crm_test.base VALUES (1, 'e1', 'L', now() - interval '1 hour'), (2, 'e2', 'L', NULL)")
     db.execute("CREATE VIEW crm_test.keyed AS SELECT k, ext, last_name, changed AS updated_at FROM crm_test.base")
-    streams = write_streams(tmp_path / "s.yml", {"contacts": keyed_stream("bigint")})
+    streams = write_streams(tmp_path / "s.yml", {"contacts": keyed_stream()})
     run = run_dag(streams_file=streams, retries=False)
     assert run.task_states["export_contacts"] == "failed"
     assert "row 2 of crm_test.keyed has NULL in updated_at, k" in run.log

@@ -368,3 +368,53 @@ def test_the_hooks_own_login_flow_renews_an_expired_session_by_itself(stack, emu
     emulator.add_rule(fault="session_expiry", path="/describe", times=1)
     assert sf.Contact.describe()["name"] == "Contact"  # 401, new session, same call again
     assert emulator.counters()["sessions_issued"] == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("Last_Activity_At__c", "2024-07-30 20:54:16"),  # no T
+        ("Last_Activity_At__c", "2024-07-30"),  # a date where a dateTime is due
+        ("Last_Activity_At__c", "2024-07-30T20:54:16"),  # no offset: the docs are silent, refused (stricter)
+        ("Birthdate", "20240730"),  # basic ISO form
+        ("Birthdate", "30/07/2024"),
+    ],
+)
+def test_dates_and_datetimes_in_a_form_salesforce_refuses_fail_the_whole_request_without_fields(sf, value, field):
+    """SOQL and SOSL Reference, "Valid Date and DateTime Formats"; JSON_PARSER_ERROR names no field."""
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        upsert(sf, [contact("ok"), contact("bad", **{field: value})])
+    (error,) = refused.value.content
+    assert error["errorCode"] == "JSON_PARSER_ERROR"
+    assert value in error["message"]
+    assert "fields" not in error or error["fields"] == []
+
+
+def test_dates_and_datetimes_in_the_documented_forms_go_through(sf, emulator):
+    answer = upsert(
+        sf,
+        [
+            contact("z", Last_Activity_At__c="2024-07-30T20:54:16.123Z", Birthdate="1990-01-31"),
+            contact("o", Last_Activity_At__c="2024-07-30T20:54:16+0200"),
+        ],
+    )
+    assert [a["success"] for a in answer] == [True, True]
+
+
+def test_external_ids_match_case_insensitively_as_an_orgs_external_id_text_field_does(sf, emulator):
+    """An External ID text field is case-insensitive unless it is declared case sensitive."""
+    first = upsert(sf, [contact("AbC-1")])
+    again = upsert(sf, [contact("abc-1", Title="again")])
+    assert first[0]["created"] is True
+    assert (again[0]["created"], again[0]["id"]) == (False, first[0]["id"])
+    assert len(emulator.records("Contact")) == 1
+    both = upsert(sf, [contact("X-2"), contact("x-2")])
+    assert [r["errors"][0]["statusCode"] for r in both] == ["DUPLICATE_VALUE", "DUPLICATE_VALUE"]
+
+
+def test_an_empty_text_is_no_value(sf, emulator):
+    answer = upsert(sf, [contact("e", Title=""), contact("r", LastName="")])
+    assert answer[0]["success"] is True
+    assert answer[1]["errors"][0]["statusCode"] == "REQUIRED_FIELD_MISSING"
+    (stored,) = emulator.records("Contact")
+    assert stored["Title"] is None

@@ -125,3 +125,50 @@ def test_exact_json_keeps_every_digit():
     text = exact_json.dumps(values)
     assert '"a": 9999999999999999.99' in text
     assert exact_json.loads(text) == {**values, "d": Decimal("1.5")}
+
+
+@pytest.mark.parametrize(
+    ("value", "field_type", "sent"),
+    [
+        (date(1990, 1, 31), "date", "1990-01-31"),
+        ("1990-01-31", "date", "1990-01-31"),
+        (datetime(2024, 7, 30, 20, 54, 16, 123456, tzinfo=UTC), "datetime", "2024-07-30T20:54:16.123Z"),
+        ("2024-07-30T20:54:16.000+0000", "datetime", "2024-07-30T20:54:16.000+0000"),
+        (123, "string", "123"),
+        (Decimal("9999999999999999.99"), "string", "9999999999999999.99"),
+        ("12.50", "currency", Decimal("12.50")),
+        ("", "date", None),
+        ("", "string", ""),
+        (True, "boolean", True),
+    ],
+)
+def test_values_go_out_as_the_salesforce_field_takes_them(value, field_type, sent):
+    from include.crm_export.mapping import to_field_value
+
+    assert to_field_value(value, field_type) == sent
+
+
+@pytest.mark.parametrize(
+    ("value", "field_type", "says"),
+    [
+        ("31/12/1990", "date", "not a date Salesforce takes"),
+        ("20240730", "date", "not a date Salesforce takes"),
+        (datetime(2024, 7, 30, 1, 2, tzinfo=UTC), "date", "has a time of day"),
+        (date(2024, 7, 30), "datetime", "is a date; the Salesforce field takes a date and time"),
+        ("2024-07-30 20:54:16", "datetime", "not a date and time Salesforce takes"),
+        ("yes", "boolean", "not true or false"),
+        ("12,5", "double", "not a number"),
+        (True, "string", "the Salesforce field takes text"),
+    ],
+)
+def test_values_a_salesforce_field_would_refuse_become_rejected_records_naming_the_column(value, field_type, says):
+    import dataclasses
+
+    stream = dataclasses.replace(STREAM, fields=(("X__c", "x"),))
+    row = {"updated_at": datetime(2026, 1, 1, tzinfo=UTC), "id": 7, "x": value}
+    record = map_row(stream, row, {"X__c": field_type})
+    assert record.payload is None
+    assert record.rejection.code == "CRM_EXPORT_INVALID_SOURCE_VALUE"
+    assert record.rejection.fields == ("X__c",)
+    assert record.rejection.message.startswith("Source column x: ")
+    assert says in record.rejection.message
