@@ -120,6 +120,7 @@ class ExportResult:
     stopped_because: str = CAUGHT_UP
     pause_on_error: bool = True
     skipped_with_pause_on_error_off: int = 0
+    lag: str | None = None  # how far behind the source Salesforce is when the run ends
 
     def summary(self) -> str:
         text = (
@@ -128,6 +129,8 @@ class ExportResult:
         )
         if self.held:
             text += f" HELD at record {self.held.record_key} ({self.held.rejection.code})."
+        if self.lag:
+            text += f" Lag: {self.lag}."
         return text
 
     def incomplete_warning(self) -> str | None:

@@ -184,6 +184,15 @@ class StreamExport:
                 definition=self.definition,
             )
 
+    def lag(self) -> str | None:
+        """How far behind the source the stream is now (for the closing log line); never fails the run."""
+        try:
+            position = watermarks.load_watermark(self.conn, self.stream).position
+            return source.lag(self.reader, self.stream, position, self.column_types).describe()
+        except psycopg.Error as exc:
+            log.warning("Could not measure the lag of stream '%s': %s", self.stream.name, exc)
+            return None
+
     def note_idle_run(self) -> None:
         watermarks.note_run(self.conn, self.stream, run_id=self.context.run_id, definition=self.definition)
 
@@ -265,6 +274,7 @@ def export_stream(
                     wait([future])
         if result.tally.batches == 0:
             run.note_idle_run()
+        result.lag = run.lag()
 
     log.info(result.summary())
     warning = result.incomplete_warning()

@@ -93,6 +93,8 @@ def test_api_shows_where_each_stream_stands_and_its_errors(airflow):
     assert contacts["last_run_exported"] == 136
     assert contacts["watermark"][1] == "136"
     assert contacts["open_errors"] == 1
+    assert (contacts["lag_rows"], contacts["lag_exact"]) == (364, True)  # 137 to 500 wait after the watermark
+    assert contacts["watermark_age_seconds"] > 0
     assert contacts["held_task_url"].startswith("/dags/CRMExport/runs/")
     assert contacts["held_task_url"].endswith("/tasks/export_contacts")
     assert streams["subscriptions"]["held"] is False

@@ -269,17 +269,7 @@ def read_batch(
     conditions = [sql.SQL("{} < %(horizon)s").format(sql.Identifier(stream.order_by[0]))]
     params: dict[str, Any] = {"horizon": horizon, "limit": limit}
     if after is not None:
-        # A full position reads after it; a shorter one (a re-positioned stream:
-        # "changed at or after") reads from it.
-        columns = stream.order_by[: len(after)]
-        placeholders = []
-        for index, column in enumerate(columns):
-            params[f"p{index}"] = after[index]
-            placeholders.append(
-                sql.SQL("CAST({} AS {})").format(sql.Placeholder(f"p{index}"), sql.SQL(column_types[column]))
-            )
-        compare = sql.SQL(">" if len(columns) == len(stream.order_by) else ">=")
-        conditions.append(sql.SQL("({}) {} ({})").format(_columns(columns), compare, sql.SQL(", ").join(placeholders)))
+        conditions.append(_after(stream, after, column_types, params))
     query = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
         columns=_selected(stream),
         table=_table(stream),
@@ -287,6 +277,83 @@ def read_batch(
         order=order,
     )
     return dict_rows(conn, query, params)
+
+
+def _after(stream: Stream, after: list[str], column_types: dict[str, str], params: dict[str, Any]) -> sql.Composed:
+    """Rows after a position: a full position reads after it; a shorter one (a re-positioned stream:
+    "changed at or after") reads from it."""
+    columns = stream.order_by[: len(after)]
+    placeholders = []
+    for index, column in enumerate(columns):
+        params[f"p{index}"] = after[index]
+        placeholders.append(
+            sql.SQL("CAST({} AS {})").format(sql.Placeholder(f"p{index}"), sql.SQL(column_types[column]))
+        )
+    compare = sql.SQL(">" if len(columns) == len(stream.order_by) else ">=")
+    return sql.SQL("({}) {} ({})").format(_columns(columns), compare, sql.SQL(", ").join(placeholders))
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far behind the source Salesforce is for a stream."""
+
+    rows: int  # source rows after the watermark (exact when ``exact``, else the planner's estimate)
+    exact: bool
+    watermark_age_seconds: float | None  # now minus the watermark's change time (timestamptz change columns)
+
+    def describe(self) -> str:
+        rows = f"{self.rows:,} source row(s)" if self.exact else f"about {self.rows:,} source rows (estimate)"
+        age = (
+            f"; the watermark's change time is {_age(self.watermark_age_seconds)} old"
+            if self.watermark_age_seconds is not None
+            else ""
+        )
+        return f"{rows} wait after the watermark{age}"
+
+
+def _age(seconds: float) -> str:
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f} days"
+    if seconds >= 3_600:
+        return f"{seconds / 3_600:.1f} hours"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
+
+
+# Counted exactly up to this many rows (an index range scan); beyond, the planner's estimate is given.
+_LAG_EXACT_UP_TO = 100_000
+
+
+def lag(conn: psycopg.Connection, stream: Stream, position: list[str] | None, column_types: dict[str, str]) -> Lag:
+    """Rows waiting after ``position`` and the watermark's age: cheap at any table size."""
+    params: dict[str, Any] = {"cap": _LAG_EXACT_UP_TO + 1}
+    where = _after(stream, position, column_types, params) if position else sql.SQL("true")
+    counted = conn.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %(cap)s) waiting").format(
+            table=_table(stream), where=where
+        ),
+        params,
+    ).fetchone()[0]
+    rows, exact = counted, True
+    if counted > _LAG_EXACT_UP_TO:
+        with psycopg.ClientCursor(conn) as cursor:  # EXPLAIN takes its values inline
+            plan = cursor.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {where}").format(
+                    table=_table(stream), where=where
+                ),
+                {k: v for k, v in params.items() if k != "cap"},
+            ).fetchone()[0]
+        rows, exact = max(int(plan[0]["Plan"]["Plan Rows"]), counted), False
+    age = None
+    if (
+        position
+        and column_types[stream.order_by[0]].startswith("timestamp")
+        and "with time zone" in (column_types[stream.order_by[0]])
+    ):
+        age = conn.execute("SELECT extract(epoch FROM now() - CAST(%s AS timestamptz))", (position[0],)).fetchone()[0]
+        age = float(age)
+    return Lag(rows, exact, age)
 
 
 def read_rows_by_key(

@@ -24,7 +24,7 @@ from include.crm_export.config import load_streams, stream_definition
 from include.crm_export.db import page_queries, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
-from include.crm_export.errors import SettingsError, StreamBusy, StreamStuck
+from include.crm_export.errors import SettingsError, StreamBusy, StreamConfigError, StreamStuck
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
 from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
 
@@ -113,9 +113,11 @@ def streams(user: User) -> list[dict[str, Any]]:
     configured = load_streams()
     with _db() as conn:
         rows = {row["stream"]: row for row in page_queries.stream_status(conn)}
+        lags = {name: _lag(conn, stream, rows.get(name, {}).get("position")) for name, stream in configured.items()}
     result = []
     for name, stream in configured.items():
         row = rows.get(name, {})
+        lag = lags[name]
         held = row.get("held_record_key")
         result.append(
             {
@@ -128,6 +130,9 @@ def streams(user: User) -> list[dict[str, Any]]:
                 "last_run_exported": row.get("last_run_exported", 0),
                 "records_exported": row.get("records_exported", 0),
                 "open_errors": row.get("open_errors", 0),
+                "lag_rows": lag.rows if lag else None,
+                "lag_exact": lag.exact if lag else None,
+                "watermark_age_seconds": lag.watermark_age_seconds if lag else None,
                 "held": held is not None,
                 "held_record_key": held,
                 "held_external_id": row.get("held_external_id"),
@@ -149,6 +154,15 @@ def late_rows(user: User) -> dict[str, Any]:
     """Whether the export's database user can see every writer (README, "Late rows"); the remedy if not."""
     with _db() as conn:
         return {"warning": source.activity_blind_spot(conn)}
+
+
+def _lag(conn: psycopg.Connection, stream: Any, position: list[str] | None) -> source.Lag | None:
+    """A stream's lag, or None when its source cannot be read (the page still shows the rest)."""
+    try:
+        return source.lag(conn, stream, position, source.column_types(conn, stream))
+    except (psycopg.Error, StreamConfigError) as exc:
+        log.warning("CRM Export page: no lag for stream %s: %s", stream.name, exc)
+        return None
 
 
 @app.get("/api/error-counts")
