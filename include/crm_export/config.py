@@ -75,6 +75,7 @@ class RunLimits(BaseModel):
     request_limit_wait_minutes: Annotated[Number, Field(ge=0.01)] = 30.0
     daily_api_requests: Annotated[WholeNumber, Field(ge=1)] = 100_000
     api_reserve_percent: Annotated[Number, Field(ge=0, le=100)] = 10.0
+    alert_rejected_percent: Annotated[Number, Field(ge=0, le=100)] = 5.0
 
 
 class ExternalIdSettings(BaseModel):
@@ -192,6 +193,8 @@ class Stream:
     daily_api_requests: int = 100_000
     # The share of the org's allowance (Sforce-Limit-Info) left to its other integrations.
     api_reserve_percent: float = 10.0
+    # With pause on error off: notify when a run rejects more than this share of the records it sent.
+    alert_rejected_percent: float = 5.0
 
     @property
     def source(self) -> str:
@@ -307,6 +310,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         request_limit_wait_minutes=float(settings.request_limit_wait_minutes),
         daily_api_requests=settings.daily_api_requests,
         api_reserve_percent=float(settings.api_reserve_percent),
+        alert_rejected_percent=float(settings.alert_rejected_percent),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from include.crm_export.batch import BatchPlan, RunTally
 from include.crm_export.config import Stream
 from include.crm_export.errors import RecordRejected
-from include.crm_export.names import EXPORT_ERRORS_TABLE, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID, SCHEMA
+from include.crm_export.names import (
+    EXPORT_DAG_ID,
+    EXPORT_ERRORS_TABLE,
+    PAUSE_ON_ERROR_VARIABLE,
+    REEXPORT_DAG_ID,
+    SCHEMA,
+)
 
 CAUGHT_UP = "caught up"
 HELD = "held at a rejected record (pause on error)"
@@ -158,4 +164,58 @@ def stream_changed_message(stream: str, changes: list[str]) -> str:
         "stream on purpose, from the start or from a change time: python -m include.crm_export reposition "
         f"--stream {stream} --from-start (or --from-change-time 2026-01-01T00:00:00Z), or the Re-position action "
         "on the CRM Export page. Then clear this task."
+    )
+
+
+OK = "ok"
+REJECTING = "rejecting"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One notification: a stream changed state."""
+
+    state: str  # the state it announces (stored, so the next run does not say it again)
+    subject: str
+    body: str
+
+
+def stream_state(result: ExportResult, stream: Stream) -> str:
+    """held:<record>, rejecting (pause on error off, too many rejected), or ok."""
+    if result.held is not None:
+        return f"held:{result.held.record_key}"
+    sent = result.tally.exported + result.tally.errors
+    if not result.pause_on_error and sent and result.tally.errors * 100 > stream.alert_rejected_percent * sent:
+        return REJECTING
+    return OK
+
+
+def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | None:
+    """The notification a run calls for: one per change of state, never one per run."""
+    state = stream_state(result, stream)
+    if state == previous:
+        return None
+    name = f"stream '{stream.name}'"
+    if result.held is not None:
+        return Alert(
+            state, f"{EXPORT_DAG_ID}: {name} is held at record {result.held.record_key}", result.held.message()
+        )
+    if state == REJECTING:
+        sent = result.tally.exported + result.tally.errors
+        return Alert(
+            state,
+            f"{EXPORT_DAG_ID}: {name} rejected {result.tally.errors} of {sent} records",
+            f"{result.summary()} More than {stream.alert_rejected_percent:g}% of the records sent were rejected "
+            f"with {PAUSE_ON_ERROR_VARIABLE} off ({result.tally.errors_text()}); they are open in "
+            f"{EXPORT_ERRORS_TABLE}. Fix the cause in Salesforce or the source; {REEXPORT_DAG_ID} re-exports them.",
+        )
+    if previous.startswith("held:"):
+        return Alert(
+            state,
+            f"{EXPORT_DAG_ID}: {name} recovered",
+            f"The record {name} was held at ({previous.removeprefix('held:')}) went through; the export carries on. "
+            + result.summary(),
+        )
+    return Alert(
+        state, f"{EXPORT_DAG_ID}: {name} recovered", f"Rejections are back below the threshold. {result.summary()}"
     )

@@ -17,6 +17,7 @@ CLI_DAG_ID = "cli"  # recorded as dag_id for work done from the command line
 PAUSE_ON_ERROR_VARIABLE = "crm_export_pause_on_error"
 SALESFORCE_CONN_ID = "salesforce_default"
 POSTGRES_CONN_ID = "crm_export_postgres"
+EMAIL_CONN_ID = "crm_export_email"  # SMTP connection for notifications (extras: to, from_email); absent = off
 
 # The project's own PostgreSQL schema and tables
 SCHEMA = "crm_export"

@@ -24,6 +24,7 @@ from include.crm_export.errors import (
 )
 from include.crm_export.export import RunContext, export_stream
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
+from include.crm_export.notify import notify_state_change
 from include.crm_export.reexport import ReexportOptions, reexport_stream
 from include.crm_export.salesforce import writer_for
 from include.crm_export.settings import parse_pause_on_error
@@ -79,13 +80,15 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
     ):
         stream = load_streams()[stream_name]
         read_pause_on_error()  # a bad value fails before anything is sent
+        database = Database()
         result = export_stream(
             stream,
-            database=Database(),
+            database=database,
             writer=writer_for(stream),
             pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
+    notify_state_change(stream, result, database)
     if result.held is not None:
         message = result.held.message()
         log.error("%s", message)

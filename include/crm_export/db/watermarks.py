@@ -193,6 +193,17 @@ def advance_watermark(
     )
 
 
+def alert_state(conn: psycopg.Connection, stream: Stream) -> str:
+    """The state the last notification about the stream announced."""
+    row = conn.execute(sql.SQL("SELECT alert_state FROM {} WHERE stream = %s").format(WATERMARKS), (stream.name,))
+    found = row.fetchone()
+    return found[0] if found else "ok"
+
+
+def set_alert_state(conn: psycopg.Connection, stream: Stream, state: str) -> None:
+    conn.execute(sql.SQL("UPDATE {} SET alert_state = %s WHERE stream = %s").format(WATERMARKS), (state, stream.name))
+
+
 def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str, definition: dict[str, Any]) -> None:
     """Record that a run looked at the stream, even when it found nothing to export."""
     with conn.transaction():
