@@ -26,6 +26,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from include.crm_export import metrics
 from include.crm_export.config import load_streams, stream_definition
 from include.crm_export.db import export_errors, source, watermarks
 from include.crm_export.db.connection import Database
@@ -80,6 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         pause_on_error=pause_on_error,
         context=_cli_context(),
     )
+    metrics.initialize_for_a_command()
+    metrics.emit_run_metrics(result)
     print(result.summary())
     if result.held:
         print(result.held.message())

@@ -127,6 +127,7 @@ class ExportResult:
     pause_on_error: bool = True
     skipped_with_pause_on_error_off: int = 0
     lag: str | None = None  # how far behind the source Salesforce is when the run ends
+    lag_rows: int | None = None  # source rows after the watermark when the run ends
 
     def summary(self) -> str:
         text = (

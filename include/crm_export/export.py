@@ -184,11 +184,11 @@ class StreamExport:
                 definition=self.definition,
             )
 
-    def lag(self) -> str | None:
-        """How far behind the source the stream is now (for the closing log line); never fails the run."""
+    def lag(self) -> source.Lag | None:
+        """How far behind the source the stream is now (closing log line, metrics); never fails the run."""
         try:
             position = watermarks.load_watermark(self.conn, self.stream).position
-            return source.lag(self.reader, self.stream, position, self.column_types).describe()
+            return source.lag(self.reader, self.stream, position, self.column_types)
         except psycopg.Error as exc:
             log.warning("Could not measure the lag of stream '%s': %s", self.stream.name, exc)
             return None
@@ -274,7 +274,9 @@ def export_stream(
                     wait([future])
         if result.tally.batches == 0:
             run.note_idle_run()
-        result.lag = run.lag()
+        lag = run.lag()
+        if lag is not None:
+            result.lag, result.lag_rows = lag.describe(), lag.rows
 
     log.info(result.summary())
     warning = result.incomplete_warning()

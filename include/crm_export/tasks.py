@@ -23,6 +23,7 @@ from include.crm_export.errors import (
     StreamStuck,
 )
 from include.crm_export.export import RunContext, export_stream
+from include.crm_export.metrics import emit_run_metrics
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 from include.crm_export.notify import notify_state_change
 from include.crm_export.reexport import ReexportOptions, reexport_stream
@@ -88,6 +89,7 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
             pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
+    emit_run_metrics(result)
     notify_state_change(stream, result, database)
     if result.held is not None:
         message = result.held.message()
