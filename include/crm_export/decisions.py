@@ -116,6 +116,35 @@ def pause_on_error_change(current: bool, latest: bool) -> PauseOnErrorChange | N
     return None if latest == current else PauseOnErrorChange(latest)
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How far behind the source Salesforce is for a stream."""
+
+    rows: int  # source rows after the watermark (exact when ``exact``, else the planner's estimate)
+    exact: bool
+    watermark_age_seconds: float | None  # now minus the watermark's change time (timestamptz change columns)
+
+    def describe(self) -> str:
+        rows = f"{self.rows:,} source row(s)" if self.exact else f"about {self.rows:,} source rows (estimate)"
+        age = (
+            f"; the watermark's change time is {age_text(self.watermark_age_seconds)} old"
+            if self.watermark_age_seconds is not None
+            else ""
+        )
+        return f"{rows} wait after the watermark{age}"
+
+
+def age_text(seconds: float) -> str:
+    """A duration as a person reads it in a log line: 2.0 hours, 3 minutes, 40 seconds."""
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f} days"
+    if seconds >= 3_600:
+        return f"{seconds / 3_600:.1f} hours"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
+
+
 @dataclass
 class ExportResult:
     """What one run of one stream did; its summary is the run's closing log line."""
@@ -126,8 +155,7 @@ class ExportResult:
     stopped_because: str = CAUGHT_UP
     pause_on_error: bool = True
     skipped_with_pause_on_error_off: int = 0
-    lag: str | None = None  # how far behind the source Salesforce is when the run ends
-    lag_rows: int | None = None  # source rows after the watermark when the run ends
+    lag: Lag | None = None  # how far behind the source Salesforce is when the run ends
 
     def summary(self) -> str:
         text = (
@@ -137,7 +165,7 @@ class ExportResult:
         if self.held:
             text += f" HELD at record {self.held.record_key} ({self.held.rejection.code})."
         if self.lag:
-            text += f" Lag: {self.lag}."
+            text += f" Lag: {self.lag.describe()}."
         return text
 
     def incomplete_warning(self) -> str | None:

@@ -38,6 +38,7 @@ from include.crm_export.decisions import (
     HELD,
     INCONSISTENCY_WARNING,
     ExportResult,
+    Lag,
     api_budget_stop,
     held_record,
     next_batch_size,
@@ -86,7 +87,9 @@ class StreamExport:
         self.change = change_column(stream, self.column_types[stream.order_by[0]])
         self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
-        self._check_definition(stream_definition(stream, self.column_types))
+        self.position = self.watermark.position  # where the watermark is now: moved by each commit
+        self.definition = stream_definition(stream, self.column_types)
+        self._check_definition()
         if source.is_view(conn, stream):
             self._check_every_row_has_a_place()
         self._own_backends = (conn.info.backend_pid, reader.info.backend_pid)
@@ -96,15 +99,14 @@ class StreamExport:
         # stream has none (the common case).
         self._has_open_errors = export_errors.has_open_errors(conn, stream)
 
-    def _check_definition(self, definition: dict) -> None:
+    def _check_definition(self) -> None:
         """A watermark taken under another stream definition is never continued silently.
 
         The current definition is written with the run's first commit (or its
         idle-run note), not here: a run that has not committed anything has
         changed nothing.
         """
-        self.definition = definition
-        stored, position = self.watermark.definition, self.watermark
+        definition, stored, position = self.definition, self.watermark.definition, self.watermark
         if stored is None or stored == definition:
             return
         if position.position is None and position.held_record_key is None:
@@ -183,12 +185,13 @@ class StreamExport:
                 run_id=self.context.run_id,
                 definition=self.definition,
             )
+        if plan.new_position is not None:
+            self.position = position_to_json(plan.new_position)
 
-    def lag(self) -> source.Lag | None:
+    def lag(self) -> Lag | None:
         """How far behind the source the stream is now (closing log line, metrics); never fails the run."""
         try:
-            position = watermarks.load_watermark(self.conn, self.stream).position
-            return source.lag(self.reader, self.stream, position, self.column_types)
+            return source.lag(self.reader, self.stream, self.position, self.column_types)
         except psycopg.Error as exc:
             log.warning("Could not measure the lag of stream '%s': %s", self.stream.name, exc)
             return None
@@ -274,9 +277,7 @@ def export_stream(
                     wait([future])
         if result.tally.batches == 0:
             run.note_idle_run()
-        lag = run.lag()
-        if lag is not None:
-            result.lag, result.lag_rows = lag.describe(), lag.rows
+        result.lag = run.lag()
 
     log.info(result.summary())
     warning = result.incomplete_warning()

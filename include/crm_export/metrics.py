@@ -26,8 +26,8 @@ def emit_run_metrics(result: ExportResult) -> None:
         for code, count in result.tally.errors_by_code.items():
             Stats.incr(f"{SCHEMA}.rejected.{stream}.{code}", count, tags={**tags, "code": code})
         Stats.gauge(f"{SCHEMA}.held.{stream}", 1 if result.held is not None else 0, tags=tags)
-        if result.lag_rows is not None:
-            Stats.gauge(f"{SCHEMA}.lag_rows.{stream}", result.lag_rows, tags=tags)
+        if result.lag is not None:
+            Stats.gauge(f"{SCHEMA}.lag_rows.{stream}", result.lag.rows, tags=tags)
     except Exception as exc:  # metrics are for watching a run, never a reason to fail it
         log.warning("Could not emit the metrics of stream '%s': %s", stream, exc)
 

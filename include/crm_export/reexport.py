@@ -29,6 +29,7 @@ from include.crm_export.db import api_requests, export_errors, source
 from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
+from include.crm_export.decisions import age_text
 from include.crm_export.errors import RecordRejected, SettingsError
 from include.crm_export.export import RunContext
 from include.crm_export.mapping import SourceRecord, map_row
@@ -120,16 +121,8 @@ class ReexportResult:
         age = now - self.oldest_open_since
         return (
             f"{head} Open errors left: {self.open_left}; the oldest has been open since "
-            f"{self.oldest_open_since:%Y-%m-%d %H:%M} UTC ({_age(age.total_seconds())})."
+            f"{self.oldest_open_since:%Y-%m-%d %H:%M} UTC ({age_text(age.total_seconds())})."
         )
-
-
-def _age(seconds: float) -> str:
-    if seconds >= 86_400:
-        return f"{seconds / 86_400:.1f} days"
-    if seconds >= 3_600:
-        return f"{seconds / 3_600:.1f} hours"
-    return f"{seconds / 60:.0f} minutes"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from include.crm_export.config import ANY_TIME_ZONE, ChangeColumn, Stream, change_column
 from include.crm_export.db.connection import dict_rows
+from include.crm_export.decisions import Lag
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.mapping import RECORD_KEY
 from include.crm_export.names import POSTGRES_CONN_ID
@@ -149,7 +150,6 @@ def export_horizon(
     change: ChangeColumn,
     *,
     exclude_backends: tuple[int, ...] = (),
-    record_sample: bool = True,
 ) -> Horizon:
     """How far the export may read: now minus the settle window, and never past a writer still open.
 
@@ -188,8 +188,7 @@ def export_horizon(
             "backend_type": backend_type,
             "since": oldest_start,
         }
-    if record_sample:
-        _record_sample(conn, stream, bound)
+    _record_sample(conn, stream, bound)
     if gid is not None and (prepared_floor is None or prepared_floor < bound):
         held_back_by = {"kind": "prepared", "gid": gid, "prepared": prepared, "owner": owner, "since": prepared_floor}
         if prepared_floor is None:
@@ -291,34 +290,6 @@ def _after(stream: Stream, after: list[str], column_types: dict[str, str], param
         )
     compare = sql.SQL(">" if len(columns) == len(stream.order_by) else ">=")
     return sql.SQL("({}) {} ({})").format(_columns(columns), compare, sql.SQL(", ").join(placeholders))
-
-
-@dataclass(frozen=True)
-class Lag:
-    """How far behind the source Salesforce is for a stream."""
-
-    rows: int  # source rows after the watermark (exact when ``exact``, else the planner's estimate)
-    exact: bool
-    watermark_age_seconds: float | None  # now minus the watermark's change time (timestamptz change columns)
-
-    def describe(self) -> str:
-        rows = f"{self.rows:,} source row(s)" if self.exact else f"about {self.rows:,} source rows (estimate)"
-        age = (
-            f"; the watermark's change time is {_age(self.watermark_age_seconds)} old"
-            if self.watermark_age_seconds is not None
-            else ""
-        )
-        return f"{rows} wait after the watermark{age}"
-
-
-def _age(seconds: float) -> str:
-    if seconds >= 86_400:
-        return f"{seconds / 86_400:.1f} days"
-    if seconds >= 3_600:
-        return f"{seconds / 3_600:.1f} hours"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f} minutes"
-    return f"{seconds:.0f} seconds"
 
 
 # Counted exactly up to this many rows (an index range scan); beyond, the planner's estimate is given.

@@ -24,6 +24,7 @@ from include.crm_export.config import load_streams, stream_definition
 from include.crm_export.db import page_queries, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
+from include.crm_export.decisions import Lag
 from include.crm_export.errors import SettingsError, StreamBusy, StreamConfigError, StreamStuck
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
 from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
@@ -156,7 +157,7 @@ def late_rows(user: User) -> dict[str, Any]:
         return {"warning": source.activity_blind_spot(conn)}
 
 
-def _lag(conn: psycopg.Connection, stream: Any, position: list[str] | None) -> source.Lag | None:
+def _lag(conn: psycopg.Connection, stream: Any, position: list[str] | None) -> Lag | None:
     """A stream's lag, or None when its source cannot be read (the page still shows the rest)."""
     try:
         return source.lag(conn, stream, position, source.column_types(conn, stream))
