@@ -18,6 +18,9 @@ PAUSE_ON_ERROR_VARIABLE = "crm_export_pause_on_error"
 SALESFORCE_CONN_ID = "salesforce_default"
 POSTGRES_CONN_ID = "crm_export_postgres"
 EMAIL_CONN_ID = "crm_export_email"  # SMTP connection for notifications (extras: to, from_email); absent = off
+SLACK_CONN_ID = (
+    "crm_export_slack"  # Slack Incoming Webhook connection for notifications (password: webhook URL); absent = off
+)
 
 # The project's own PostgreSQL schema and tables
 SCHEMA = "crm_export"

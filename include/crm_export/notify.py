@@ -1,54 +1,48 @@
 """Notifications when a stream changes state: held, recovered, rejecting too many records.
 
-Off until the Airflow connection ``crm_export_email`` (type SMTP) exists; its
-extras name the recipients (``to``, comma-separated) and the sender
-(``from_email``). Mail goes through the SMTP provider's ``SmtpNotifier``.
-One message per change of state (remembered in PostgreSQL), never one per
-run; a failure to send is logged and retried by the next run, and never
-fails the export.
+Each channel is off until its Airflow connection exists:
+
+- ``crm_export_email`` (type SMTP): mail through the SMTP provider's
+  ``SmtpNotifier``; its extras name the recipients (``to``, comma-separated)
+  and the sender (``from_email``).
+- ``crm_export_slack`` (type Slack Incoming Webhook): a message through the
+  Slack provider's ``SlackWebhookNotifier``; the webhook URL (or its token) is
+  the connection's password.
+
+One message per change of state and channel (remembered in PostgreSQL), never
+one per run; a channel that fails to deliver is logged and tried again by the
+next run, the others are not repeated, and the export's outcome never depends
+on a notification.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from include.crm_export.config import Stream
 from include.crm_export.db import watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.decisions import Alert, ExportResult, alert_for
-from include.crm_export.names import EMAIL_CONN_ID
+from include.crm_export.names import EMAIL_CONN_ID, SLACK_CONN_ID
 
 log = logging.getLogger(__name__)
 
 
-def notify_state_change(stream: Stream, result: ExportResult, database: Database) -> Alert | None:
-    """Send the notification this run calls for, if any and if notifications are configured."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        connection = BaseHook.get_connection(EMAIL_CONN_ID)
-    except AirflowNotFoundException:
-        return None  # notifications are off
-    try:
-        with database.connect(application_name=f"crm-export {stream.name} notify") as conn:
-            alert = alert_for(watermarks.alert_state(conn, stream), result, stream)
-            if alert is None:
-                return None
-            _send_email(connection, alert)
-            watermarks.set_alert_state(conn, stream, alert.state)
-            log.info("Notified %s: %s", connection.extra_dejson.get("to"), alert.subject)
-            return alert
-    except Exception as exc:  # a notification must never cost the export its outcome
-        log.warning("Could not send the notification for stream '%s' (the next run tries again): %s", stream.name, exc)
-        return None
+@dataclass(frozen=True)
+class Channel:
+    name: str  # as stored in stream_alerts
+    conn_id: str
+    send: Callable[[Any, Alert], None]  # (the Airflow connection, the alert)
 
 
-def _send_email(connection: object, alert: Alert) -> None:
+def _send_email(connection: Any, alert: Alert) -> None:
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    extras = connection.extra_dejson  # type: ignore[attr-defined]
+    extras = connection.extra_dejson
     recipients = [address.strip() for address in str(extras.get("to", "")).split(",") if address.strip()]
     if not recipients:
         raise ValueError(f"the connection {EMAIL_CONN_ID} names no recipients: set its extra 'to'")
@@ -59,3 +53,66 @@ def _send_email(connection: object, alert: Alert) -> None:
         subject=alert.subject,
         html_content=f"<pre style='white-space: pre-wrap'>{html.escape(alert.body)}</pre>",
     ).notify({})
+
+
+def slack_text(alert: Alert) -> str:
+    """The alert as Slack mrkdwn: bold subject, the body as a code block (Slack wants &, < and > escaped)."""
+
+    def escape(text: str) -> str:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    return f"*{escape(alert.subject)}*\n```{escape(alert.body)}```"
+
+
+def _send_slack(connection: Any, alert: Alert) -> None:
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    SlackWebhookNotifier(slack_webhook_conn_id=SLACK_CONN_ID, text=slack_text(alert), unfurl_links=False).notify({})
+
+
+CHANNELS = (Channel("email", EMAIL_CONN_ID, _send_email), Channel("slack", SLACK_CONN_ID, _send_slack))
+
+
+def _configured() -> list[tuple[Channel, Any]]:
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    found = []
+    for channel in CHANNELS:
+        try:
+            found.append((channel, BaseHook.get_connection(channel.conn_id)))
+        except AirflowNotFoundException:
+            continue  # this channel is off
+    return found
+
+
+def notify_state_change(stream: Stream, result: ExportResult, database: Database) -> list[Alert]:
+    """Send, on each configured channel, the notification this run calls for there; the alerts sent."""
+    channels = _configured()
+    if not channels:
+        return []
+    sent = []
+    try:
+        with database.connect(application_name=f"crm-export {stream.name} notify") as conn:
+            for channel, connection in channels:
+                alert = alert_for(watermarks.alert_state(conn, stream, channel.name), result, stream)
+                if alert is None:
+                    continue
+                try:
+                    channel.send(connection, alert)
+                except Exception as exc:  # a notification must never cost the export its outcome
+                    log.warning(
+                        "Could not send the %s notification for stream '%s' (connection %s; the next run tries "
+                        "again): %s",
+                        channel.name,
+                        stream.name,
+                        channel.conn_id,
+                        exc,
+                    )
+                    continue
+                watermarks.set_alert_state(conn, stream, channel.name, alert.state)
+                log.info("Notified by %s: %s", channel.name, alert.subject)
+                sent.append(alert)
+    except Exception as exc:
+        log.warning("Could not notify about stream '%s' (the next run tries again): %s", stream.name, exc)
+    return sent

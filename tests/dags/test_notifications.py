@@ -1,9 +1,12 @@
-"""Notifications by email, end to end: a real SMTP server (aiosmtpd) started by the test receives them."""
+"""Notifications end to end: a real SMTP server (aiosmtpd) and an HTTP server shaped like a Slack Incoming
+Webhook, both started by the test, receive what the providers' notifiers send."""
 
 from __future__ import annotations
 
 import json
+import threading
 from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -96,4 +99,88 @@ def test_without_the_connection_nothing_is_sent_and_nothing_fails(db, emulator, 
     run = run_dag(streams_file=write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)}))
     assert run.task_states["export_contacts"] == "failed"
     assert "is held at record 2" in run.log
-    assert "Could not send the notification" not in run.log
+    assert "Could not send the" not in run.log
+    assert "Notified by" not in run.log
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    """An HTTP server shaped like a Slack Incoming Webhook, and crm_export_slack pointing at it.
+
+    Yields the JSON payloads received; ``slack.status`` sets what it answers (Slack answers 200 "ok").
+    """
+
+    class Webhook(list):
+        status = 200
+
+    received = Webhook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = b"ok" if received.status == 200 else b"no_service"
+            if received.status == 200:
+                received.append((self.path, payload))
+            self.send_response(received.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/services/T0001/B0001/secret"
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_EXPORT_SLACK", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    try:
+        yield received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_slack_hears_held_and_recovered_once_each(db, emulator, run_dag, slack, tmp_path):
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    insert_contacts(db, 10)
+    rule = emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "4"},
+        message="Title must be <set> & valid",
+        fields=["Title"],
+    )
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    emulator.remove_rule(rule["id"])
+    assert run_dag(streams_file=streams).state == "success"
+    assert run_dag(streams_file=streams).state == "success"
+
+    assert [path for path, _ in slack] == ["/services/T0001/B0001/secret"] * 2
+    held, recovered = (payload["text"] for _, payload in slack)
+    assert held.startswith("*CRMExport: stream 'contacts' is held at record 4*\n```")
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: Title must be &lt;set&gt; &amp; valid (fields: Title)" in held
+    assert "clear this task" in held
+    assert recovered.startswith("*CRMExport: stream 'contacts' recovered*")
+    assert slack[0][1]["unfurl_links"] is False
+
+
+def test_a_channel_that_fails_is_retried_without_repeating_the_others(db, emulator, run_dag, slack, mailbox, tmp_path):
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    insert_contacts(db, 5)
+    emulator.add_rule(cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "2"})
+    slack.status = 500  # Slack is down for the first run
+
+    first = run_dag(streams_file=streams, retries=False)
+    assert first.task_states["export_contacts"] == "failed"
+    assert "is held at record 2" in first.log  # the task's own outcome, whatever the notifications did
+    assert "Could not send the slack notification for stream 'contacts' (connection crm_export_slack" in first.log
+    assert [m["Subject"] for _, m in mailbox] == ["CRMExport: stream 'contacts' is held at record 2"]
+    assert slack == []
+
+    slack.status = 200
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    assert [payload["text"].split("\n")[0] for _, payload in slack] == [
+        "*CRMExport: stream 'contacts' is held at record 2*"
+    ]
+    assert len(mailbox) == 1  # email had already said it

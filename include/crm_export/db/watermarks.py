@@ -23,6 +23,7 @@ from include.crm_export.mapping import position_to_json
 from include.crm_export.names import SCHEMA, WATERMARKS_TABLE
 
 WATERMARKS = sql.Identifier(SCHEMA, WATERMARKS_TABLE)
+STREAM_ALERTS = sql.Identifier(SCHEMA, "stream_alerts")
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,23 @@ def advance_watermark(
     )
 
 
-def alert_state(conn: psycopg.Connection, stream: Stream) -> str:
-    """The state the last notification about the stream announced."""
-    row = conn.execute(sql.SQL("SELECT alert_state FROM {} WHERE stream = %s").format(WATERMARKS), (stream.name,))
-    found = row.fetchone()
+def alert_state(conn: psycopg.Connection, stream: Stream, channel: str) -> str:
+    """The state the last notification on ``channel`` announced about the stream (``ok`` if none)."""
+    found = conn.execute(
+        sql.SQL("SELECT state FROM {} WHERE stream = %s AND channel = %s").format(STREAM_ALERTS),
+        (stream.name, channel),
+    ).fetchone()
     return found[0] if found else "ok"
 
 
-def set_alert_state(conn: psycopg.Connection, stream: Stream, state: str) -> None:
-    conn.execute(sql.SQL("UPDATE {} SET alert_state = %s WHERE stream = %s").format(WATERMARKS), (state, stream.name))
+def set_alert_state(conn: psycopg.Connection, stream: Stream, channel: str, state: str) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (stream, channel, state) VALUES (%s, %s, %s) "
+            "ON CONFLICT (stream, channel) DO UPDATE SET state = excluded.state, announced_at = now()"
+        ).format(STREAM_ALERTS),
+        (stream.name, channel, state),
+    )
 
 
 def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str, definition: dict[str, Any]) -> None:
