@@ -76,6 +76,7 @@ class RunLimits(BaseModel):
     daily_api_requests: Annotated[WholeNumber, Field(ge=1)] = 100_000
     api_reserve_percent: Annotated[Number, Field(ge=0, le=100)] = 10.0
     alert_rejected_percent: Annotated[Number, Field(ge=0, le=100)] = 5.0
+    run_history_days: Annotated[WholeNumber, Field(ge=1)] = 90
 
 
 class ExternalIdSettings(BaseModel):
@@ -195,6 +196,8 @@ class Stream:
     api_reserve_percent: float = 10.0
     # With pause on error off: notify when a run rejects more than this share of the records it sent.
     alert_rejected_percent: float = 5.0
+    # How long the stream's rows in export_runs (the page's history) are kept.
+    run_history_days: int = 90
 
     @property
     def source(self) -> str:
@@ -311,6 +314,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         daily_api_requests=settings.daily_api_requests,
         api_reserve_percent=float(settings.api_reserve_percent),
         alert_rejected_percent=float(settings.alert_rejected_percent),
+        run_history_days=settings.run_history_days,
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

@@ -31,7 +31,7 @@ import psycopg
 
 from include.crm_export.batch import BatchPlan, plan_batch
 from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
-from include.crm_export.db import api_requests, export_errors, source, watermarks
+from include.crm_export.db import api_requests, export_errors, run_history, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import (
@@ -228,6 +228,7 @@ def export_stream(
         next_read: Future | None = pool.submit(
             run.read, run.watermark.position, next_batch_size(stream, records_read=0), clock=clock
         )
+        failure: Exception | None = None
         try:
             while next_read is not None:
                 horizon, records = next_read.result()
@@ -270,20 +271,42 @@ def export_stream(
             if pending_commit is not None:
                 pending_commit.result()
                 pending_commit = None
+        except Exception as exc:
+            failure = exc
+            raise
         finally:
             # On a failure, let an in-flight commit of an earlier, confirmed batch finish.
             for future in (pending_commit, next_read):
                 if future is not None:
                     wait([future])
+            if failure is not None:
+                _record_run(run, result, clock() - started, failure=failure)
         if result.tally.batches == 0:
             run.note_idle_run()
         result.lag = run.lag()
+        _record_run(run, result, clock() - started)
 
     log.info(result.summary())
     warning = result.incomplete_warning()
     if warning:
         log.warning("%s", warning)
     return result
+
+
+def _record_run(run: StreamExport, result: ExportResult, seconds: float, *, failure: Exception | None = None) -> None:
+    """Add the run to the history the page charts; never hides the run's own outcome behind the bookkeeping."""
+    try:
+        run_history.record_run(
+            run.conn,
+            run.stream,
+            result,
+            dag_id=run.context.dag_id,
+            run_id=run.context.run_id,
+            seconds=seconds,
+            failure=None if failure is None else f"{type(failure).__name__}: {failure}"[:2000],
+        )
+    except psycopg.Error as exc:
+        log.warning("Could not add this run of stream '%s' to the run history: %s", run.stream.name, exc)
 
 
 def _count_requests(run: StreamExport, writer: CollectionWriter) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -112,6 +113,16 @@ def test_api_shows_where_each_stream_stands_and_its_errors(airflow):
     assert [(c["status"], c["stream"], c["error_code"], c["count"]) for c in counts] == [
         ("open", "contacts", "FIELD_CUSTOM_VALIDATION_EXCEPTION", 1)
     ]
+    history = call(airflow, "GET", "/crm-export/api/runs", params={"stream": "contacts"}).json()
+    held_run = history["runs"][-1]  # the first run: held at the demo's blocked contact
+    assert (held_run["outcome"], held_run["exported"], held_run["held_record_key"]) == ("held", 136, "137")
+    assert held_run["rejected_by_code"] == {"FIELD_CUSTOM_VALIDATION_EXCEPTION": 1}
+    assert held_run["pause_on_error"] is True
+    assert held_run["task_url"] == f"/dags/CRMExport/runs/{quote(held_run['run_id'], safe='')}/tasks/export_contacts"
+    (today,) = {(d["stream"], d["day"]) for d in history["open_errors_by_day"]}
+    assert today[0] == "contacts"
+    assert history["open_errors_by_day"][0]["open_errors_by_code"] == {"FIELD_CUSTOM_VALIDATION_EXCEPTION": 1}
+    assert call(airflow, "GET", "/crm-export/api/runs", params={"days": 0}).status_code == 422
     # The local run's database user sees every session, so the page has no late-rows warning to show.
     assert call(airflow, "GET", "/crm-export/api/late-rows").json() == {"warning": None}
 
@@ -181,7 +192,13 @@ def test_page_in_chromium_warns_before_turning_pause_off(airflow):
         wait.until(lambda _: element("pause-on-error-state").text == "ON")
         wait.until(lambda _: "HELD at record 137" in element("streams").text)
         assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in element("errors").text
+        wait.until(lambda _: "held at 137" in element("runs").text)
+        assert browser.find_elements(By.CSS_SELECTOR, "[data-testid=chart-runs] svg rect")
+        assert browser.find_elements(By.CSS_SELECTOR, "[data-testid=chart-errors] svg rect")
+        assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in browser.find_element(By.ID, "chart-errors-legend").text
+        assert "refreshing every" in element("live").text
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        browser.set_window_size(1400, 1500)
         browser.save_screenshot(str(SCREENSHOT))
 
         element("pause-on-error-toggle").click()
@@ -201,6 +218,32 @@ def test_page_in_chromium_warns_before_turning_pause_off(airflow):
         wait.until(lambda _: element("pause-on-error-state").text == "ON")
         assert element("confirm-off").get_attribute("open") is None
         assert variable(airflow) == "true"
+    finally:
+        browser.quit()
+
+
+def test_the_page_refreshes_itself_and_shows_a_new_run(airflow):
+    """A run triggered while the page is open appears in its run table without a reload."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait_until_held(airflow)
+    browser = chromium()
+    try:
+        browser.get(f"{airflow}/crm-export/api/streams")
+        browser.add_cookie({"name": "_token", "value": token(airflow, "admin"), "path": "/"})
+        browser.get(f"{airflow}/crm-export/")
+        WebDriverWait(browser, 30).until(lambda _: "held at 137" in browser.find_element(By.ID, "runs").text)
+        loaded_at = browser.execute_script("return window.crmExportPageLoadedAt")
+
+        run_id = call(airflow, "POST", "/api/v2/dags/CRMExport/dagRuns", json={"logical_date": None}).json()[
+            "dag_run_id"
+        ]
+        link = f"a[href*='{quote(run_id, safe='')}']"
+        WebDriverWait(browser, 240, poll_frequency=1).until(lambda _: browser.find_elements(By.CSS_SELECTOR, link))
+        assert browser.execute_script("return window.crmExportPageLoadedAt") == loaded_at  # not reloaded
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT.with_name("crm-export-page-refreshed.png")))
     finally:
         browser.quit()
 

@@ -77,6 +77,20 @@ def lock_stream(conn: psycopg.Connection, stream: Stream) -> None:
     )
 
 
+def exporting_now(conn: psycopg.Connection, streams: list[Stream]) -> set[str]:
+    """The streams whose lock a session holds right now: a run is going (pg_locks needs no privilege)."""
+    if not streams:
+        return set()
+    keys = {_lock_key(stream): stream.name for stream in streams}
+    rows = conn.execute(
+        """SELECT k.key FROM unnest(%s::text[]) AS k(key)
+           WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                         AND l.objid = (hashtextextended(k.key, 0) & 4294967295)::oid)""",
+        (list(keys),),
+    ).fetchall()
+    return {keys[key] for (key,) in rows}
+
+
 def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
     with conn.transaction():
         conn.execute(

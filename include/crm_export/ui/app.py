@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import psycopg
 import requests
@@ -21,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
 
 from include.crm_export.config import load_streams, stream_definition
-from include.crm_export.db import page_queries, source, watermarks
+from include.crm_export.db import page_queries, run_history, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import Lag
@@ -115,6 +116,7 @@ def streams(user: User) -> list[dict[str, Any]]:
     with _db() as conn:
         rows = {row["stream"]: row for row in page_queries.stream_status(conn)}
         lags = {name: _lag(conn, stream, rows.get(name, {}).get("position")) for name, stream in configured.items()}
+        exporting = watermarks.exporting_now(conn, list(configured.values()))
     result = []
     for name, stream in configured.items():
         row = rows.get(name, {})
@@ -134,6 +136,7 @@ def streams(user: User) -> list[dict[str, Any]]:
                 "lag_rows": lag.rows if lag else None,
                 "lag_exact": lag.exact if lag else None,
                 "watermark_age_seconds": lag.watermark_age_seconds if lag else None,
+                "exporting": name in exporting,
                 "held": held is not None,
                 "held_record_key": held,
                 "held_external_id": row.get("held_external_id"),
@@ -148,6 +151,28 @@ def streams(user: User) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+@app.get("/api/runs")
+def runs(
+    user: User,
+    days: Annotated[int, Query(ge=1, le=366)] = 14,
+    stream: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 500,
+) -> dict[str, Any]:
+    """Run history for the charts and the table: the newest runs, and open errors by code per stream and day."""
+    configured = load_streams()
+    with _db() as conn:
+        recent = run_history.recent_runs(conn, days=days, stream=stream or None, limit=limit)
+        by_day = run_history.open_errors_by_day(conn, days=days, stream=stream or None)
+    for run in recent:
+        known = configured.get(run["stream"])
+        run["task_url"] = (
+            f"/dags/{EXPORT_DAG_ID}/runs/{quote(run['run_id'], safe='')}/tasks/{known.task_id}"
+            if known is not None and run["dag_id"] == EXPORT_DAG_ID
+            else None
+        )
+    return {"days": days, "runs": recent, "open_errors_by_day": by_day}
 
 
 @app.get("/api/late-rows")
