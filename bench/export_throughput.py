@@ -1,6 +1,8 @@
-"""Export throughput and memory: crm-export against a bare simple-salesforce loop.
+"""Export throughput and memory: crm-export against a bare simple-salesforce loop, at loopback and at a real
+org's latency.
 
-    .venv/bin/python bench/export_throughput.py [--rows 100000] [--big-rows 1000000] [--rounds 2]
+    .venv/bin/python bench/export_throughput.py [--rows 100000] [--big-rows 1000000] [--rounds 5]
+                                               [--latency-ms 150] [--latency-rows 20000]
 
 Starts its own embedded PostgreSQL and Salesforce emulator (under
 .crm_export/bench), fills crm.contacts, then for each round exports every row
@@ -8,7 +10,12 @@ twice against an emptied emulator: once through crm-export's export_stream
 (watermark, ExportErrors bookkeeping, transactions) and once through a bare
 loop that reads the same rows in the same batches of 200 and upserts them with
 simple-salesforce, with no bookkeeping. Each runs in its own process so its
-peak RSS is its own. Then crm-export alone exports --big-rows rows for memory.
+peak RSS is its own. Then, with the emulator answering each request in
+--latency-ms (give or take a fifth, so concurrent requests finish out of order),
+--latency-rows rows three ways: crm-export with its defaults (several requests
+in flight), crm-export with one request in flight, and the bare sequential
+loop, beside the physical ceiling of N requests in flight (N * 200 records /
+latency). Then crm-export alone exports --big-rows rows for memory.
 
 The last line printed is the figures as one JSON object.
 """
@@ -58,7 +65,7 @@ def reset_state(conninfo: str, admin) -> None:
 
 
 def worker(kind: str) -> None:
-    """Runs in a child process; prints {"seconds", "records", "peak_rss_mb"}."""
+    """Runs in a child process; prints {"seconds", "records", "peak_rss_mb", "in_flight"}."""
     import psycopg
 
     from devstack.stack import project_conninfo
@@ -83,7 +90,9 @@ def worker(kind: str) -> None:
             context=RunContext("bench", "bench"),
         )
         records = result.tally.exported
+        in_flight = {"in_flight_average": result.in_flight_level, "in_flight": result.in_flight_text}
     else:
+        in_flight = {"in_flight_average": 1, "in_flight": "one at a time"}
         from psycopg import sql
 
         from include.crm_export.mapping import map_row
@@ -113,13 +122,14 @@ def worker(kind: str) -> None:
                 "records": records,
                 "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
                 "cpu_seconds": round(usage.ru_utime + usage.ru_stime - cpu_at_start, 2),
+                **in_flight,
             }
         )
     )
 
 
-def run_worker(kind: str, env: dict[str, str], rows: int) -> dict:
-    stream_file = Path(env["CRM_EXPORT_BENCH_STREAMS"])
+def run_worker(kind: str, env: dict[str, str], rows: int, *, streams: str = "CRM_EXPORT_BENCH_STREAMS") -> dict:
+    stream_file = Path(env[streams])
     out = subprocess.run(
         [sys.executable, __file__, "--worker", kind],
         env={**os.environ, **env, "CRM_EXPORT_STREAMS_FILE": str(stream_file)},
@@ -140,6 +150,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-ms", type=float, default=150.0)
+    parser.add_argument("--latency-rows", type=int, default=20_000)
     parser.add_argument("--worker", choices=["ours", "bare"])
     args = parser.parse_args()
     if args.worker:
@@ -162,9 +174,11 @@ def main() -> None:
         .replace("max_minutes_per_run: 12", "max_minutes_per_run: 600")
         .replace("settle_seconds: 30", "settle_seconds: 0")
     )
+    one_at_a_time = root / "streams-one-in-flight.yml"
+    one_at_a_time.write_text(streams_file.read_text().replace("defaults:\n", "defaults:\n  in_flight: 1\n", 1))
     with LocalStack(root, project_database="bench") as env:
         os.environ.update(env)
-        env = {**env, "CRM_EXPORT_BENCH_STREAMS": str(streams_file)}
+        env = {**env, "CRM_EXPORT_BENCH_STREAMS": str(streams_file), "CRM_EXPORT_BENCH_ONE": str(one_at_a_time)}
         conninfo = project_conninfo()
         import psycopg
 
@@ -210,6 +224,8 @@ def main() -> None:
             f"best of each {result['wall_time_ratio_best_of']} (target <= 1.15)",
             flush=True,
         )
+        if args.latency_ms and args.latency_rows:
+            result.update(at_latency(args, env, conninfo, admin))
         if args.big_rows:
             fill_source(conninfo, args.big_rows)
             reset_state(conninfo, admin)
@@ -225,6 +241,47 @@ def main() -> None:
                 big_ours_peak_rss_mb=big["peak_rss_mb"],
             )
         print(json.dumps(result))
+
+
+def at_latency(args, env: dict[str, str], conninfo: str, admin) -> dict:
+    """The three ways at the emulator's latency, beside the ceiling of the in-flight level used."""
+    from include.crm_export.names import DEFAULT_IN_FLIGHT
+
+    latency = args.latency_ms
+    fill_source(conninfo, args.latency_rows)
+    runs = {}
+    for label, kind, streams in (
+        ("crm-export (defaults)", "ours", "CRM_EXPORT_BENCH_STREAMS"),
+        ("crm-export (1 in flight)", "ours", "CRM_EXPORT_BENCH_ONE"),
+        ("bare sequential loop", "bare", "CRM_EXPORT_BENCH_STREAMS"),
+    ):
+        reset_state(conninfo, admin)
+        admin.set_timing(latency_ms=latency, jitter_ms=latency / 5, seed=1)
+        figures = run_worker(kind, env, args.latency_rows, streams=streams)
+        runs[label] = figures
+        print(
+            f"at {latency:g} ms: {label:26} {args.latency_rows / figures['seconds']:8,.0f} records/s "
+            f"({figures['in_flight']})",
+            flush=True,
+        )
+    admin.set_timing()
+    ours = runs["crm-export (defaults)"]
+    ceiling = DEFAULT_IN_FLIGHT * BATCH / (latency / 1000)
+    print(
+        f"at {latency:g} ms: physical ceiling of {DEFAULT_IN_FLIGHT} requests in flight = {ceiling:,.0f} records/s "
+        f"(1 in flight: {BATCH / (latency / 1000):,.0f}); target >= 8,000 records/s",
+        flush=True,
+    )
+    return {
+        "latency_ms": latency,
+        "latency_rows": args.latency_rows,
+        "at_latency_records_per_s": {
+            label: round(args.latency_rows / figures["seconds"]) for label, figures in runs.items()
+        },
+        "at_latency_in_flight_default": DEFAULT_IN_FLIGHT,
+        "at_latency_in_flight_average": ours["in_flight_average"],
+        "at_latency_ceiling_records_per_s": round(ceiling),
+    }
 
 
 def _info(env: dict[str, str]):

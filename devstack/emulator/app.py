@@ -29,6 +29,7 @@ from starlette.routing import Route
 from devstack.emulator.org import Org
 from devstack.emulator.rules import RuleError
 from devstack.emulator.schema import RequestRejected
+from devstack.emulator.timing import Timing
 from include.crm_export import exact_json
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,28 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             # Stricter than a real org, which tolerates a little overage before it refuses.
             org.counters["request_errors.REQUEST_LIMIT_EXCEEDED"] += 1
             return _error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        ticket = org.timing.start()
+        if ticket is None:
+            org.counters["request_errors.REQUEST_LIMIT_EXCEEDED"] += 1
+            return _error(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
+        try:
+            org.peak_in_flight = max(org.peak_in_flight, org.timing.in_flight)
+            return await _timed(request, org, method, path)
+        finally:
+            org.timing.finish(ticket)
+
+    async def _timed(request: Request, org: Org, method: str, path: str) -> Response:
         org.counters["api_requests"] += 1
+        before, after = org.timing.split()
+        if before:
+            await asyncio.sleep(before)
+        response = await _answer(request, org, method, path)
+        records = getattr(request.state, "records", 0)
+        if after or records:
+            await asyncio.sleep(after + org.timing.per_records(records))
+        return response
+
+    async def _answer(request: Request, org: Org, method: str, path: str) -> Response:
         for fault in org.faults_for(method, path):
             org.counters[f"faults.{fault.fault}"] += 1
             if fault.fault in ("latency", "hang"):
@@ -147,6 +169,8 @@ def _with_attributes(record: dict[str, Any], request: Request) -> dict[str, Any]
 
 async def collection_upsert(request: Request, org: Org) -> Any:
     body = await _json_body(request)
+    if isinstance(body, dict) and isinstance(body.get("records"), list):
+        request.state.records = len(body["records"])  # the per-record part of the request's time
     return org.upsert(request.path_params["sobject"], request.path_params["field"], body)
 
 
@@ -278,6 +302,19 @@ async def admin_limits(request: Request) -> Response:
     return JSONResponse({"limit_info": org.limit_info()})
 
 
+async def admin_timing(request: Request) -> Response:
+    """How long requests take: {"latency_ms", "per_record_ms", "jitter_ms", "long_running_seconds",
+    "long_running_limit", "seed"} (see timing.py); GET answers the settings and the peak of requests in flight."""
+    org: Org = request.app.state.org
+    if request.method == "POST":
+        try:
+            org.timing = Timing(**await request.json())
+        except (TypeError, ValueError) as exc:
+            return _error(400, "INVALID_INPUT", str(exc))
+        org.peak_in_flight = 0
+    return JSONResponse({**org.timing.as_dict(), "peak_in_flight": org.peak_in_flight})
+
+
 async def admin_expire_sessions(request: Request) -> Response:
     request.app.state.org.expire_sessions()
     return JSONResponse({"expired": True})
@@ -310,6 +347,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/sessions/expire", admin_expire_sessions, methods=["POST"]),
         Route("/__emulator__/field-access", admin_field_access, methods=["POST"]),
         Route("/__emulator__/limits", admin_limits, methods=["POST"]),
+        Route("/__emulator__/timing", admin_timing, methods=["GET", "POST"]),
     ]
 
     @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ from typing import Any
 from devstack.emulator import soql
 from devstack.emulator.rules import Fault, RecordRule, first_record_error, parse_rule
 from devstack.emulator.schema import ObjectSchema, RecordError, RequestRejected, load_objects
+from devstack.emulator.timing import Timing
 
 MAX_COLLECTION_RECORDS = 200
 QUERY_BATCH_SIZE = 2000
@@ -52,6 +53,8 @@ class Org:
         self.daily_api_requests = DAILY_API_REQUESTS
         self.api_used_elsewhere = 0
         self.pending_access: list[list[Any]] = []  # [upserts still to serve, schema, field, visible]
+        self.timing = Timing()  # how long requests take (none by default)
+        self.peak_in_flight = 0  # most API requests served at once since the timing was set
         for schema in self.objects.values():
             schema.hidden.clear()
 

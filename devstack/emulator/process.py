@@ -214,5 +214,13 @@ class EmulatorAdmin:
         body = {"daily_api_requests": daily_api_requests, "used_elsewhere": used_elsewhere}
         return self._call("POST", "limits", json=body)["limit_info"]
 
+    def set_timing(self, **timing: Any) -> dict[str, Any]:
+        """Make requests take time: latency_ms, per_record_ms, jitter_ms (and the long-running limit); see timing.py."""
+        return self._call("POST", "timing", json=timing)
+
+    def timing(self) -> dict[str, Any]:
+        """The timing in force and the most requests served at once since it was set."""
+        return self._call("GET", "timing")
+
     def expire_sessions(self) -> None:
         self._call("POST", "sessions/expire")

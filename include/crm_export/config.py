@@ -19,7 +19,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from include.crm_export.errors import StreamConfigError
-from include.crm_export.names import EXPORT_TASK_PREFIX, MAX_BATCH_SIZE, REEXPORT_TASK_PREFIX, STREAMS_FILE_ENV
+from include.crm_export.names import (
+    DEFAULT_IN_FLIGHT,
+    EXPORT_TASK_PREFIX,
+    MAX_BATCH_SIZE,
+    MAX_IN_FLIGHT,
+    REEXPORT_TASK_PREFIX,
+    STREAMS_FILE_ENV,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "streams.yml"
 
@@ -77,6 +84,8 @@ class RunLimits(BaseModel):
     api_reserve_percent: Annotated[Number, Field(ge=0, le=100)] = 10.0
     alert_rejected_percent: Annotated[Number, Field(ge=0, le=100)] = 5.0
     run_history_days: Annotated[WholeNumber, Field(ge=1)] = 90
+    in_flight: Annotated[WholeNumber, Field(ge=1, le=MAX_IN_FLIGHT)] = DEFAULT_IN_FLIGHT
+    slow_request_seconds: Annotated[Number, Field(ge=0.1)] = 10.0
 
 
 class ExternalIdSettings(BaseModel):
@@ -198,6 +207,10 @@ class Stream:
     alert_rejected_percent: float = 5.0
     # How long the stream's rows in export_runs (the page's history) are kept.
     run_history_days: int = 90
+    # sObject Collections requests in flight at once, at most (the level adapts below it; 1: one at a time).
+    in_flight: int = DEFAULT_IN_FLIGHT
+    # A request slower than this makes the export send fewer at once (Salesforce limits those over 20 s).
+    slow_request_seconds: float = 10.0
 
     @property
     def source(self) -> str:
@@ -315,6 +328,8 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         api_reserve_percent=float(settings.api_reserve_percent),
         alert_rejected_percent=float(settings.alert_rejected_percent),
         run_history_days=settings.run_history_days,
+        in_flight=settings.in_flight,
+        slow_request_seconds=float(settings.slow_request_seconds),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

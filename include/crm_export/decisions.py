@@ -156,6 +156,8 @@ class ExportResult:
     pause_on_error: bool = True
     skipped_with_pause_on_error_off: int = 0
     lag: Lag | None = None  # how far behind the source Salesforce is when the run ends
+    in_flight_level: int = 1  # requests in flight, on average over the run
+    in_flight_text: str = ""  # how the level went, for the closing line
 
     def summary(self) -> str:
         text = (
@@ -166,6 +168,8 @@ class ExportResult:
             text += f" HELD at record {self.held.record_key} ({self.held.rejection.code})."
         if self.lag:
             text += f" Lag: {self.lag.describe()}."
+        if self.in_flight_text:
+            text += f" Requests {self.in_flight_text}."
         return text
 
     def incomplete_warning(self) -> str | None:

@@ -72,6 +72,12 @@ class RequestFailed(CrmExportError):
         self.code = code
 
 
+class ServerBusy(RequestFailed):
+    """A request Salesforce could not serve right now: HTTP 5xx, or too many long-running requests at once
+    (403 REQUEST_LIMIT_EXCEEDED "ConcurrentPerOrgLongTxn"). Retried within the run, with fewer requests in
+    flight, before it fails the task."""
+
+
 class RequestRefused(RequestFailed):
     """Salesforce refuses the request itself, and retrying cannot help until a person changes something.
 

@@ -11,25 +11,30 @@ Each batch goes through named steps:
 4. **commit** the plan in one PostgreSQL transaction: the batch's
    ExportErrors rows, the resolved ones, and **advance** the watermark.
 
-A request failure raises before anything is committed, so the watermark and
-ExportErrors never move for it. The steps are pipelined (batch N is sent
-while N-1 commits and N+1 is read); the order that matters is kept: a batch
-is committed only after Salesforce confirmed it, commits happen one after the
-other, and nothing is sent after a held record.
+A request failure raises before anything of it is committed, so the
+watermark and ExportErrors never move for it. Up to ``in_flight`` requests go
+out at once while the next batch is read; the order that matters is kept: a
+batch is committed only after Salesforce answered it and every batch before it
+is committed, a record is never in two requests at once, and after a held
+record or a failed request nothing more is sent and the answers of the
+requests still in flight are not counted (they are upserts, sent again by the
+next run).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import psycopg
 
-from include.crm_export.batch import BatchPlan, plan_batch
+from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
+from include.crm_export.concurrency import Concurrency
 from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
 from include.crm_export.db import api_requests, export_errors, run_history, source, watermarks
 from include.crm_export.db.connection import Database
@@ -46,7 +51,7 @@ from include.crm_export.decisions import (
     stop_reason,
     stream_changed_message,
 )
-from include.crm_export.errors import StreamConfigError
+from include.crm_export.errors import RequestFailed, StreamConfigError
 from include.crm_export.mapping import SourceRecord, map_row, position_to_json
 from include.crm_export.salesforce import CollectionWriter
 
@@ -200,6 +205,61 @@ class StreamExport:
         watermarks.note_run(self.conn, self.stream, run_id=self.context.run_id, definition=self.definition)
 
 
+@dataclass
+class _Request:
+    """One batch sent and not yet committed, in source order."""
+
+    records: list[SourceRecord]
+    keys: frozenset[str]
+    answer: Future[list[RecordOutcome]]
+
+
+class _Sender:
+    """The batches read and the requests in flight of one run, committed strictly in source order."""
+
+    def __init__(self, stream: Stream, writer: CollectionWriter, concurrency: Concurrency, pool: ThreadPoolExecutor):
+        self.stream = stream
+        self.writer = writer
+        self.concurrency = concurrency
+        self.pool = pool
+        self.requests: deque[_Request] = deque()  # oldest first
+        self.waiting: list[SourceRecord] | None = None  # read, not sent yet
+
+    def running(self) -> int:
+        return sum(1 for request in self.requests if not request.answer.done())
+
+    def has_room(self) -> bool:
+        # Answered but uncommitted batches wait for an older one; they are bounded too, so memory stays flat.
+        return self.running() < self.concurrency.allowed and len(self.requests) < 2 * self.concurrency.ceiling
+
+    def a_request_failed(self) -> bool:
+        return any(r.answer.done() and r.answer.exception() is not None for r in self.requests)
+
+    def busy(self, records: list[SourceRecord]) -> bool:
+        """Is a record of this batch still in a request? Then it waits, so an older version never lands last."""
+        keys = {record.key for record in records}
+        return any(not r.answer.done() and not r.keys.isdisjoint(keys) for r in self.requests)
+
+    def send(self, records: list[SourceRecord]) -> None:
+        keys = frozenset(record.key for record in records)
+        self.writer.count_request()  # now, so the next budget check sees it
+        self.requests.append(_Request(records, keys, self.pool.submit(self.writer.send, records, counted=True)))
+        self.concurrency.sent()
+
+    def wait_for_an_answer(self) -> None:
+        running = [r.answer for r in self.requests if not r.answer.done()]
+        if running:
+            wait(running, return_when=FIRST_COMPLETED)
+
+    def discard(self) -> int:
+        """Drop every request after a held record or a failed request: idempotent upserts, sent again later."""
+        dropped = len(self.requests)
+        wait([r.answer for r in self.requests])
+        self.requests.clear()
+        self.waiting = None
+        return dropped
+
+
 def export_stream(
     stream: Stream,
     *,
@@ -209,11 +269,20 @@ def export_stream(
     context: RunContext,
     clock: Callable[[], float] = time.monotonic,
 ) -> ExportResult:
-    """Export ``stream`` until caught up, held, or out of its per-run budget."""
+    """Export ``stream`` until caught up, held, or out of its per-run budget.
+
+    Up to ``stream.in_flight`` requests go out at once (fewer while Salesforce
+    struggles, see ``concurrency.py``); their answers are committed one after
+    the other in source order, so the watermark only ever moves to the end of
+    the longest run of batches that are all confirmed and committed.
+    """
     started = clock()
+    concurrency = Concurrency(stream.in_flight, stream.slow_request_seconds)
+    writer.observe(concurrency)
     with (
         ExitStack() as exits,
-        ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"crm-export-{stream.name}") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"crm-export-{stream.name}-read") as reads,
+        ThreadPoolExecutor(max_workers=concurrency.ceiling, thread_name_prefix=f"crm-export-{stream.name}") as pool,
     ):
         run = StreamExport.open(stream, database, context, exits=exits, field_types=writer.field_types)
         ours_before = api_requests.used_last_day(run.conn)
@@ -222,63 +291,87 @@ def export_stream(
         result = ExportResult(stream.name, pause_on_error=pause)
         _log_start(run, pause)
 
+        sender = _Sender(stream, writer, concurrency, pool)
         records_read = 0
         warned_about_horizon = False
-        pending_commit: Future | None = None
-        next_read: Future | None = pool.submit(
+        next_read: Future | None = reads.submit(
             run.read, run.watermark.position, next_batch_size(stream, records_read=0), clock=clock
         )
         failure: Exception | None = None
         try:
-            while next_read is not None:
-                horizon, records = next_read.result()
-                next_read = None
-                if horizon.held_back_by and not warned_about_horizon:
-                    warned_about_horizon = True
-                    _warn_horizon(horizon)
-                if not records:
-                    break
-                records_read += len(records)
-                stopped = stop_reason(stream, records_read=records_read, elapsed_seconds=clock() - started)
-                if stopped is None:
-                    after = position_to_json(records[-1].position)
-                    limit = next_batch_size(stream, records_read=records_read)
-                    next_read = pool.submit(run.read, after, limit, clock=clock)
-                else:
-                    result.stopped_because = stopped
+            while True:
+                # Send while the level allows (and nothing failed: what follows a failure is not sent).
+                while sender.has_room() and not sender.a_request_failed():
+                    if sender.waiting is None:
+                        if next_read is None:
+                            break
+                        horizon, records = next_read.result()
+                        next_read = None
+                        if horizon.held_back_by and not warned_about_horizon:
+                            warned_about_horizon = True
+                            _warn_horizon(horizon)
+                        if not records:
+                            break
+                        records_read += len(records)
+                        stopped = stop_reason(stream, records_read=records_read, elapsed_seconds=clock() - started)
+                        if stopped is None:
+                            after = position_to_json(records[-1].position)
+                            limit = next_batch_size(stream, records_read=records_read)
+                            next_read = reads.submit(run.read, after, limit, clock=clock)
+                        else:
+                            result.stopped_because = stopped
+                        sender.waiting = records
+                    if sender.busy(sender.waiting):
+                        break
+                    over_budget = api_budget_stop(
+                        stream,
+                        ours_last_day=ours_before + writer.requests_sent,
+                        org_usage=_org_usage(writer, sender.running()),
+                    )
+                    if over_budget is not None:
+                        result.stopped_because = over_budget
+                        log.warning("Stream '%s' stops here: %s.", stream.name, over_budget)
+                        sender.waiting, next_read = None, _cancelled(next_read)
+                        break
+                    sender.send(sender.waiting)
+                    sender.waiting = None
 
-                over_budget = api_budget_stop(
-                    stream, ours_last_day=ours_before + writer.requests_sent, org_usage=writer.org_api_usage()
-                )
-                if over_budget is not None:
-                    result.stopped_because = over_budget
-                    log.warning("Stream '%s' stops here: %s.", stream.name, over_budget)
-                    break
-                outcomes = writer.send(records)
-                if pending_commit is not None:
-                    pending_commit.result()
-                    pending_commit = None
-                if result.tally.batches:
-                    pause = _reread_pause_on_error(pause, pause_on_error, result)
-                plan = plan_batch(outcomes, pause_on_error=pause)
-                pending_commit = pool.submit(run.commit, plan)
-                result.add(plan, pause_on_error=pause)
-                _log_batch(stream, plan, pause)
-                result.held = held_record(stream, plan)
+                # Commit the answered batches at the head, in source order.
+                while sender.requests and sender.requests[0].answer.done():
+                    request = sender.requests.popleft()
+                    outcomes = request.answer.result()  # a failed request raises here, after all before it
+                    if result.tally.batches:
+                        pause = _reread_pause_on_error(pause, pause_on_error, result)
+                    plan = plan_batch(outcomes, pause_on_error=pause)
+                    run.commit(plan)
+                    result.add(plan, pause_on_error=pause)
+                    _log_batch(stream, plan, pause)
+                    result.held = held_record(stream, plan)
+                    if result.held is not None:
+                        break
                 if result.held is not None:
                     result.stopped_because = HELD
+                    dropped = sender.discard()
+                    if dropped:
+                        log.info("%d later batch(es) in flight are not counted; they are sent again later.", dropped)
                     break
-            if pending_commit is not None:
-                pending_commit.result()
-                pending_commit = None
+                if not sender.requests and sender.waiting is None and next_read is None:
+                    break
+                sender.wait_for_an_answer()
         except Exception as exc:
             failure = exc
             raise
         finally:
-            # On a failure, let an in-flight commit of an earlier, confirmed batch finish.
-            for future in (pending_commit, next_read):
-                if future is not None:
-                    wait([future])
+            if failure is not None:
+                dropped = sender.discard()
+                if dropped:
+                    log.info(
+                        "%d batch(es) after the failed request are not counted; nothing of them was recorded.", dropped
+                    )
+            if next_read is not None:
+                wait([next_read])
+            result.in_flight_level = round(concurrency.average)
+            result.in_flight_text = concurrency.describe()
             if failure is not None:
                 _record_run(run, result, clock() - started, failure=failure)
         if result.tally.batches == 0:
@@ -293,6 +386,26 @@ def export_stream(
     return result
 
 
+def _failure_text(failure: Exception) -> str:
+    """Why a failed run stopped, as the run history shows it."""
+    if isinstance(failure, RequestFailed):
+        return f"request failure: {failure}"
+    return f"{type(failure).__name__}: {failure}"
+
+
+def _org_usage(writer: CollectionWriter, running: int) -> tuple[int, int] | None:
+    """The org's usage as its last answer said, plus the requests still running (they may not be in it yet)."""
+    usage = writer.org_api_usage()
+    return None if usage is None else (usage[0] + running, usage[1])
+
+
+def _cancelled(future: Future | None) -> None:
+    if future is not None:
+        future.cancel()
+        wait([future])
+    return None
+
+
 def _record_run(run: StreamExport, result: ExportResult, seconds: float, *, failure: Exception | None = None) -> None:
     """Add the run to the history the page charts; never hides the run's own outcome behind the bookkeeping."""
     try:
@@ -303,7 +416,8 @@ def _record_run(run: StreamExport, result: ExportResult, seconds: float, *, fail
             dag_id=run.context.dag_id,
             run_id=run.context.run_id,
             seconds=seconds,
-            failure=None if failure is None else f"{type(failure).__name__}: {failure}"[:2000],
+            in_flight=result.in_flight_level,
+            failure=None if failure is None else _failure_text(failure)[:2000],
         )
     except psycopg.Error as exc:
         log.warning("Could not add this run of stream '%s' to the run history: %s", run.stream.name, exc)

@@ -21,6 +21,7 @@ Connection fields used (conn type ``salesforce``):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from simple_salesforce.exceptions import (
 
 from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
+from include.crm_export.concurrency import LOCK_CODES, Concurrency
 from include.crm_export.config import Stream
 from include.crm_export.errors import (
     API_ACCESS_CODES,
@@ -45,6 +47,7 @@ from include.crm_export.errors import (
     RequestFailed,
     RequestLimitExceeded,
     RequestRefused,
+    ServerBusy,
     SessionExpired,
     StreamConfigError,
 )
@@ -155,6 +158,7 @@ class CollectionWriter:
         sobject: str,
         external_id_field: str,
         transient_retries: int = 3,
+        request_retries: int = 2,
         backoff_seconds: float = 1.0,
         renewer: SessionRenewer | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -169,6 +173,25 @@ class CollectionWriter:
         self.trace = trace
         self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
         self.field_types: dict[str, str] | None = None  # mapped field -> Salesforce type, from describe
+        self.request_retries = request_retries
+        self._lock = threading.Lock()  # the writer is shared by the threads of requests in flight
+        self._local = threading.local()
+        self._observer: Concurrency | None = None
+
+    def observe(self, concurrency: Concurrency) -> None:
+        """Tell ``concurrency`` how each request went (its time, its lock errors, a server that could not serve it)."""
+        self._observer = concurrency
+
+    def _answered(self, seconds: float, results: list[Result]) -> None:
+        if self._observer is not None:
+            locks = sum(1 for r in results if isinstance(r, RecordRejected) and r.code in LOCK_CODES)
+            with self._lock:
+                self._observer.answered(seconds, records=len(results), lock_errors=locks)
+
+    def _trouble(self, reason: str) -> None:
+        if self._observer is not None:
+            with self._lock:
+                self._observer.trouble(reason)
 
     def org_api_usage(self) -> tuple[int, int] | None:
         """(used, allowed) in the org's rolling 24 hours, from the last response's Sforce-Limit-Info header."""
@@ -179,13 +202,24 @@ class CollectionWriter:
     def request_body(payloads: list[dict[str, Any]]) -> dict[str, Any]:
         return {"allOrNone": False, "records": payloads}
 
-    def send(self, records: list[SourceRecord]) -> list[RecordOutcome]:
+    def count_request(self) -> None:
+        """Count the next request now, before it is made (the export checks its API budget before each send,
+        while earlier sends may not have started yet); the request itself then does not count again."""
+        with self._lock:
+            self.requests_sent += 1
+
+    def send(self, records: list[SourceRecord], *, counted: bool = False) -> list[RecordOutcome]:
         """Upsert the records that have a payload; every record gets an outcome, in order.
 
         A record the mapping could not turn into a payload keeps its rejection
-        and is not sent.
+        and is not sent. ``counted``: its first request was counted ahead by
+        :meth:`count_request`.
         """
+        self._local.counted_ahead = 1 if counted else 0
         sendable = [r for r in records if r.payload is not None]
+        if counted and not sendable:  # nothing to send after all
+            with self._lock:
+                self.requests_sent -= 1
         answers = iter(self.upsert([r.payload for r in sendable]) if sendable else [])
         outcomes = []
         for record in records:
@@ -202,7 +236,7 @@ class CollectionWriter:
         results: list[Result | None] = [None] * len(payloads)
         pending = list(range(len(payloads)))
         for attempt in range(self.transient_retries + 1):
-            answers = self._upsert_isolating([payloads[i] for i in pending])
+            answers = self._upsert_retrying([payloads[i] for i in pending])
             retry = []
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
@@ -219,6 +253,23 @@ class CollectionWriter:
             self.sleep(self.backoff_seconds * 2**attempt)
             pending = retry
         return results  # type: ignore[return-value]
+
+    def _upsert_retrying(self, payloads: list[dict[str, Any]]) -> list[Result]:
+        """A request Salesforce could not serve (5xx, too many long-running requests) is sent again, after a
+        pause and with fewer requests in flight, up to ``request_retries`` times; then it fails the run."""
+        for attempt in range(self.request_retries + 1):
+            try:
+                return self._upsert_isolating(payloads)
+            except ServerBusy as busy:
+                self._trouble(f"HTTP {busy.status} {busy.code}")
+                if attempt == self.request_retries:
+                    raise ServerBusy(
+                        f"{busy} (tried {attempt + 1} times)", status=busy.status, code=busy.code
+                    ) from None
+                wait = self.backoff_seconds * 2**attempt
+                log.warning("%s; sending the request again in %.1fs", busy, wait)
+                self.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _upsert_isolating(self, payloads: list[dict[str, Any]]) -> list[Result]:
         try:
@@ -277,7 +328,12 @@ class CollectionWriter:
     def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
         body = self.request_body(payloads)
         refused: SalesforceError | None = None
-        self.requests_sent += 1
+        if getattr(self._local, "counted_ahead", 0):
+            self._local.counted_ahead = 0
+        else:
+            with self._lock:
+                self.requests_sent += 1
+        started = time.monotonic()
         try:
             # Serialized here, so numerics go out exactly (simple-salesforce would pass them through float).
             answer = self.sf.restful(self.path, method="PATCH", data=exact_json.dumps(body))
@@ -304,7 +360,9 @@ class CollectionWriter:
                 f"Salesforce answered {len(answer) if isinstance(answer, list) else 'no list of'} results "
                 f"for {len(payloads)} records"
             )
-        return [_result(item) for item in answer]
+        results = [_result(item) for item in answer]
+        self._answered(time.monotonic() - started, results)
+        return results
 
     def _after_refusal(self, exc: SalesforceError, payloads: list[dict[str, Any]], *, renewed: bool) -> list[Result]:
         """A refused request: split it (400), renew the session (401), or fail the request."""
@@ -319,6 +377,13 @@ class CollectionWriter:
         code = _error_code(exc.content)
         if isinstance(exc, SalesforceRefusedRequest) and code in API_ACCESS_CODES:
             raise _api_access_refused(code, exc.content)
+        if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED" and _concurrent(exc):
+            raise ServerBusy(
+                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. Too many "
+                "long-running requests are going on in the org at once",
+                status=403,
+                code=code,
+            )
         if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED":
             raise RequestLimitExceeded(
                 f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. The org's API "
@@ -337,11 +402,17 @@ class CollectionWriter:
                 f"Salesforce answered 404 for {self.path}: {_error_message(exc.content)}. "
                 "Check the stream's sobject and external_id.field in streams.yml."
             )
-        raise RequestFailed(
+        failed = RequestFailed if not 500 <= (exc.status or 0) <= 599 else ServerBusy
+        raise failed(
             f"Salesforce request failed (HTTP {exc.status} {code}): {_error_message(exc.content)}",
             status=exc.status,
             code=code,
         )
+
+
+def _concurrent(exc: SalesforceError) -> bool:
+    """REQUEST_LIMIT_EXCEEDED for too many long-running requests at once, not for the used-up daily allowance."""
+    return "Concurrent" in _error_message(exc.content)
 
 
 _EXPIRED_MESSAGE = (

@@ -77,7 +77,10 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
     with airflow_outcome(
         f"Stream '{stream_name}'",
         stream_name,
-        in_flight="Nothing of the batch in flight was recorded and the watermark did not move",
+        in_flight=(
+            "Batches answered before it are committed; nothing of that request or after it was recorded, so the "
+            "watermark did not move past it"
+        ),
     ):
         stream = load_streams()[stream_name]
         read_pause_on_error()  # a bad value fails before anything is sent

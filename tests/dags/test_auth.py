@@ -22,4 +22,5 @@ def test_an_export_through_the_hooks_client_credentials_login_survives_a_revoked
     assert run.state == "success"
     assert len(salesforce_contacts(emulator)) == 600
     assert open_errors(db) == []
-    assert emulator.counters()["sessions_issued"] == 2  # the login, then one renewal by simple-salesforce
+    # The login, then a renewal by simple-salesforce for each request in flight that met the revoked session.
+    assert 2 <= emulator.counters()["sessions_issued"] <= 3

@@ -30,10 +30,12 @@ def test_a_mapped_field_hidden_mid_run_fails_the_task_once_without_a_flood(
     assert "No such column 'Title' on sobject of type Contact" in run.log
     assert "grant it edit access to the field" in run.log
     assert open_errors(db) == []
-    assert len(salesforce_contacts(emulator)) == 200
-    assert watermark(db)[0][1] == "200"
+    assert len(salesforce_contacts(emulator)) == 200  # the request answered before access was revoked
+    position = watermark(db)[0]
+    assert position is None or position[1] == "200"  # committed only if that was the first batch
     collection_requests = emulator.counters()["faults.latency"]
-    assert collection_requests <= 1 + 5, collection_requests  # the first batch, then at most 5 (not 399)
+    # The first request, then at most 5 for each of the other two batches in flight (not 399).
+    assert collection_requests <= 1 + 5 * 2, collection_requests
 
     emulator.set_field_access("Contact", "Title", visible=True)
     assert run_dag(streams_file=streams).state == "success"

@@ -37,7 +37,7 @@ def test_each_run_is_recorded_with_what_it_did_and_why_it_stopped(db, emulator, 
         "rejected": 1,
         "rejected_by_code": {"FIELD_CUSTOM_VALIDATION_EXCEPTION": 1},
         "pause_on_error": True,
-        "in_flight": 1,
+        "in_flight": 8,  # the default, never backed off
         "outcome": "held",
         "stopped_because": "held at a rejected record (pause on error)",
         "held_record_key": "11",
@@ -58,13 +58,15 @@ def test_each_run_is_recorded_with_what_it_did_and_why_it_stopped(db, emulator, 
 
 
 def test_a_run_that_fails_on_a_request_is_recorded_as_failed(db, emulator, run_dag, tmp_path):
-    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, batch_size=10)})
+    streams = write_streams(
+        tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, batch_size=10, in_flight=1)}
+    )
     insert_contacts(db, 30)
     emulator.add_rule(fault="http_503", path="composite/sobjects/Contact", skip=2, times=100)
     assert run_dag(streams_file=streams, retries=False).state == "failed"
     (failed,) = history(db)
     assert (failed["outcome"], failed["exported"], failed["rejected"]) == ("failed", 20, 0)
-    assert failed["stopped_because"].startswith("RequestFailed: ")
+    assert failed["stopped_because"].startswith("request failure: Salesforce request failed (HTTP 503")
     assert "503" in failed["stopped_because"]
 
 

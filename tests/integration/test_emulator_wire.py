@@ -418,3 +418,34 @@ def test_an_empty_text_is_no_value(sf, emulator):
     assert answer[1]["errors"][0]["statusCode"] == "REQUIRED_FIELD_MISSING"
     (stored,) = emulator.records("Contact")
     assert stored["Title"] is None
+
+
+def test_concurrent_requests_are_served_at_once_and_each_takes_its_time(sf, emulator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator.set_timing(latency_ms=400, jitter_ms=100, per_record_ms=1)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: upsert(sf, [contact(f"c{i}")])[0]["success"], range(6)))
+    assert answers == [True] * 6
+    assert emulator.timing()["peak_in_flight"] == 6  # all six were in the org at once, none queued behind another
+    assert len(emulator.records("Contact")) == 6
+
+
+def test_too_many_long_running_requests_are_refused_until_they_end(sf, emulator):
+    """ "API Request Limits and Allocations": requests of 20 s or more are limited to 25 at once in production;
+    over it new requests get REQUEST_LIMIT_EXCEEDED. Scaled down here: 2 at once, long after 0.3 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator.set_timing(latency_ms=1500, long_running_seconds=0.3, long_running_limit=2)
+    with ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(upsert, sf, [contact(f"slow{i}")]) for i in range(2)]
+        time.sleep(0.8)
+        with pytest.raises(SalesforceRefusedRequest) as refused:
+            upsert(sf, [contact("third")])
+        assert refused.value.content[0] == {
+            "message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+            "errorCode": "REQUEST_LIMIT_EXCEEDED",
+        }
+        assert [future.result()[0]["success"] for future in slow] == [True, True]
+    emulator.set_timing()
+    assert upsert(sf, [contact("after")])[0]["success"] is True

@@ -21,7 +21,15 @@ from simple_salesforce.exceptions import (
 )
 
 from include.crm_export import exact_json
-from include.crm_export.errors import RecordRejected, RequestFailed, RequestRefused, SessionExpired, StreamConfigError
+from include.crm_export.errors import (
+    RecordRejected,
+    RequestFailed,
+    RequestLimitExceeded,
+    RequestRefused,
+    ServerBusy,
+    SessionExpired,
+    StreamConfigError,
+)
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.salesforce import CollectionWriter, Saved
 
@@ -166,29 +174,79 @@ def test_an_expired_session_without_a_way_to_renew_is_a_request_failure_that_say
 
 
 @pytest.mark.parametrize(
-    ("exception", "expected", "code"),
+    ("exception", "expected", "code", "requests_made"),
     [
         (
             SalesforceRefusedRequest("u", 403, "r", error_body("REQUEST_LIMIT_EXCEEDED")),
-            RequestFailed,
+            RequestLimitExceeded,
             "REQUEST_LIMIT_EXCEEDED",
+            1,
         ),
-        (SalesforceGeneralError("u", 503, "r", error_body("SERVER_UNAVAILABLE")), RequestFailed, "SERVER_UNAVAILABLE"),
-        (SalesforceResourceNotFound("u", 404, "r", error_body("NOT_FOUND")), StreamConfigError, None),
-        (requests.exceptions.ConnectionError("refused"), RequestFailed, None),
-        (requests.exceptions.ReadTimeout("slow"), RequestFailed, None),
+        # A server that could not serve the request is asked again (twice, by default) before it counts.
+        (SalesforceGeneralError("u", 503, "r", error_body("SERVER_UNAVAILABLE")), ServerBusy, "SERVER_UNAVAILABLE", 3),
+        (
+            SalesforceRefusedRequest(
+                "u",
+                403,
+                "r",
+                [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "ConcurrentPerOrgLongTxn Limit exceeded."}],
+            ),
+            ServerBusy,
+            "REQUEST_LIMIT_EXCEEDED",
+            3,
+        ),
+        (SalesforceResourceNotFound("u", 404, "r", error_body("NOT_FOUND")), StreamConfigError, None, 1),
+        (requests.exceptions.ConnectionError("refused"), RequestFailed, None, 1),
+        (requests.exceptions.ReadTimeout("slow"), RequestFailed, None, 1),
     ],
 )
-def test_request_level_failures_are_not_record_rejections(exception, expected, code):
+def test_request_level_failures_are_not_record_rejections(exception, expected, code, requests_made):
     def answer(records, _):
         raise exception
 
     client = ScriptedClient(answer)
+    made = writer(client)
     with pytest.raises(expected) as raised:
-        writer(client).upsert(payloads(3))
-    assert len(client.requests) == 1  # never split, never retried record by record
+        made.upsert(payloads(3))
+    assert len(client.requests) == requests_made  # never split, never retried record by record
+    assert all(len(sent) == 3 for sent in client.requests)
     if code is not None:
         assert raised.value.code == code
+    if requests_made > 1:
+        assert made.sleeps == [1.0, 2.0]
+        assert "(tried 3 times)" in str(raised.value)
+
+
+def test_a_server_that_recovers_loses_nothing_and_lowers_the_level():
+    from include.crm_export.concurrency import Concurrency
+
+    def answer(records, n):
+        if n == 1:
+            raise SalesforceGeneralError("u", 503, "r", error_body("SERVER_UNAVAILABLE"))
+        return [ok(r) for r in records]
+
+    level = Concurrency(8, slow_seconds=10)
+    made = writer(ScriptedClient(answer))
+    made.observe(level)
+    assert all(isinstance(result, Saved) for result in made.upsert(payloads(3)))
+    assert (made.sleeps, made.requests_sent) == ([1.0], 2)
+    assert level.allowed == 4
+    assert level.backoffs == {"HTTP 503 SERVER_UNAVAILABLE": 1}
+
+
+def test_a_lock_storm_is_reported_before_the_records_are_retried():
+    from include.crm_export.concurrency import Concurrency
+
+    def answer(records, n):
+        return [
+            rejected("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access") if n == 1 else ok(r) for r in records
+        ]
+
+    level = Concurrency(8, slow_seconds=10)
+    made = writer(ScriptedClient(answer))
+    made.observe(level)
+    assert all(isinstance(result, Saved) for result in made.upsert(payloads(10)))
+    assert level.backoffs == {"UNABLE_TO_LOCK_ROW": 1}
 
 
 def test_an_answer_with_the_wrong_number_of_results_is_a_request_failure():

@@ -25,6 +25,7 @@ PURE_MODULES = (
     "include.crm_export.mapping",
     "include.crm_export.batch",
     "include.crm_export.decisions",
+    "include.crm_export.concurrency",
 )
 IO_PACKAGES = ("airflow", "psycopg", "psycopg2", "simple_salesforce", "requests", "sqlalchemy", "fastapi")
 
