@@ -40,7 +40,7 @@ MAX_BATCH_SIZE = 200  # records per sObject Collections request (Salesforce's li
 # than 20 s; longer ones are capped at 25 per production org ("API Request Limits and Allocations"), which is
 # our ceiling so that even slow requests never trip it.
 MAX_IN_FLIGHT = 25
-DEFAULT_IN_FLIGHT = 8
+DEFAULT_IN_FLIGHT = 10
 DEFAULT_REEXPORT_LIMIT = 50_000  # records per stream and CRMExport_ExportError run, unless the params say otherwise
 
 # The streams file

@@ -37,7 +37,7 @@ def test_each_run_is_recorded_with_what_it_did_and_why_it_stopped(db, emulator, 
         "rejected": 1,
         "rejected_by_code": {"FIELD_CUSTOM_VALIDATION_EXCEPTION": 1},
         "pause_on_error": True,
-        "in_flight": 8,  # the default, never backed off
+        "in_flight": 10,  # the default, never backed off
         "outcome": "held",
         "stopped_because": "held at a rejected record (pause on error)",
         "held_record_key": "11",
