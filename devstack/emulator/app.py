@@ -174,6 +174,32 @@ async def collection_upsert(request: Request, org: Org) -> Any:
     return org.upsert(request.path_params["sobject"], request.path_params["field"], body)
 
 
+async def bulk_create(request: Request, org: Org) -> Any:
+    return org.bulk.create(await _json_body(request), request.path_params["version"])
+
+
+async def bulk_job(request: Request, org: Org) -> Any:
+    job_id = request.path_params["job_id"]
+    if request.method == "GET":
+        return org.bulk.job(job_id).info()
+    if request.method == "DELETE":
+        org.bulk.delete(job_id)
+        return Response(status_code=204)
+    return org.bulk.change_state(job_id, await _json_body(request), org.timing.bulk_records_per_second)
+
+
+async def bulk_upload(request: Request, org: Org) -> Any:
+    if not request.headers.get("content-type", "").startswith("text/csv"):
+        raise RequestRejected(400, "INVALIDBATCH", "Job data must be sent as text/csv")
+    org.bulk.upload(request.path_params["job_id"], await request.body())
+    return Response(status_code=201)
+
+
+async def bulk_results(request: Request, org: Org) -> Any:
+    text = org.bulk.results(request.path_params["job_id"], request.path_params["kind"])
+    return Response(text, media_type="text/csv")
+
+
 async def query(request: Request, org: Org) -> Any:
     text = request.query_params.get("q")
     if not text:
@@ -315,6 +341,14 @@ async def admin_timing(request: Request) -> Response:
     return JSONResponse({**org.timing.as_dict(), "peak_in_flight": org.peak_in_flight})
 
 
+async def admin_bulk(request: Request) -> Response:
+    """Make the next Bulk API 2.0 job on an object fail after N records: {"object", "fail_after_records"}."""
+    raw = await request.json()
+    org: Org = request.app.state.org
+    org.bulk_failures[str(raw["object"])] = int(raw["fail_after_records"])
+    return JSONResponse({"object": raw["object"], "fail_after_records": raw["fail_after_records"]})
+
+
 async def admin_expire_sessions(request: Request) -> Response:
     request.app.state.org.expire_sessions()
     return JSONResponse({"expired": True})
@@ -332,6 +366,15 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route(f"{data}/sobjects/{{sobject}}/{{record_id}}", api(record_by_id), methods=["GET"]),
         Route(f"{data}/sobjects/{{sobject}}/{{field}}/{{value}}", api(record_by_external_id), methods=["GET"]),
         Route(f"{data}/composite/sobjects/{{sobject}}/{{field}}", api(collection_upsert), methods=["PATCH"]),
+        Route(f"{data}/jobs/ingest", api(bulk_create), methods=["POST"]),
+        Route(f"{data}/jobs/ingest/", api(bulk_create), methods=["POST"]),
+        Route(f"{data}/jobs/ingest/{{job_id}}", api(bulk_job), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{data}/jobs/ingest/{{job_id}}/batches", api(bulk_upload), methods=["PUT"]),
+        Route(
+            f"{data}/jobs/ingest/{{job_id}}/{{kind:str}}",
+            api(bulk_results),
+            methods=["GET"],
+        ),
         Route(f"{data}/query", api(query), methods=["GET"]),
         Route(f"{data}/query/", api(query), methods=["GET"]),
         Route(f"{data}/query/{{locator}}", api(query_more), methods=["GET"]),
@@ -348,6 +391,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/field-access", admin_field_access, methods=["POST"]),
         Route("/__emulator__/limits", admin_limits, methods=["POST"]),
         Route("/__emulator__/timing", admin_timing, methods=["GET", "POST"]),
+        Route("/__emulator__/bulk", admin_bulk, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from devstack.emulator import soql
+from devstack.emulator.bulk import BulkIngest
 from devstack.emulator.rules import Fault, RecordRule, first_record_error, parse_rule
 from devstack.emulator.schema import ObjectSchema, RecordError, RequestRejected, load_objects
 from devstack.emulator.timing import Timing
@@ -54,9 +55,17 @@ class Org:
         self.api_used_elsewhere = 0
         self.pending_access: list[list[Any]] = []  # [upserts still to serve, schema, field, visible]
         self.timing = Timing()  # how long requests take (none by default)
+        if getattr(self, "bulk", None) is not None:
+            self.bulk.cancel_all()
+        self.bulk = BulkIngest(self)  # Bulk API 2.0 ingest jobs
+        self.bulk_failures: dict[str, int] = {}  # object -> records after which its next job fails
         self.peak_in_flight = 0  # most API requests served at once since the timing was set
         for schema in self.objects.values():
             schema.hidden.clear()
+
+    def bulk_failure(self, sobject: str) -> int | None:
+        """Records after which the next job on ``sobject`` fails (once), if a test asked for it."""
+        return self.bulk_failures.pop(sobject, None)
 
     def set_field_access(self, sobject: str, field: str, *, visible: bool, after_requests: int = 0) -> dict[str, Any]:
         """Grant or revoke the integration user's field-level security on one field.

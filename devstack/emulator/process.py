@@ -218,6 +218,10 @@ class EmulatorAdmin:
         """Make requests take time: latency_ms, per_record_ms, jitter_ms (and the long-running limit); see timing.py."""
         return self._call("POST", "timing", json=timing)
 
+    def fail_next_bulk_job(self, sobject: str, *, after_records: int) -> None:
+        """The next Bulk API 2.0 job on ``sobject`` fails after processing ``after_records`` records."""
+        self._call("POST", "bulk", json={"object": sobject, "fail_after_records": after_records})
+
     def timing(self) -> dict[str, Any]:
         """The timing in force and the most requests served at once since it was set."""
         return self._call("GET", "timing")

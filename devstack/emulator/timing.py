@@ -29,6 +29,7 @@ class Timing:
     jitter_ms: float = 0.0
     long_running_seconds: float = 20.0
     long_running_limit: int = 25
+    bulk_records_per_second: float = 0.0  # how fast a Bulk API 2.0 job is processed (0: at once)
     seed: int | None = None
     _random: random.Random = field(default_factory=random.Random, repr=False)
     _running: dict[int, float] = field(default_factory=dict, repr=False)
@@ -37,7 +38,7 @@ class Timing:
     def __post_init__(self) -> None:
         if self.seed is not None:
             self._random.seed(self.seed)
-        for name in ("latency_ms", "per_record_ms", "jitter_ms", "long_running_seconds"):
+        for name in ("latency_ms", "per_record_ms", "jitter_ms", "long_running_seconds", "bulk_records_per_second"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -48,6 +49,7 @@ class Timing:
             "jitter_ms": self.jitter_ms,
             "long_running_seconds": self.long_running_seconds,
             "long_running_limit": self.long_running_limit,
+            "bulk_records_per_second": self.bulk_records_per_second,
             "seed": self.seed,
         }
 

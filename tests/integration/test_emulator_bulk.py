@@ -1,0 +1,140 @@
+"""The emulator's Bulk API 2.0 ingest, through simple-salesforce's own ``bulk2`` client and its REST calls.
+
+Shapes and states follow the *Bulk API 2.0 and Bulk API Developer Guide*
+("Create a Job", "Upload Job Data", "Upload Complete", "Get Job Info", "Get
+Job Successful/Failed/Unprocessed Record Results", "Delete a Job").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+from simple_salesforce.exceptions import SalesforceOperationError
+
+pytestmark = pytest.mark.integration
+
+EXT = "CRM_Contact_Id__c"
+
+
+def contacts_csv(ids, **overrides) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([EXT, "LastName", "Email"])
+    for i in ids:
+        writer.writerow([str(i), overrides.get("last_name", f"Last {i}"), f"person{i}@example.com"])
+    return out.getvalue()
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def rest(sf, method: str, path: str, **kwargs):
+    return sf.session.request(
+        method,
+        f"{sf.base_url}{path}",
+        headers={"Authorization": f"Bearer {sf.session_id}", **kwargs.pop("headers", {})},
+        **kwargs,
+    )
+
+
+def new_job(sf) -> str:
+    created = rest(
+        sf,
+        "POST",
+        "jobs/ingest",
+        json={"object": "Contact", "externalIdFieldName": EXT, "operation": "upsert", "contentType": "CSV"},
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["state"] == "Open"
+    return created.json()["id"]
+
+
+def upload(sf, job_id: str, data: str):
+    return rest(sf, "PUT", f"jobs/ingest/{job_id}/batches", data=data.encode(), headers={"Content-Type": "text/csv"})
+
+
+def wait_until(sf, job_id: str, states: set[str], timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = rest(sf, "GET", f"jobs/ingest/{job_id}").json()
+        if info["state"] in states:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}")
+
+
+def test_a_bare_bulk2_upsert_works_and_rejections_come_back_per_record(sf, emulator):
+    emulator.add_rule(cause="validation_rule", when={"field": EXT, "op": "in", "value": ["7", "300"]}, fields=["Email"])
+    (result,) = sf.bulk2.Contact.upsert(records=rows(contacts_csv(range(1, 501))), external_id_field=EXT, wait=0.1)
+    assert (result["numberRecordsProcessed"], result["numberRecordsFailed"]) == (500, 2)
+    failed = sf.bulk2.Contact.get_failed_records(result["job_id"])
+    assert sorted(r[EXT] for r in rows(failed)) == ["300", "7"]
+    assert all(r["sf__Error"].startswith("FIELD_CUSTOM_VALIDATION_EXCEPTION:") for r in rows(failed))
+    successful = rows(sf.bulk2.Contact.get_successful_records(result["job_id"]))
+    assert len(successful) == 498
+    assert {r["sf__Created"] for r in successful} == {"true"}
+    assert all(r["sf__Id"].startswith("003") for r in successful)
+    assert len(emulator.records("Contact")) == 498
+
+    (again,) = sf.bulk2.Contact.upsert(records=rows(contacts_csv(range(1, 3))), external_id_field=EXT, wait=0.1)
+    assert {r["sf__Created"] for r in rows(sf.bulk2.Contact.get_successful_records(again["job_id"]))} == {"false"}
+
+
+def test_a_job_takes_time_can_be_aborted_and_says_what_was_not_processed(sf, emulator):
+    emulator.set_timing(bulk_records_per_second=2000)
+    job_id = new_job(sf)
+    assert upload(sf, job_id, contacts_csv(range(1, 3001))).status_code == 201
+    assert upload(sf, job_id, contacts_csv(range(1, 3))).status_code == 409  # one upload per job
+    assert rest(sf, "GET", f"jobs/ingest/{job_id}/successfulResults").status_code == 409  # not done yet
+    closed = rest(sf, "PATCH", f"jobs/ingest/{job_id}", json={"state": "UploadComplete"})
+    assert closed.json()["state"] == "UploadComplete"
+    info = wait_until(sf, job_id, {"InProgress"})
+    assert info["numberRecordsProcessed"] < 3000
+    time.sleep(0.3)
+    assert rest(sf, "PATCH", f"jobs/ingest/{job_id}", json={"state": "Aborted"}).json()["state"] == "Aborted"
+    info = rest(sf, "GET", f"jobs/ingest/{job_id}").json()
+    done = rows(rest(sf, "GET", f"jobs/ingest/{job_id}/successfulResults").text)
+    left = rows(rest(sf, "GET", f"jobs/ingest/{job_id}/unprocessedrecords").text)
+    assert 0 < len(done) < 3000
+    assert len(done) == info["numberRecordsProcessed"]
+    assert len(done) + len(left) == 3000
+    assert [r[EXT] for r in left] == [str(i) for i in range(len(done) + 1, 3001)]  # in upload order
+    assert len(emulator.records("Contact")) == len(done)
+    assert rest(sf, "DELETE", f"jobs/ingest/{job_id}").status_code == 204
+    assert rest(sf, "GET", f"jobs/ingest/{job_id}").status_code == 404
+
+
+def test_a_job_the_org_fails_keeps_what_it_did_and_lists_the_rest(sf, emulator):
+    emulator.fail_next_bulk_job("Contact", after_records=400)
+    job_id = new_job(sf)
+    upload(sf, job_id, contacts_csv(range(1, 1001)))
+    rest(sf, "PATCH", f"jobs/ingest/{job_id}", json={"state": "UploadComplete"})
+    info = wait_until(sf, job_id, {"Failed", "JobComplete"})
+    assert info["state"] == "Failed"
+    assert "errorMessage" in info
+    assert len(rows(rest(sf, "GET", f"jobs/ingest/{job_id}/successfulResults").text)) == 400
+    assert len(rows(rest(sf, "GET", f"jobs/ingest/{job_id}/unprocessedrecords").text)) == 600
+    with pytest.raises(SalesforceOperationError, match="InvalidBatch : Field name not found : NoSuchField__c"):
+        sf.bulk2.Contact.upsert(records=[{EXT: "x", "NoSuchField__c": "1", "LastName": "X"}], external_id_field=EXT)
+
+
+def test_ingest_requests_count_and_meet_the_same_faults(sf, emulator):
+    before = emulator.counters().get("api_requests", 0)
+    emulator.add_rule(fault="http_503", path="jobs/ingest", times=1)
+    assert (
+        rest(
+            sf, "POST", "jobs/ingest", json={"object": "Contact", "externalIdFieldName": EXT, "operation": "upsert"}
+        ).status_code
+        == 503
+    )
+    job_id = new_job(sf)
+    assert emulator.counters()["api_requests"] == before + 2
+    unknown = rest(
+        sf, "POST", "jobs/ingest", json={"object": "Contact", "externalIdFieldName": "LastName", "operation": "upsert"}
+    )
+    assert unknown.status_code == 400
+    assert rest(sf, "PATCH", f"jobs/ingest/{job_id}", json={"state": "Aborted"}).json()["state"] == "Aborted"
