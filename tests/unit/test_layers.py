@@ -26,6 +26,7 @@ PURE_MODULES = (
     "include.crm_export.batch",
     "include.crm_export.decisions",
     "include.crm_export.concurrency",
+    "include.crm_export.bulk_csv",
 )
 IO_PACKAGES = ("airflow", "psycopg", "psycopg2", "simple_salesforce", "requests", "sqlalchemy", "fastapi")
 

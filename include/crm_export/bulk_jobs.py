@@ -1,0 +1,103 @@
+"""Bulk API 2.0 ingest jobs (upsert by external id) through simple-salesforce's ``bulk2`` client.
+
+The steps of the *Bulk API 2.0 and Bulk API Developer Guide*: create a job,
+upload its CSV once, close it (``UploadComplete``; Salesforce starts only
+then), poll its state with backoff until ``JobComplete``, ``Failed`` or
+``Aborted``, read the successful and failed results (``bulk_csv`` matches
+them back to the records). A job never closed is aborted. Building block for
+the backfill path (issue 13); the export does not use it yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError
+
+from include.crm_export.errors import RequestFailed
+
+DONE_STATES = ("JobComplete", "Failed", "Aborted")
+
+
+class BulkJobs:
+    def __init__(
+        self,
+        sf: Salesforce,
+        *,
+        sobject: str,
+        external_id_field: str,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        first_poll_seconds: float = 0.5,
+        max_poll_seconds: float = 10.0,
+        timeout_seconds: float = 3600.0,
+    ) -> None:
+        self.client = getattr(sf.bulk2, sobject)._client
+        self.sobject = sobject
+        self.external_id_field = external_id_field
+        self.sleep = sleep
+        self.clock = clock
+        self.first_poll_seconds = first_poll_seconds
+        self.max_poll_seconds = max_poll_seconds
+        self.timeout_seconds = timeout_seconds
+        self.requests_sent = 0
+
+    def _call(self, doing: str, call: Callable[[], Any]) -> Any:
+        self.requests_sent += 1
+        try:
+            return call()
+        except SalesforceError as exc:
+            raise RequestFailed(
+                f"Salesforce refused to {doing} (HTTP {exc.status}): {exc.content}", status=exc.status
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise RequestFailed(f"Could not reach Salesforce to {doing}: {type(exc).__name__}: {exc}") from None
+
+    def create(self) -> str:
+        info = self._call(
+            f"create a Bulk API 2.0 upsert job on {self.sobject}",
+            lambda: self.client.create_job("upsert", external_id_field=self.external_id_field),
+        )
+        return info["id"]
+
+    def upload(self, job_id: str, data: str) -> None:
+        self._call(f"take the data of job {job_id}", lambda: self.client.upload_job_data(job_id, data))
+
+    def close(self, job_id: str) -> None:
+        self._call(f"start job {job_id}", lambda: self.client.close_job(job_id))
+
+    def abort(self, job_id: str) -> None:
+        self._call(f"abort job {job_id}", lambda: self.client.abort_job(job_id, False))
+
+    def info(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call(f"report on job {job_id}", lambda: self.client.get_job(job_id, False)))
+
+    def wait(self, job_id: str) -> dict[str, Any]:
+        """Poll until the job is done, waiting longer each time (up to ``max_poll_seconds``)."""
+        started, pause = self.clock(), self.first_poll_seconds
+        while True:
+            info = self.info(job_id)
+            if info["state"] in DONE_STATES:
+                return info
+            if self.clock() - started > self.timeout_seconds:
+                raise RequestFailed(
+                    f"Bulk API 2.0 job {job_id} is still {info['state']} after {self.timeout_seconds:.0f}s; "
+                    "the next run polls it again"
+                )
+            self.sleep(pause)
+            pause = min(pause * 1.5, self.max_poll_seconds)
+
+    def results(self, job_id: str) -> tuple[str, str]:
+        """The successful and the failed results, as CSV."""
+        successful = self._call(
+            f"list the saved records of job {job_id}",
+            lambda: self.client.get_ingest_results(job_id, "successfulResults"),
+        )
+        failed = self._call(
+            f"list the failed records of job {job_id}", lambda: self.client.get_ingest_results(job_id, "failedResults")
+        )
+        return successful, failed
