@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 from include.crm_export.config import load_streams
 from include.crm_export.names import EXPORT_DAG_ID
@@ -57,6 +57,15 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
     is_paused_upon_creation=True,
     tags=["crm-export", "salesforce"],
     doc_md=__doc__,
+    params={
+        "use_bulk_api": Param(
+            False,
+            type="boolean",
+            title="Use Bulk API 2.0",
+            description="Upsert through Bulk API 2.0 jobs this run, whatever the backlog (a backfill). Without it, "
+            "a stream uses them when its backlog is at least its bulk_threshold.",
+        )
+    },
     default_args={
         "owner": "data-engineering",
         "retries": 3,
@@ -76,7 +85,12 @@ def crm_export():
         def export(stream_name: str = stream.name, **context):
             from include.crm_export.tasks import export_stream_task
 
-            return export_stream_task(stream_name, dag_id=context["dag"].dag_id, run_id=context["run_id"])
+            return export_stream_task(
+                stream_name,
+                dag_id=context["dag"].dag_id,
+                run_id=context["run_id"],
+                bulk=bool(context["params"].get("use_bulk_api", False)),
+            )
 
         export()
 

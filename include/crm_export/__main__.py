@@ -36,7 +36,7 @@ from include.crm_export.export import RunContext, export_stream, read_next_batch
 from include.crm_export.mapping import map_row
 from include.crm_export.names import CLI_DAG_ID, DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.reexport import ReexportOptions, reexport_stream
-from include.crm_export.salesforce import CollectionWriter, writer_for
+from include.crm_export.salesforce import CollectionWriter, bulk_jobs_for, writer_for
 from include.crm_export.settings import parse_pause_on_error
 
 
@@ -74,12 +74,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             return fixed
     else:
         from include.crm_export.tasks import read_pause_on_error as pause_on_error
+    writer = writer_for(stream)
     result = export_stream(
         stream,
         database=Database(),
-        writer=writer_for(stream),
+        writer=writer,
         pause_on_error=pause_on_error,
         context=_cli_context(),
+        bulk=bulk_jobs_for(stream, writer),
+        force_bulk=args.bulk,
     )
     metrics.initialize_for_a_command()
     metrics.emit_run_metrics(result)
@@ -184,6 +187,9 @@ def main() -> int:
     export.add_argument("--stream", required=True)
     export.add_argument("--dry-run", action="store_true", help="print the next batch's payloads; send nothing")
     export.add_argument("--pause-on-error", help="true/false; default: the Airflow Variable")
+    export.add_argument(
+        "--bulk", action="store_true", help="upsert through Bulk API 2.0 jobs, whatever the backlog (a backfill)"
+    )
     export.set_defaults(handler=cmd_export)
     send = sub.add_parser("send", help="upsert one record by source key and print the Salesforce response")
     send.add_argument("--stream", required=True)

@@ -4,8 +4,8 @@ The steps of the *Bulk API 2.0 and Bulk API Developer Guide*: create a job,
 upload its CSV once, close it (``UploadComplete``; Salesforce starts only
 then), poll its state with backoff until ``JobComplete``, ``Failed`` or
 ``Aborted``, read the successful and failed results (``bulk_csv`` matches
-them back to the records). A job never closed is aborted. Building block for
-the backfill path (issue 13); the export does not use it yet.
+them back to the records). Used by the export's backfill path
+(``export._Backfill``), which records each job in PostgreSQL and aborts one never closed.
 """
 
 from __future__ import annotations

@@ -86,6 +86,8 @@ class RunLimits(BaseModel):
     run_history_days: Annotated[WholeNumber, Field(ge=1)] = 90
     in_flight: Annotated[WholeNumber, Field(ge=1, le=MAX_IN_FLIGHT)] = DEFAULT_IN_FLIGHT
     slow_request_seconds: Annotated[Number, Field(ge=0.1)] = 10.0
+    bulk_threshold: Annotated[WholeNumber, Field(ge=0)] = 50_000
+    bulk_job_records: Annotated[WholeNumber, Field(ge=1, le=150_000)] = 50_000
 
 
 class ExternalIdSettings(BaseModel):
@@ -211,6 +213,11 @@ class Stream:
     in_flight: int = DEFAULT_IN_FLIGHT
     # A request slower than this makes the export send fewer at once (Salesforce limits those over 20 s).
     slow_request_seconds: float = 10.0
+    # A run whose backlog after the watermark is at least this many rows upserts through Bulk API 2.0 jobs
+    # (0: only when a run is asked to).
+    bulk_threshold: int = 50_000
+    # Records per Bulk API 2.0 job (read, sent and committed together; bounds the run's memory).
+    bulk_job_records: int = 50_000
 
     @property
     def source(self) -> str:
@@ -330,6 +337,8 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         run_history_days=settings.run_history_days,
         in_flight=settings.in_flight,
         slow_request_seconds=float(settings.slow_request_seconds),
+        bulk_threshold=settings.bulk_threshold,
+        bulk_job_records=settings.bulk_job_records,
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 import psycopg
 
 from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
+from include.crm_export.bulk_csv import job_data, match_results
+from include.crm_export.bulk_jobs import BulkJobs
 from include.crm_export.concurrency import Concurrency
 from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
-from include.crm_export.db import api_requests, export_errors, run_history, source, watermarks
+from include.crm_export.db import api_requests, bulk_jobs, export_errors, run_history, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import (
@@ -53,6 +55,7 @@ from include.crm_export.decisions import (
 )
 from include.crm_export.errors import RequestFailed, StreamConfigError
 from include.crm_export.mapping import SourceRecord, map_row, position_to_json
+from include.crm_export.names import MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
 
 log = logging.getLogger(__name__)
@@ -147,7 +150,12 @@ class StreamExport:
         return cls(stream, conn=conn, reader=reader, context=context, field_types=field_types)
 
     def read(
-        self, after: list[str] | None, limit: int, *, clock: Callable[[], float] = time.monotonic
+        self,
+        after: list[str] | None,
+        limit: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        until: list[str] | None = None,
     ) -> tuple[source.Horizon, list[SourceRecord]]:
         """The next ``limit`` records after ``after``, never past the horizon."""
         # An older horizon is still safe (only more conservative), so it is
@@ -164,6 +172,7 @@ class StreamExport:
             horizon=self._horizon.at,
             column_types=self.column_types,
             limit=limit,
+            until=until,
         )
         return self._horizon, [map_row(self.stream, row, self.field_types) for row in rows]
 
@@ -268,8 +277,15 @@ def export_stream(
     pause_on_error: Callable[[], bool],
     context: RunContext,
     clock: Callable[[], float] = time.monotonic,
+    bulk: BulkJobs | None = None,
+    force_bulk: bool = False,
 ) -> ExportResult:
     """Export ``stream`` until caught up, held, or out of its per-run budget.
+
+    With ``bulk`` (Bulk API 2.0 jobs), a run whose backlog is at least the
+    stream's ``bulk_threshold``, or one asked to (``force_bulk``), or one
+    with a job left by a killed task, goes through Bulk API 2.0 jobs instead
+    (``_Backfill``), with the same watermark, pause and ExportErrors rules.
 
     Up to ``stream.in_flight`` requests go out at once (fewer while Salesforce
     struggles, see ``concurrency.py``); their answers are committed one after
@@ -286,20 +302,26 @@ def export_stream(
     ):
         run = StreamExport.open(stream, database, context, exits=exits, field_types=writer.field_types)
         ours_before = api_requests.used_last_day(run.conn)
-        exits.callback(lambda: _count_requests(run, writer))
+        exits.callback(lambda: _count_requests(run, writer, bulk))
         pause = pause_on_error()
         result = ExportResult(stream.name, pause_on_error=pause)
         _log_start(run, pause)
 
         sender = _Sender(stream, writer, concurrency, pool)
+        backfill = _Backfill.for_run(run, writer, bulk, force=force_bulk, clock=clock)
         records_read = 0
         warned_about_horizon = False
         next_read: Future | None = reads.submit(
             run.read, run.watermark.position, next_batch_size(stream, records_read=0), clock=clock
         )
         failure: Exception | None = None
+        if backfill is not None:
+            _cancelled(next_read)
+            next_read = None
         try:
-            while True:
+            if backfill is not None:
+                backfill.export(result, pause, pause_on_error, started)
+            while backfill is None:
                 # Send while the level allows (and nothing failed: what follows a failure is not sent).
                 while sender.has_room() and not sender.a_request_failed():
                     if sender.waiting is None:
@@ -423,11 +445,12 @@ def _record_run(run: StreamExport, result: ExportResult, seconds: float, *, fail
         log.warning("Could not add this run of stream '%s' to the run history: %s", run.stream.name, exc)
 
 
-def _count_requests(run: StreamExport, writer: CollectionWriter) -> None:
+def _count_requests(run: StreamExport, writer: CollectionWriter, bulk: BulkJobs | None) -> None:
+    requests = writer.requests_sent + (bulk.requests_sent if bulk is not None else 0)
     try:
-        api_requests.record(run.conn, run.stream, run_id=run.context.run_id, requests=writer.requests_sent)
+        api_requests.record(run.conn, run.stream, run_id=run.context.run_id, requests=requests)
     except psycopg.Error as exc:  # never hide the run's own outcome behind the bookkeeping
-        log.warning("Could not record this run's %d Salesforce API requests: %s", writer.requests_sent, exc)
+        log.warning("Could not record this run's %d Salesforce API requests: %s", requests, exc)
 
 
 def read_next_batch(stream: Stream, database: Database) -> list[SourceRecord]:
@@ -524,3 +547,165 @@ def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
         len(plan.errors),
         position_to_json(plan.new_position) if plan.new_position is not None else "unchanged",
     )
+
+
+class _Backfill:
+    """A run through Bulk API 2.0 ingest jobs: read up to ``bulk_job_records`` rows, one job, commit its outcome.
+
+    The job id is recorded before its data is uploaded; a job left by a killed
+    task is resumed first (polled, never uploaded again) or, never closed,
+    aborted. A job that fails or leaves records unprocessed is a request
+    failure: nothing of it is recorded and the watermark does not move.
+    Records rejected for a transient reason are sent again through sObject
+    Collections before they count.
+    """
+
+    def __init__(self, run: StreamExport, writer: CollectionWriter, jobs: BulkJobs, clock: Callable[[], float]):
+        self.run, self.writer, self.jobs, self.clock = run, writer, jobs, clock
+        self.stream = run.stream
+        self.columns = [self.stream.external_id_field, *(field for field, _ in self.stream.fields)]
+
+    @classmethod
+    def for_run(
+        cls,
+        run: StreamExport,
+        writer: CollectionWriter,
+        jobs: BulkJobs | None,
+        *,
+        force: bool,
+        clock: Callable[[], float],
+    ) -> _Backfill | None:
+        if jobs is None:
+            return None
+        stream = run.stream
+        left = bulk_jobs.unfinished(run.conn, stream)
+        if not (force or left or stream.bulk_threshold):
+            return None
+        if not (force or left):
+            lag = run.lag()
+            if lag is None or lag.rows < stream.bulk_threshold:
+                return None
+            log.info(
+                "Stream '%s': %s; at least bulk_threshold (%s), so this run upserts through Bulk API 2.0 jobs of up "
+                "to %s records.",
+                stream.name,
+                lag.describe(),
+                f"{stream.bulk_threshold:,}",
+                f"{stream.bulk_job_records:,}",
+            )
+        return cls(run, writer, jobs, clock)
+
+    def export(self, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool], started: float) -> None:
+        pause = self._resume(result, pause, pause_on_error)
+        records_read = 0
+        while result.held is None:
+            stopped = stop_reason(self.stream, records_read=records_read, elapsed_seconds=self.clock() - started)
+            if stopped is not None:
+                result.stopped_because = stopped
+                return
+            limit = min(self.stream.bulk_job_records, self.stream.max_records_per_run - records_read)
+            horizon, records = self.run.read(self.run.position, limit, clock=self.clock)
+            if horizon.held_back_by:
+                _warn_horizon(horizon)
+            if not records:
+                return
+            records_read += len(records)
+            job_id = self.jobs.create()
+            with self.run.conn.transaction():
+                bulk_jobs.record(
+                    self.run.conn,
+                    self.stream,
+                    job_id,
+                    run_id=self.run.context.run_id,
+                    after=self.run.position,
+                    last=position_to_json(records[-1].position),
+                    records=len(records),
+                )
+            self.jobs.upload(job_id, job_data(records, self.columns))
+            bulk_jobs.set_state(self.run.conn, job_id, "uploaded")
+            self.jobs.close(job_id)
+            bulk_jobs.set_state(self.run.conn, job_id, "closed")
+            log.info(
+                "Bulk API 2.0 job %s: %d records of stream '%s' uploaded; waiting for Salesforce.",
+                job_id,
+                len(records),
+                self.stream.name,
+            )
+            pause = self._finish(job_id, records, result, pause, pause_on_error)
+
+    def _resume(self, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool]) -> bool:
+        for job in bulk_jobs.unfinished(self.run.conn, self.stream):
+            if job.state != "closed" or job.after_position != self.run.position:
+                log.warning(
+                    "Bulk API 2.0 job %s of stream '%s' was left %s by an earlier task; aborting it (its records are "
+                    "sent again).",
+                    job.job_id,
+                    self.stream.name,
+                    job.state,
+                )
+                try:
+                    self.jobs.abort(job.job_id)
+                except RequestFailed as exc:
+                    log.warning("Could not abort job %s (%s); it is no longer counted.", job.job_id, exc)
+                bulk_jobs.set_state(self.run.conn, job.job_id, "aborted")
+                continue
+            log.warning(
+                "Resuming Bulk API 2.0 job %s of stream '%s', left by an earlier task while Salesforce processed it: "
+                "polling it, not uploading again.",
+                job.job_id,
+                self.stream.name,
+            )
+            _horizon, records = self.run.read(
+                job.after_position, job.records, clock=self.clock, until=job.last_position
+            )
+            pause = self._finish(job.job_id, records, result, pause, pause_on_error)
+            if result.held is not None:
+                break
+        return pause
+
+    def _finish(
+        self,
+        job_id: str,
+        records: list[SourceRecord],
+        result: ExportResult,
+        pause: bool,
+        pause_on_error: Callable[[], bool],
+    ) -> bool:
+        info = self.jobs.wait(job_id)
+        if info["state"] != "JobComplete":
+            bulk_jobs.set_state(self.run.conn, job_id, "failed")
+            raise RequestFailed(
+                f"Bulk API 2.0 job {job_id} of stream '{self.stream.name}' ended {info['state']}: "
+                f"{info.get('errorMessage') or 'Salesforce gave no reason'}. Nothing of it was recorded and the "
+                "watermark did not move; its records are sent again."
+            )
+        successful, failed = self.jobs.results(job_id)
+        matched = match_results(records, self.stream.external_id_field, successful=successful, failed=failed)
+        if matched.unprocessed:
+            bulk_jobs.set_state(self.run.conn, job_id, "failed")
+            raise RequestFailed(
+                f"Bulk API 2.0 job {job_id} of stream '{self.stream.name}' left {matched.unprocessed} record(s) "
+                "unprocessed. Nothing of it was recorded and the watermark did not move; its records are sent again."
+            )
+        outcomes = [outcome for outcome in matched.outcomes if outcome is not None]
+        transient = [
+            i
+            for i, o in enumerate(outcomes)
+            if o.rejection is not None and o.rejection.transient and o.record.payload is not None
+        ]
+        for start in range(0, len(transient), MAX_BATCH_SIZE):
+            indexes = transient[start : start + MAX_BATCH_SIZE]
+            for index, outcome in zip(indexes, self.writer.send([outcomes[i].record for i in indexes]), strict=True):
+                outcomes[index] = outcome
+        if result.tally.batches:
+            pause = _reread_pause_on_error(pause, pause_on_error, result)
+        plan = plan_batch(outcomes, pause_on_error=pause)
+        with self.run.conn.transaction():
+            self.run.commit(plan)
+            bulk_jobs.set_state(self.run.conn, job_id, "done")
+        result.add(plan, pause_on_error=pause)
+        _log_batch(self.stream, plan, pause)
+        result.held = held_record(self.stream, plan)
+        if result.held is not None:
+            result.stopped_because = HELD
+        return pause

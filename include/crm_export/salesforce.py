@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from simple_salesforce import Salesforce
@@ -39,6 +39,9 @@ from simple_salesforce.exceptions import (
 
 from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
+
+if TYPE_CHECKING:
+    from include.crm_export.bulk_jobs import BulkJobs
 from include.crm_export.concurrency import LOCK_CODES, Concurrency
 from include.crm_export.config import Stream
 from include.crm_export.errors import (
@@ -569,3 +572,10 @@ def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trac
     )
     writer.field_types = field_types
     return writer
+
+
+def bulk_jobs_for(stream: Stream, writer: CollectionWriter) -> BulkJobs:
+    """Bulk API 2.0 jobs on the writer's connection (the backfill path)."""
+    from include.crm_export.bulk_jobs import BulkJobs
+
+    return BulkJobs(writer.sf, sobject=stream.sobject, external_id_field=stream.external_id_field)

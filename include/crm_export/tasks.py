@@ -27,7 +27,7 @@ from include.crm_export.metrics import emit_run_metrics
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 from include.crm_export.notify import notify_state_change
 from include.crm_export.reexport import ReexportOptions, reexport_stream
-from include.crm_export.salesforce import writer_for
+from include.crm_export.salesforce import bulk_jobs_for, writer_for
 from include.crm_export.settings import parse_pause_on_error
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[
         raise AirflowSkipException(str(exc)) from None
 
 
-def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
+def export_stream_task(stream_name: str, *, dag_id: str, run_id: str, bulk: bool = False) -> dict[str, Any]:
     """Body of ``CRMExport.export_<stream>``."""
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -85,12 +85,15 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str) -> dict[st
         stream = load_streams()[stream_name]
         read_pause_on_error()  # a bad value fails before anything is sent
         database = Database()
+        writer = writer_for(stream)
         result = export_stream(
             stream,
             database=database,
-            writer=writer_for(stream),
+            writer=writer,
             pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
+            bulk=bulk_jobs_for(stream, writer),
+            force_bulk=bulk,
         )
     emit_run_metrics(result)
     notify_state_change(stream, result, database)

@@ -260,8 +260,10 @@ def read_batch(
     horizon: datetime | date | None,
     column_types: dict[str, str],
     limit: int,
+    until: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The next ``limit`` rows after ``after`` in the stream's order (keyset paging, never OFFSET)."""
+    """The next ``limit`` rows after ``after`` in the stream's order (keyset paging, never OFFSET), and at or
+    before ``until`` when given (the rows of a Bulk API job being resumed)."""
     order = _columns(stream.order_by)
     if horizon is None:
         return []
@@ -269,6 +271,12 @@ def read_batch(
     params: dict[str, Any] = {"horizon": horizon, "limit": limit}
     if after is not None:
         conditions.append(_after(stream, after, column_types, params))
+    if until is not None:
+        bound = []
+        for index, column in enumerate(stream.order_by):
+            params[f"u{index}"] = until[index]
+            bound.append(sql.SQL("CAST({} AS {})").format(sql.Placeholder(f"u{index}"), sql.SQL(column_types[column])))
+        conditions.append(sql.SQL("({}) <= ({})").format(order, sql.SQL(", ").join(bound)))
     query = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
         columns=_selected(stream),
         table=_table(stream),

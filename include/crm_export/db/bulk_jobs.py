@@ -1,0 +1,55 @@
+"""The backfill path's Bulk API 2.0 jobs, recorded in PostgreSQL so a killed task resumes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from include.crm_export.config import Stream
+
+FINISHED = ("done", "aborted", "failed")
+
+
+@dataclass(frozen=True)
+class RecordedJob:
+    job_id: str
+    state: str
+    after_position: list[str] | None
+    last_position: list[str]
+    records: int
+
+
+def record(
+    conn: psycopg.Connection,
+    stream: Stream,
+    job_id: str,
+    *,
+    run_id: str,
+    after: list[str] | None,
+    last: list[str],
+    records: int,
+) -> None:
+    conn.execute(
+        """INSERT INTO crm_export.bulk_jobs (job_id, stream, run_id, state, after_position, last_position, records)
+           VALUES (%s, %s, %s, 'created', %s, %s, %s)""",
+        (job_id, stream.name, run_id, Jsonb(after) if after is not None else None, Jsonb(last), records),
+    )
+
+
+def set_state(conn: psycopg.Connection, job_id: str, state: str) -> None:
+    finished: Any = "now()" if state in FINISHED else "NULL"
+    conn.execute(
+        f"UPDATE crm_export.bulk_jobs SET state = %s, finished_at = {finished} WHERE job_id = %s", (state, job_id)
+    )
+
+
+def unfinished(conn: psycopg.Connection, stream: Stream) -> list[RecordedJob]:
+    rows = conn.execute(
+        """SELECT job_id, state, after_position, last_position, records FROM crm_export.bulk_jobs
+           WHERE stream = %s AND finished_at IS NULL ORDER BY created_at""",
+        (stream.name,),
+    ).fetchall()
+    return [RecordedJob(*row) for row in rows]

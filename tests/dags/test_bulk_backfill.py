@@ -1,0 +1,188 @@
+"""Backfills through Bulk API 2.0 jobs: same watermark, pause on error and ExportErrors as sObject Collections."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from devstack.stack import PROJECT_ROOT
+from tests.dags.conftest import (
+    assert_salesforce_matches_source,
+    contacts_stream,
+    insert_contacts,
+    open_errors,
+    salesforce_contacts,
+    watermark,
+    write_streams,
+)
+
+REEXPORT = "CRMExport_ExportError"
+
+
+def streams(tmp_path, **overrides):
+    settings = {"settle_seconds": 0, "bulk_threshold": 2000, "bulk_job_records": 1000, **overrides}
+    return write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(**settings)})
+
+
+def jobs_created(emulator) -> int:
+    return emulator.counters().get("bulk.jobs_created", 0)
+
+
+def blocked(emulator, *ids: int) -> int:
+    return emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "CRM_Contact_Id__c", "op": "in", "value": [str(i) for i in ids]},
+        message="Title must be set",
+        fields=["Title"],
+    )["id"]
+
+
+def test_a_backlog_at_the_threshold_goes_through_bulk_jobs_and_a_small_one_through_collections(
+    db, emulator, run_dag, tmp_path
+):
+    insert_contacts(db, 2500)
+    config = streams(tmp_path, bulk_job_records=2500)
+    run = run_dag(streams_file=config, retries=False)
+    assert run.state == "success", run.log[-3000:]
+    assert "so this run upserts through Bulk API 2.0 jobs of up to 2,500 records" in run.log
+    assert jobs_created(emulator) == 1
+    assert watermark(db)[0][1] == "2500"
+    assert_salesforce_matches_source(db, emulator)
+    api_requests = db.execute("SELECT sum(requests) FROM crm_export.api_requests").fetchone()[0]
+    assert api_requests < 2500 / 200  # a job costs a handful of requests (create, upload, close, poll, results)
+
+    insert_contacts(db, 100, start=2501, age="1 minute")
+    assert run_dag(streams_file=config).state == "success"
+    assert jobs_created(emulator) == 1  # 100 waiting: sObject Collections
+    assert_salesforce_matches_source(db, emulator)
+
+    insert_contacts(db, 10, start=2601, age="30 seconds")
+    assert run_dag(streams_file=config, conf={"use_bulk_api": True}).state == "success"
+    assert jobs_created(emulator) == 2  # asked for
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_rejections_in_a_job_hold_at_the_first_in_source_order_or_are_all_logged(
+    db, emulator, run_dag, pause_variable, tmp_path
+):
+    insert_contacts(db, 2500)
+    rule = blocked(emulator, 1700, 1500)
+    config = streams(tmp_path)
+
+    held = run_dag(streams_file=config, retries=False)
+    assert held.task_states["export_contacts"] == "failed"
+    assert "is held at record 1500" in held.log
+    position, held_at = watermark(db)
+    assert (position[1], held_at) == ("1499", "1500")
+    assert [(e["record_key"], e["error_code"], e["error_fields"]) for e in open_errors(db)] == [
+        ("1500", "FIELD_CUSTOM_VALIDATION_EXCEPTION", ["Title"])
+    ]
+
+    pause_variable("false")
+    assert run_dag(streams_file=config).state == "success"
+    assert watermark(db) == (watermark(db)[0], None)
+    assert watermark(db)[0][1] == "2500"
+    assert [(e["record_key"], e["attempts"]) for e in open_errors(db)] == [("1500", 2), ("1700", 1)]
+
+    emulator.remove_rule(rule)
+    assert run_dag(dag_id=REEXPORT, streams_file=config).state == "success"
+    assert open_errors(db) == []
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_job_salesforce_fails_records_nothing_and_the_next_run_sends_it_again(db, emulator, run_dag, tmp_path):
+    insert_contacts(db, 2500)
+    emulator.fail_next_bulk_job("Contact", after_records=300)  # the first job fails part-way
+    config = streams(tmp_path)
+
+    failed = run_dag(streams_file=config, retries=False)
+    assert failed.task_states["export_contacts"] == "failed"
+    assert "ended Failed" in failed.log
+    assert "Nothing of it was recorded and the watermark did not move" in failed.log
+    assert watermark(db)[0] is None  # some records are in Salesforce, but nothing of a failed job counts
+    assert 0 < len(salesforce_contacts(emulator)) < 1000
+    assert open_errors(db) == []
+
+    assert run_dag(streams_file=config).state == "success"
+    assert watermark(db)[0][1] == "2500"
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_job_that_does_not_fail_on_its_own_but_is_left_unprocessed_is_not_counted(db, emulator, run_dag, tmp_path):
+    insert_contacts(db, 2500)
+    emulator.fail_next_bulk_job("Contact", after_records=0)
+    failed = run_dag(streams_file=streams(tmp_path), retries=False)
+    assert failed.task_states["export_contacts"] == "failed"
+    assert watermark(db)[0] is None
+    assert salesforce_contacts(emulator) == {}
+
+
+def test_transient_rejections_are_sent_again_through_collections_before_they_count(db, emulator, run_dag, tmp_path):
+    insert_contacts(db, 2500)
+    emulator.add_rule(
+        cause="row_lock", when={"field": "CRM_Contact_Id__c", "op": "in", "value": ["10", "2222"]}, times=1
+    )
+    assert run_dag(streams_file=streams(tmp_path)).state == "success"
+    assert open_errors(db) == []
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_task_killed_while_salesforce_processes_a_job_resumes_it_by_polling(db, emulator, run_dag, tmp_path):
+    insert_contacts(db, 2000)
+    emulator.set_timing(bulk_records_per_second=400)  # each job of 1000 takes about 2.5 s
+    config = streams(tmp_path)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "include.crm_export", "export", "--stream", "contacts", "--pause-on-error", "true"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(config)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            closed = db.execute("SELECT job_id FROM crm_export.bulk_jobs WHERE state = 'closed'").fetchone()
+            if closed:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the worker never started a job")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert watermark(db)[0] is None
+    assert jobs_created(emulator) == 1
+
+    resumed = run_dag(streams_file=config)
+    assert resumed.state == "success"
+    assert f"Resuming Bulk API 2.0 job {closed[0]}" in resumed.log
+    assert jobs_created(emulator) == 2  # the resumed job was polled, not uploaded again; then the second job
+    assert watermark(db)[0][1] == "2000"
+    assert_salesforce_matches_source(db, emulator)
+    assert emulator.counters()["records_created"] == 2000
+
+
+def test_a_job_never_closed_is_aborted_and_its_records_sent_again(db, emulator, run_dag, sf, tmp_path):
+    from include.crm_export.bulk_jobs import BulkJobs
+
+    insert_contacts(db, 2500)
+    jobs = BulkJobs(sf, sobject="Contact", external_id_field="CRM_Contact_Id__c")
+    job_id = jobs.create()
+    db.execute(
+        """INSERT INTO crm_export.bulk_jobs (job_id, stream, run_id, state, last_position, records)
+           VALUES (%s, 'contacts', 'killed', 'uploaded', '["x", "1"]', 1000)""",
+        (job_id,),
+    )
+    run = run_dag(streams_file=streams(tmp_path))
+    assert run.state == "success"
+    assert (
+        f"Bulk API 2.0 job {job_id} of stream 'contacts' was left uploaded by an earlier task; aborting it" in run.log
+    )
+    assert jobs.info(job_id)["state"] == "Aborted"
+    assert db.execute("SELECT state FROM crm_export.bulk_jobs WHERE job_id = %s", (job_id,)).fetchone() == ("aborted",)
+    assert_salesforce_matches_source(db, emulator)
