@@ -30,6 +30,7 @@ format: setup
 bench: setup
 	@$(PY) bench/export_throughput.py
 	@$(PY) bench/reexport.py
+	@$(PY) bench/backfill.py
 
 ## lock: regenerate constraints.txt from the current working install
 lock: setup
