@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import itertools
+import secrets
+import string
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -37,7 +38,7 @@ from typing import Any
 from devstack.emulator.schema import ObjectSchema, RequestRejected
 
 CHUNK = 200
-_ids = itertools.count(1)
+_ID_CHARS = string.ascii_letters + string.digits
 
 OPEN, UPLOAD_COMPLETE, IN_PROGRESS, JOB_COMPLETE, FAILED, ABORTED = (
     "Open",
@@ -135,7 +136,8 @@ class BulkIngest:
             raise RequestRejected(
                 400, "INVALIDJOB", f"Invalid external ID field: {body.get('externalIdFieldName')} on {schema.name}"
             )
-        job_id = f"750{next(_ids):012d}AAA"
+        # Unique across restarts of the emulator, as a real org's ids are.
+        job_id = "750" + "".join(secrets.choice(_ID_CHARS) for _ in range(12)) + "AAA"
         job = IngestJob(job_id, schema.name, external.name, version)
         self.jobs[job_id] = job
         self.org.counters["bulk.jobs_created"] += 1
