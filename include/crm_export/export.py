@@ -226,8 +226,7 @@ class _Request:
 class _Sender:
     """The batches read and the requests in flight of one run, committed strictly in source order."""
 
-    def __init__(self, stream: Stream, writer: CollectionWriter, concurrency: Concurrency, pool: ThreadPoolExecutor):
-        self.stream = stream
+    def __init__(self, writer: CollectionWriter, concurrency: Concurrency, pool: ThreadPoolExecutor):
         self.writer = writer
         self.concurrency = concurrency
         self.pool = pool
@@ -307,21 +306,21 @@ def export_stream(
         result = ExportResult(stream.name, pause_on_error=pause)
         _log_start(run, pause)
 
-        sender = _Sender(stream, writer, concurrency, pool)
+        sender = _Sender(writer, concurrency, pool)
         backfill = _Backfill.for_run(run, writer, bulk, force=force_bulk, clock=clock)
         records_read = 0
         warned_about_horizon = False
-        next_read: Future | None = reads.submit(
-            run.read, run.watermark.position, next_batch_size(stream, records_read=0), clock=clock
+        next_read: Future | None = (
+            None
+            if backfill is not None
+            else reads.submit(run.read, run.watermark.position, next_batch_size(stream, records_read=0), clock=clock)
         )
         failure: Exception | None = None
-        if backfill is not None:
-            _cancelled(next_read)
-            next_read = None
         try:
             if backfill is not None:
                 backfill.export(result, pause, pause_on_error, started)
-            while backfill is None:
+            # Until nothing is left to read, send or commit (a backfill has already done its work).
+            while next_read is not None or sender.requests or sender.waiting is not None:
                 # Send while the level allows (and nothing failed: what follows a failure is not sent).
                 while sender.has_room() and not sender.a_request_failed():
                     if sender.waiting is None:
@@ -376,8 +375,6 @@ def export_stream(
                     dropped = sender.discard()
                     if dropped:
                         log.info("%d later batch(es) in flight are not counted; they are sent again later.", dropped)
-                    break
-                if not sender.requests and sender.waiting is None and next_read is None:
                     break
                 sender.wait_for_an_answer()
         except Exception as exc:
@@ -560,8 +557,15 @@ class _Backfill:
     Collections before they count.
     """
 
-    def __init__(self, run: StreamExport, writer: CollectionWriter, jobs: BulkJobs, clock: Callable[[], float]):
-        self.run, self.writer, self.jobs, self.clock = run, writer, jobs, clock
+    def __init__(
+        self,
+        run: StreamExport,
+        writer: CollectionWriter,
+        jobs: BulkJobs,
+        clock: Callable[[], float],
+        left: list[bulk_jobs.RecordedJob],
+    ):
+        self.run, self.writer, self.jobs, self.clock, self.left = run, writer, jobs, clock, left
         self.stream = run.stream
         self.columns = [self.stream.external_id_field, *(field for field, _ in self.stream.fields)]
 
@@ -593,7 +597,7 @@ class _Backfill:
                 f"{stream.bulk_threshold:,}",
                 f"{stream.bulk_job_records:,}",
             )
-        return cls(run, writer, jobs, clock)
+        return cls(run, writer, jobs, clock, left)
 
     def export(self, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool], started: float) -> None:
         pause = self._resume(result, pause, pause_on_error)
@@ -634,7 +638,7 @@ class _Backfill:
             pause = self._finish(job_id, records, result, pause, pause_on_error)
 
     def _resume(self, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool]) -> bool:
-        for job in bulk_jobs.unfinished(self.run.conn, self.stream):
+        for job in self.left:
             if job.state != "closed" or job.after_position != self.run.position:
                 log.warning(
                     "Bulk API 2.0 job %s of stream '%s' was left %s by an earlier task; aborting it (its records are "

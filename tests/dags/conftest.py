@@ -189,6 +189,16 @@ def contacts_stream(**overrides: Any) -> dict[str, Any]:
     }
 
 
+def blocked(emulator, *ids: int) -> int:
+    """A validation rule rejecting the contacts with these ids (Title must be set); returns the rule's id."""
+    return emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "CRM_Contact_Id__c", "op": "in", "value": [str(i) for i in ids]},
+        message="Title must be set",
+        fields=["Title"],
+    )["id"]
+
+
 def assert_salesforce_matches_source(conn: psycopg.Connection, emulator, stream_name: str = "contacts") -> None:
     """Salesforce holds exactly the source rows, field by field, each once."""
     from devstack.compare import compare

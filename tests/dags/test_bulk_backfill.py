@@ -11,6 +11,7 @@ import time
 from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import (
     assert_salesforce_matches_source,
+    blocked,
     contacts_stream,
     insert_contacts,
     open_errors,
@@ -29,15 +30,6 @@ def streams(tmp_path, **overrides):
 
 def jobs_created(emulator) -> int:
     return emulator.counters().get("bulk.jobs_created", 0)
-
-
-def blocked(emulator, *ids: int) -> int:
-    return emulator.add_rule(
-        cause="validation_rule",
-        when={"field": "CRM_Contact_Id__c", "op": "in", "value": [str(i) for i in ids]},
-        message="Title must be set",
-        fields=["Title"],
-    )["id"]
 
 
 def test_a_backlog_at_the_threshold_goes_through_bulk_jobs_and_a_small_one_through_collections(

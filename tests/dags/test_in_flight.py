@@ -17,6 +17,7 @@ import pytest
 from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import (
     assert_salesforce_matches_source,
+    blocked,
     contacts_stream,
     insert_contacts,
     open_errors,
@@ -38,15 +39,6 @@ def out_of_order(emulator):
 def streams(tmp_path, in_flight: int, **overrides):
     stream = contacts_stream(settle_seconds=0, batch_size=20, in_flight=in_flight, **overrides)
     return write_streams(tmp_path / f"s{in_flight}.yml", {"contacts": stream})
-
-
-def blocked(emulator, *ids: int) -> int:
-    return emulator.add_rule(
-        cause="validation_rule",
-        when={"field": "CRM_Contact_Id__c", "op": "in", "value": [str(i) for i in ids]},
-        message="Title must be set",
-        fields=["Title"],
-    )["id"]
 
 
 @pytest.mark.parametrize("in_flight", [1, 6])

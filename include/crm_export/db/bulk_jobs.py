@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -40,9 +39,9 @@ def record(
 
 
 def set_state(conn: psycopg.Connection, job_id: str, state: str) -> None:
-    finished: Any = "now()" if state in FINISHED else "NULL"
     conn.execute(
-        f"UPDATE crm_export.bulk_jobs SET state = %s, finished_at = {finished} WHERE job_id = %s", (state, job_id)
+        "UPDATE crm_export.bulk_jobs SET state = %s, finished_at = CASE WHEN %s THEN now() END WHERE job_id = %s",
+        (state, state in FINISHED, job_id),
     )
 
 
