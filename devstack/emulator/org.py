@@ -58,13 +58,15 @@ class Org:
         if getattr(self, "bulk", None) is not None:
             self.bulk.cancel_all()
         self.bulk = BulkIngest(self)  # Bulk API 2.0 ingest jobs
-        self.bulk_failures: dict[str, int] = {}  # object -> records after which its next job fails
+        # object -> (records, how): after that many records its next job fails ("fail") or completes without
+        # recording the rest's results ("unrecorded")
+        self.bulk_failures: dict[str, tuple[int, str]] = {}
         self.peak_in_flight = 0  # most API requests served at once since the timing was set
         for schema in self.objects.values():
             schema.hidden.clear()
 
-    def bulk_failure(self, sobject: str) -> int | None:
-        """Records after which the next job on ``sobject`` fails (once), if a test asked for it."""
+    def bulk_failure(self, sobject: str) -> tuple[int, str] | None:
+        """After how many records the next job on ``sobject`` fails or stops recording results (once), if asked."""
         return self.bulk_failures.pop(sobject, None)
 
     def set_field_access(self, sobject: str, field: str, *, visible: bool, after_requests: int = 0) -> dict[str, Any]:

@@ -222,6 +222,12 @@ class EmulatorAdmin:
         """The next Bulk API 2.0 job on ``sobject`` fails after processing ``after_records`` records."""
         self._call("POST", "bulk", json={"object": sobject, "fail_after_records": after_records})
 
+    def leave_bulk_results_unrecorded(self, sobject: str, *, after_records: int) -> None:
+        """The next Bulk API 2.0 job on ``sobject`` completes, but the results of the records after
+        ``after_records`` are not recorded ("Results are not recorded for batches that exceed the daily batch
+        allocation", Get Job Successful Record Results): they are in no result set."""
+        self._call("POST", "bulk", json={"object": sobject, "unrecorded_after_records": after_records})
+
     def timing(self) -> dict[str, Any]:
         """The timing in force and the most requests served at once since it was set."""
         return self._call("GET", "timing")

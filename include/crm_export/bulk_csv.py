@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from include.crm_export.batch import RecordOutcome
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
 
@@ -39,15 +38,53 @@ def csv_value(value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What a job keeps of each record it read: enough to match its result and commit it, not its payload."""
+
+    key: str
+    position: tuple[Any, ...]
+    external_id: str | None
+    rejection: RecordRejected | None = None  # the mapping's: the record could not be sent
+
+    @property
+    def sent(self) -> bool:
+        return self.rejection is None
+
+
+class JobData:
+    """A job's CSV written record by record, in source order, and the :class:`JobRecord` of each record read.
+
+    The records' payloads are not kept: once a row is in the CSV, only its
+    key, position and external id are needed to match the results.
+    """
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+        self._out = io.StringIO()
+        self._writer = csv.writer(self._out, lineterminator="\n")
+        self._writer.writerow(columns)
+        self.records: list[JobRecord] = []
+        self.sent = 0
+
+    def add(self, record: SourceRecord) -> None:
+        if record.payload is None:
+            self.records.append(JobRecord(record.key, record.position, record.external_id, record.rejection))
+            return
+        self.records.append(JobRecord(record.key, record.position, record.external_id))
+        self._writer.writerow([csv_value(record.payload.get(column)) for column in self.columns])
+        self.sent += 1
+
+    def csv(self) -> str:
+        return self._out.getvalue()
+
+
 def job_data(records: Iterable[SourceRecord], columns: list[str]) -> str:
     """The CSV of the records that have a payload, one row each, in the order given."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    data = JobData(columns)
     for record in records:
-        if record.payload is not None:
-            writer.writerow([csv_value(record.payload.get(column)) for column in columns])
-    return out.getvalue()
+        data.add(record)
+    return data.csv()
 
 
 def parse_error(text: str) -> RecordRejected:
@@ -62,48 +99,61 @@ def parse_error(text: str) -> RecordRejected:
     )
 
 
+def _match_key(value: str) -> str:
+    # Salesforce matches a text external id case-insensitively unless the field is case sensitive.
+    return value.lower()
+
+
+def _column(header: list[str], name: str, kind: str) -> int:
+    for index, column in enumerate(header):
+        if column.lower() == name.lower():
+            return index
+    raise ValueError(f"the {kind} results have no {name} column (columns: {', '.join(header) or 'none'})")
+
+
+def saved_ids(rows: Iterable[list[str]], external_id_field: str) -> set[str]:
+    """The external ids of "Get Job Successful Record Results" (rows of its CSV, header first)."""
+    rows = iter(rows)
+    header = next(rows, None)
+    if header is None:
+        return set()
+    index = _column(header, external_id_field, "successful")
+    return {_match_key(row[index]) for row in rows if len(row) > index}
+
+
+def rejections(rows: Iterable[list[str]], external_id_field: str) -> dict[str, RecordRejected]:
+    """The external ids of "Get Job Failed Record Results" and each one's ``sf__Error``."""
+    rows = iter(rows)
+    header = next(rows, None)
+    if header is None:
+        return {}
+    index, error = _column(header, external_id_field, "failed"), _column(header, "sf__Error", "failed")
+    return {_match_key(row[index]): parse_error(row[error]) for row in rows if len(row) > max(index, error)}
+
+
 @dataclass(frozen=True)
 class JobResults:
-    """A finished job's outcome per record, in source order; ``None``: Salesforce did not process it."""
+    """A finished job's outcome per record, by the record's index in source order.
 
-    outcomes: list[RecordOutcome | None]
-
-    @property
-    def unprocessed(self) -> int:
-        return sum(1 for outcome in self.outcomes if outcome is None)
-
-
-def match_results(
-    records: list[SourceRecord],
-    external_id_field: str,
-    *,
-    successful: str,
-    failed: str,
-    case_sensitive: bool = False,
-) -> JobResults:
-    """Each record's outcome from the successful and failed sets; a record in neither was not processed.
-
-    A record without a payload keeps the rejection the mapping gave it (it was not sent).
+    A record neither rejected nor unprocessed was confirmed. Rejections include
+    the mapping's (records that were not sent).
     """
 
-    def key(value: str | None) -> str | None:
-        return None if value is None else value if case_sensitive else value.lower()
+    rejected: dict[int, RecordRejected]
+    unprocessed: list[int]
 
-    saved = {key(row.get(external_id_field)) for row in csv.DictReader(io.StringIO(successful))}
-    rejected = {
-        key(row.get(external_id_field)): parse_error(row.get("sf__Error", ""))
-        for row in csv.DictReader(io.StringIO(failed))
-    }
-    outcomes: list[RecordOutcome | None] = []
-    for record in records:
-        if record.payload is None:
-            outcomes.append(RecordOutcome(record, record.rejection))
+
+def match_results(records: Sequence[JobRecord], *, saved: set[str], rejected: dict[str, RecordRejected]) -> JobResults:
+    """Each record's outcome from the successful and failed sets; a sent record in neither was not processed."""
+    by_index: dict[int, RecordRejected] = {}
+    unprocessed: list[int] = []
+    for index, record in enumerate(records):
+        if record.rejection is not None:
+            by_index[index] = record.rejection
             continue
-        sent = key(csv_value(record.payload.get(external_id_field)))
+        sent = _match_key(record.external_id or "")
         if sent in rejected:
-            outcomes.append(RecordOutcome(record, rejected[sent]))
-        elif sent in saved:
-            outcomes.append(RecordOutcome(record, None))
-        else:
-            outcomes.append(None)
-    return JobResults(outcomes)
+            by_index[index] = rejected[sent]
+        elif sent not in saved:
+            unprocessed.append(index)
+    return JobResults(by_index, unprocessed)

@@ -10,15 +10,19 @@ them back to the records). Used by the export's backfill path
 
 from __future__ import annotations
 
+import csv
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
-from include.crm_export.errors import RequestFailed
+from include.crm_export import bulk_csv
+from include.crm_export.errors import RecordRejected, RequestFailed
 
 DONE_STATES = ("JobComplete", "Failed", "Aborted")
 
@@ -91,13 +95,26 @@ class BulkJobs:
             self.sleep(pause)
             pause = min(pause * 1.5, self.max_poll_seconds)
 
-    def results(self, job_id: str) -> tuple[str, str]:
-        """The successful and the failed results, as CSV."""
-        successful = self._call(
-            f"list the saved records of job {job_id}",
-            lambda: self.client.get_ingest_results(job_id, "successfulResults"),
-        )
-        failed = self._call(
-            f"list the failed records of job {job_id}", lambda: self.client.get_ingest_results(job_id, "failedResults")
-        )
-        return successful, failed
+    def results(self, job_id: str) -> tuple[set[str], dict[str, RecordRejected]]:
+        """The external ids saved and those rejected (with their errors), read from the two result sets.
+
+        Each set is downloaded as bytes and read as UTF-8 (the encoding of Bulk
+        API 2.0 data, "Prepare CSV Files"): a CSV response without a charset
+        would otherwise be taken as ISO-8859-1 and a non-ASCII external id
+        would no longer match. Only the external ids are kept, not the rows.
+        """
+        with tempfile.TemporaryDirectory(prefix="crm-export-bulk-") as folder:
+            saved = self._download(job_id, "successfulResults", Path(folder), "list the saved records of job")
+            failed = self._download(job_id, "failedResults", Path(folder), "list the failed records of job")
+            try:
+                with saved.open(encoding="utf-8", newline="") as rows:
+                    saved_ids = bulk_csv.saved_ids(csv.reader(rows), self.external_id_field)
+                with failed.open(encoding="utf-8", newline="") as rows:
+                    return saved_ids, bulk_csv.rejections(csv.reader(rows), self.external_id_field)
+            except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+                raise RequestFailed(f"The results of job {job_id} cannot be read as UTF-8 CSV: {exc}") from None
+
+    def _download(self, job_id: str, kind: str, folder: Path, doing: str) -> Path:
+        path = folder / f"{kind}.csv"
+        self._call(f"{doing} {job_id}", lambda: self.client.download_ingest_results(str(path), job_id, kind, 1 << 20))
+        return path

@@ -30,11 +30,12 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cached_property
 
 import psycopg
 
 from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
-from include.crm_export.bulk_csv import job_data, match_results
+from include.crm_export.bulk_csv import JobData, JobRecord, match_results
 from include.crm_export.bulk_jobs import BulkJobs
 from include.crm_export.concurrency import Concurrency
 from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
@@ -53,7 +54,7 @@ from include.crm_export.decisions import (
     stop_reason,
     stream_changed_message,
 )
-from include.crm_export.errors import RequestFailed, StreamConfigError
+from include.crm_export.errors import RecordRejected, RequestFailed, StreamConfigError
 from include.crm_export.mapping import SourceRecord, map_row, position_to_json
 from include.crm_export.names import MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 HORIZON_REFRESH_SECONDS = 1.0
 _MAX_ERROR_LINES_PER_BATCH = 20
+_KEYS_PER_LOOKUP = 1000
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,17 @@ class StreamExport:
         export_errors.compact_error_counts(conn)
         return cls(stream, conn=conn, reader=reader, context=context, field_types=field_types)
 
+    def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:
+        """How far the source may be read now."""
+        # An older horizon is still safe (only more conservative), so it is
+        # looked up again at most once a second rather than per batch.
+        if fresh or self._horizon is None or clock() - self._horizon_looked_up >= HORIZON_REFRESH_SECONDS:
+            self._horizon_looked_up = clock()
+            self._horizon = source.export_horizon(
+                self.reader, self.stream, self.change, exclude_backends=self._own_backends
+            )
+        return self._horizon
+
     def read(
         self,
         after: list[str] | None,
@@ -156,25 +169,32 @@ class StreamExport:
         *,
         clock: Callable[[], float] = time.monotonic,
         until: list[str] | None = None,
+        horizon: source.Horizon | None = None,
     ) -> tuple[source.Horizon, list[SourceRecord]]:
-        """The next ``limit`` records after ``after``, never past the horizon."""
-        # An older horizon is still safe (only more conservative), so it is
-        # looked up again at most once a second rather than per batch.
-        if self._horizon is None or clock() - self._horizon_looked_up >= HORIZON_REFRESH_SECONDS:
-            self._horizon_looked_up = clock()
-            self._horizon = source.export_horizon(
-                self.reader, self.stream, self.change, exclude_backends=self._own_backends
-            )
+        """The next ``limit`` records after ``after``, never past the horizon (``horizon``, or the current one)."""
+        horizon = horizon or self.horizon(clock)
         rows = source.read_batch(
             self.reader,
             self.stream,
             after=after,
-            horizon=self._horizon.at,
+            horizon=horizon.at,
             column_types=self.column_types,
             limit=limit,
             until=until,
         )
-        return self._horizon, [map_row(self.stream, row, self.field_types) for row in rows]
+        return horizon, [map_row(self.stream, row, self.field_types) for row in rows]
+
+    def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
+        """The current version of the given source rows, mapped; a key whose row is gone is left out."""
+        found: dict[str, SourceRecord] = {}
+        for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+            rows = source.read_rows_by_key(
+                self.reader, self.stream, keys[start : start + _KEYS_PER_LOOKUP], self.column_types
+            )
+            for row in rows:
+                record = map_row(self.stream, row, self.field_types)
+                found[record.key] = record
+        return found
 
     def commit(self, plan: BatchPlan) -> None:
         """Write the batch's ExportErrors changes and advance the watermark, in one transaction."""
@@ -307,7 +327,7 @@ def export_stream(
         _log_start(run, pause)
 
         sender = _Sender(writer, concurrency, pool)
-        backfill = _Backfill.for_run(run, writer, bulk, force=force_bulk, clock=clock)
+        backfill = _Backfill.for_run(run, writer, bulk, force=force_bulk, clock=clock, requests_before=ours_before)
         records_read = 0
         warned_about_horizon = False
         next_read: Future | None = (
@@ -546,15 +566,44 @@ def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
     )
 
 
+_PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
+
+
+@dataclass
+class _Job:
+    """One Bulk API 2.0 job of a run. Of each record only key, position and external id are kept."""
+
+    after: list[str] | None  # the position its records follow
+    records: list[JobRecord]
+    data: str | None  # its CSV until uploaded; None once uploaded, or when nothing of it can be sent
+    job_id: str | None = None  # None: not created in Salesforce (yet, or because nothing can be sent)
+
+    @property
+    def last(self) -> list[str]:
+        return position_to_json(self.records[-1].position)
+
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        return frozenset(record.key for record in self.records)
+
+
 class _Backfill:
-    """A run through Bulk API 2.0 ingest jobs: read up to ``bulk_job_records`` rows, one job, commit its outcome.
+    """A run through Bulk API 2.0 ingest jobs of up to ``bulk_job_records`` records each.
+
+    While Salesforce processes one job, the next is read, uploaded and closed,
+    so reading and processing overlap; at most two jobs are in Salesforce at
+    once, they never hold the same record (the next waits, read but not
+    uploaded, until the first is done) and their outcomes are committed in
+    source order, exactly as with one job at a time. Rows are streamed into the
+    job's CSV page by page and only key, position and external id are kept per
+    record, so memory does not grow with the job's payloads.
 
     The job id is recorded before its data is uploaded; a job left by a killed
     task is resumed first (polled, never uploaded again) or, never closed,
     aborted. A job that fails or leaves records unprocessed is a request
-    failure: nothing of it is recorded and the watermark does not move.
-    Records rejected for a transient reason are sent again through sObject
-    Collections before they count.
+    failure: nothing of it is recorded and the watermark does not move; the
+    job after it is aborted. Records rejected for a transient reason are sent
+    again through sObject Collections before they count.
     """
 
     def __init__(
@@ -564,10 +613,12 @@ class _Backfill:
         jobs: BulkJobs,
         clock: Callable[[], float],
         left: list[bulk_jobs.RecordedJob],
+        requests_before: int,
     ):
         self.run, self.writer, self.jobs, self.clock, self.left = run, writer, jobs, clock, left
         self.stream = run.stream
         self.columns = [self.stream.external_id_field, *(field for field, _ in self.stream.fields)]
+        self.requests_before = requests_before  # crm-export's requests in the last day before this run
 
     @classmethod
     def for_run(
@@ -578,6 +629,7 @@ class _Backfill:
         *,
         force: bool,
         clock: Callable[[], float],
+        requests_before: int,
     ) -> _Backfill | None:
         if jobs is None:
             return None
@@ -597,119 +649,235 @@ class _Backfill:
                 f"{stream.bulk_threshold:,}",
                 f"{stream.bulk_job_records:,}",
             )
-        return cls(run, writer, jobs, clock, left)
+        return cls(run, writer, jobs, clock, left, requests_before)
 
     def export(self, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool], started: float) -> None:
         pause = self._resume(result, pause, pause_on_error)
         records_read = 0
+        running: _Job | None = None  # closed: Salesforce is processing it
         while result.held is None:
-            stopped = stop_reason(self.stream, records_read=records_read, elapsed_seconds=self.clock() - started)
-            if stopped is not None:
-                result.stopped_because = stopped
-                return
-            limit = min(self.stream.bulk_job_records, self.stream.max_records_per_run - records_read)
-            horizon, records = self.run.read(self.run.position, limit, clock=self.clock)
-            if horizon.held_back_by:
-                _warn_horizon(horizon)
-            if not records:
-                return
-            records_read += len(records)
-            job_id = self.jobs.create()
-            with self.run.conn.transaction():
-                bulk_jobs.record(
-                    self.run.conn,
-                    self.stream,
-                    job_id,
-                    run_id=self.run.context.run_id,
-                    after=self.run.position,
-                    last=position_to_json(records[-1].position),
-                    records=len(records),
+            job = self._next(running, records_read, result, started)
+            if job is not None:
+                records_read += len(job.records)
+            if running is not None and job is not None and not job.keys.isdisjoint(running.keys):
+                # A record is never in two jobs at once: Salesforce could apply the older version last.
+                log.info(
+                    "%d record(s) of stream '%s' changed while job %s, which sends their earlier version, runs; the "
+                    "next job waits for it.",
+                    len(job.keys & running.keys),
+                    self.stream.name,
+                    running.job_id,
                 )
-            self.jobs.upload(job_id, job_data(records, self.columns))
-            bulk_jobs.set_state(self.run.conn, job_id, "uploaded")
-            self.jobs.close(job_id)
-            bulk_jobs.set_state(self.run.conn, job_id, "closed")
-            log.info(
-                "Bulk API 2.0 job %s: %d records of stream '%s' uploaded; waiting for Salesforce.",
-                job_id,
-                len(records),
-                self.stream.name,
+            if running is not None and (job is None or not job.keys.isdisjoint(running.keys)):
+                pause = self._finish(running, result, pause, pause_on_error)
+                running = None
+            if job is None or result.held is not None:
+                return  # a job read but not launched has cost nothing
+            self._launch(job)
+            if running is not None:
+                try:
+                    pause = self._finish(running, result, pause, pause_on_error)
+                except BaseException:
+                    self._abort(job, f"job {running.job_id} before it failed")
+                    raise
+                if result.held is not None:
+                    self._abort(job, f"the stream is held at record {result.held.record_key}")
+                    return
+            running = job
+
+    def _next(self, running: _Job | None, records_read: int, result: ExportResult, started: float) -> _Job | None:
+        """The next job's records and CSV, read after the running job's; None: nothing more this run."""
+        stopped = stop_reason(self.stream, records_read=records_read, elapsed_seconds=self.clock() - started)
+        if stopped is None:
+            stopped = api_budget_stop(
+                self.stream,
+                ours_last_day=self.requests_before + self.writer.requests_sent + self.jobs.requests_sent,
+                org_usage=self.writer.org_api_usage(),
             )
-            pause = self._finish(job_id, records, result, pause, pause_on_error)
+            if stopped is not None:
+                log.warning("Stream '%s' stops here: %s.", self.stream.name, stopped)
+        if stopped is not None:
+            result.stopped_because = stopped
+            return None
+        after = running.last if running is not None else self.run.position
+        limit = min(self.stream.bulk_job_records, self.stream.max_records_per_run - records_read)
+        job = self._read(after, limit)
+        return job if job.records else None
+
+    def _read(self, after: list[str] | None, limit: int, *, until: list[str] | None = None) -> _Job:
+        """Up to ``limit`` records after ``after`` (and at or before ``until``) into one job's CSV, page by page."""
+        horizon = self.run.horizon(self.clock, fresh=True)  # one lookup per job: as far as it can go
+        if horizon.held_back_by:
+            _warn_horizon(horizon)
+        data = JobData(self.columns)
+        position = after
+        while len(data.records) < limit:
+            page = min(_PAGE_ROWS, limit - len(data.records))
+            _horizon, records = self.run.read(position, page, until=until, horizon=horizon)
+            for record in records:
+                data.add(record)
+            if len(records) < page:
+                break
+            position = position_to_json(records[-1].position)
+        return _Job(after, data.records, data.csv() if data.sent else None)
+
+    def _launch(self, job: _Job) -> None:
+        """Create the job, record it, upload its CSV once and close it: Salesforce starts on it."""
+        if job.data is None:
+            return  # every record was rejected by the mapping: committed without Salesforce
+        job.job_id = self.jobs.create()
+        with self.run.conn.transaction():
+            bulk_jobs.record(
+                self.run.conn,
+                self.stream,
+                job.job_id,
+                run_id=self.run.context.run_id,
+                after=job.after,
+                last=job.last,
+                records=len(job.records),
+            )
+        try:
+            self.jobs.upload(job.job_id, job.data)
+            job.data = None
+            bulk_jobs.set_state(self.run.conn, job.job_id, "uploaded")
+            self.jobs.close(job.job_id)
+        except RequestFailed:
+            self._abort(job, "its upload failed")
+            raise
+        bulk_jobs.set_state(self.run.conn, job.job_id, "closed")
+        log.info(
+            "Bulk API 2.0 job %s: %d records of stream '%s' uploaded; Salesforce is processing them.",
+            job.job_id,
+            len(job.records),
+            self.stream.name,
+        )
+
+    def _abort(self, job: _Job | bulk_jobs.RecordedJob, because: str) -> None:
+        """Stop a job whose outcome will not be counted; its records are sent again later (upserts)."""
+        if job.job_id is None:
+            return
+        log.warning(
+            "Aborting Bulk API 2.0 job %s of stream '%s' (%s); its records are sent again.",
+            job.job_id,
+            self.stream.name,
+            because,
+        )
+        try:
+            self.jobs.abort(job.job_id)
+        except RequestFailed as exc:
+            log.warning("Could not abort job %s (%s); it is no longer counted.", job.job_id, exc)
+        try:
+            bulk_jobs.set_state(self.run.conn, job.job_id, "aborted")
+        except psycopg.Error as exc:  # the next run aborts it again: never hide the run's own outcome
+            log.warning("Could not note job %s as aborted: %s", job.job_id, exc)
 
     def _resume(self, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool]) -> bool:
-        for job in self.left:
-            if job.state != "closed" or job.after_position != self.run.position:
-                log.warning(
-                    "Bulk API 2.0 job %s of stream '%s' was left %s by an earlier task; aborting it (its records are "
-                    "sent again).",
-                    job.job_id,
-                    self.stream.name,
-                    job.state,
-                )
-                try:
-                    self.jobs.abort(job.job_id)
-                except RequestFailed as exc:
-                    log.warning("Could not abort job %s (%s); it is no longer counted.", job.job_id, exc)
-                bulk_jobs.set_state(self.run.conn, job.job_id, "aborted")
+        for left in self.left:
+            if result.held is not None:
+                self._abort(left, f"the stream is held at record {result.held.record_key}")
+                continue
+            if left.state != "closed" or left.after_position != self.run.position:
+                self._abort(left, f"left {left.state} by an earlier task")
                 continue
             log.warning(
                 "Resuming Bulk API 2.0 job %s of stream '%s', left by an earlier task while Salesforce processed it: "
                 "polling it, not uploading again.",
-                job.job_id,
+                left.job_id,
                 self.stream.name,
             )
-            _horizon, records = self.run.read(
-                job.after_position, job.records, clock=self.clock, until=job.last_position
-            )
-            pause = self._finish(job.job_id, records, result, pause, pause_on_error)
-            if result.held is not None:
-                break
+            job = self._read(left.after_position, left.records, until=left.last_position)
+            job.data, job.job_id = None, left.job_id
+            pause = self._finish(job, result, pause, pause_on_error)
         return pause
 
-    def _finish(
-        self,
-        job_id: str,
-        records: list[SourceRecord],
-        result: ExportResult,
-        pause: bool,
-        pause_on_error: Callable[[], bool],
-    ) -> bool:
-        info = self.jobs.wait(job_id)
-        if info["state"] != "JobComplete":
-            bulk_jobs.set_state(self.run.conn, job_id, "failed")
-            raise RequestFailed(
-                f"Bulk API 2.0 job {job_id} of stream '{self.stream.name}' ended {info['state']}: "
-                f"{info.get('errorMessage') or 'Salesforce gave no reason'}. Nothing of it was recorded and the "
-                "watermark did not move; its records are sent again."
+    def _finish(self, job: _Job, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool]) -> bool:
+        """Wait for the job, match its results back to its records and commit them as one batch."""
+        if job.job_id is None:
+            rejected = {index: record.rejection for index, record in enumerate(job.records)}
+        else:
+            rejected = self._outcome(job)
+            if not job.records:  # a resumed job whose rows have all changed since: they are read again
+                bulk_jobs.set_state(self.run.conn, job.job_id, "done")
+                return pause
+        current = self._current_rows(job, rejected)
+        self._retry_transient(job, rejected, current)
+        outcomes = []
+        for index, record in enumerate(job.records):
+            rejection = rejected.get(index)
+            payload = current[record.key].payload if rejection is not None and record.key in current else None
+            outcomes.append(
+                RecordOutcome(SourceRecord(record.key, record.position, record.external_id, payload), rejection)
             )
-        successful, failed = self.jobs.results(job_id)
-        matched = match_results(records, self.stream.external_id_field, successful=successful, failed=failed)
-        if matched.unprocessed:
-            bulk_jobs.set_state(self.run.conn, job_id, "failed")
-            raise RequestFailed(
-                f"Bulk API 2.0 job {job_id} of stream '{self.stream.name}' left {matched.unprocessed} record(s) "
-                "unprocessed. Nothing of it was recorded and the watermark did not move; its records are sent again."
-            )
-        outcomes = [outcome for outcome in matched.outcomes if outcome is not None]
-        transient = [
-            i
-            for i, o in enumerate(outcomes)
-            if o.rejection is not None and o.rejection.transient and o.record.payload is not None
-        ]
-        for start in range(0, len(transient), MAX_BATCH_SIZE):
-            indexes = transient[start : start + MAX_BATCH_SIZE]
-            for index, outcome in zip(indexes, self.writer.send([outcomes[i].record for i in indexes]), strict=True):
-                outcomes[index] = outcome
         if result.tally.batches:
             pause = _reread_pause_on_error(pause, pause_on_error, result)
         plan = plan_batch(outcomes, pause_on_error=pause)
         with self.run.conn.transaction():
             self.run.commit(plan)
-            bulk_jobs.set_state(self.run.conn, job_id, "done")
+            if job.job_id is not None:
+                bulk_jobs.set_state(self.run.conn, job.job_id, "done")
         result.add(plan, pause_on_error=pause)
         _log_batch(self.stream, plan, pause)
         result.held = held_record(self.stream, plan)
         if result.held is not None:
             result.stopped_because = HELD
         return pause
+
+    def _outcome(self, job: _Job) -> dict[int, RecordRejected]:
+        """The rejected records of a finished job, by index; a failed job or unprocessed records raise."""
+        info = self.jobs.wait(job.job_id)
+        if info["state"] != "JobComplete":
+            bulk_jobs.set_state(self.run.conn, job.job_id, "failed")
+            raise RequestFailed(
+                f"Bulk API 2.0 job {job.job_id} of stream '{self.stream.name}' ended {info['state']}: "
+                f"{info.get('errorMessage') or 'Salesforce gave no reason'}. Nothing of it was recorded and the "
+                "watermark did not move; its records are sent again."
+            )
+        saved, failed = self.jobs.results(job.job_id)
+        matched = match_results(job.records, saved=saved, rejected=failed)
+        if matched.unprocessed:
+            bulk_jobs.set_state(self.run.conn, job.job_id, "failed")
+            first = job.records[matched.unprocessed[0]]
+            raise RequestFailed(
+                f"Bulk API 2.0 job {job.job_id} of stream '{self.stream.name}' left {len(matched.unprocessed)} "
+                f"record(s) unprocessed (the first: record {first.key}, {self.stream.external_id_field} = "
+                f"{first.external_id}). Nothing of it was recorded and the watermark did not move; its records are "
+                "sent again."
+            )
+        return matched.rejected
+
+    def _current_rows(self, job: _Job, rejected: dict[int, RecordRejected]) -> dict[str, SourceRecord]:
+        """The rows of the records Salesforce rejected, read again by key: their payloads were not kept.
+
+        A row unchanged since the job read it maps to exactly the payload sent;
+        one changed since gives its new version (the one the re-export sends).
+        """
+        keys = [job.records[index].key for index in rejected if job.records[index].sent]
+        return self.run.records_by_key(keys) if keys else {}
+
+    def _retry_transient(
+        self, job: _Job, rejected: dict[int, RecordRejected], current: dict[str, SourceRecord]
+    ) -> None:
+        """Send the records rejected for a transient reason again through sObject Collections.
+
+        A row deleted since keeps its rejection (its ExportErrors row is closed
+        as source_deleted by the re-export); one that no longer maps gets the
+        mapping's rejection.
+        """
+        retry: list[int] = []
+        for index, rejection in list(rejected.items()):
+            record = job.records[index]
+            row = current.get(record.key)
+            if not (rejection.transient and record.sent and row is not None):
+                continue
+            if row.payload is None:
+                rejected[index] = row.rejection
+            else:
+                retry.append(index)
+        for start in range(0, len(retry), MAX_BATCH_SIZE):
+            indexes = retry[start : start + MAX_BATCH_SIZE]
+            sent = [current[job.records[index].key] for index in indexes]
+            for index, outcome in zip(indexes, self.writer.send(sent), strict=True):
+                if outcome.rejection is None:
+                    del rejected[index]
+                else:
+                    rejected[index] = outcome.rejection

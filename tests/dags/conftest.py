@@ -42,8 +42,10 @@ def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
             "RESTART IDENTITY"
         )
         conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")
+        conn.execute("DROP TRIGGER IF EXISTS change_a_record_of_the_first_job ON crm_export.bulk_jobs")
         yield conn
         conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")
+        conn.execute("DROP TRIGGER IF EXISTS change_a_record_of_the_first_job ON crm_export.bulk_jobs")
 
 
 @pytest.fixture

@@ -67,6 +67,8 @@ def test_rejections_in_a_job_hold_at_the_first_in_source_order_or_are_all_logged
     held = run_dag(streams_file=config, retries=False)
     assert held.task_states["export_contacts"] == "failed"
     assert "is held at record 1500" in held.log
+    # The third job, uploaded while the second ran, is aborted: nothing after the held record counts.
+    assert "(the stream is held at record 1500); its records are sent again" in held.log
     position, held_at = watermark(db)
     assert (position[1], held_at) == ("1499", "1500")
     assert [(e["record_key"], e["error_code"], e["error_fields"]) for e in open_errors(db)] == [
@@ -95,7 +97,9 @@ def test_a_job_salesforce_fails_records_nothing_and_the_next_run_sends_it_again(
     assert "ended Failed" in failed.log
     assert "Nothing of it was recorded and the watermark did not move" in failed.log
     assert watermark(db)[0] is None  # some records are in Salesforce, but nothing of a failed job counts
-    assert 0 < len(salesforce_contacts(emulator)) < 1000
+    # The next job was uploaded while the first one ran; it is aborted and counts for nothing either.
+    assert "before it failed); its records are sent again" in failed.log
+    assert 0 < len(salesforce_contacts(emulator)) < 2500
     assert open_errors(db) == []
 
     assert run_dag(streams_file=config).state == "success"
@@ -103,13 +107,36 @@ def test_a_job_salesforce_fails_records_nothing_and_the_next_run_sends_it_again(
     assert_salesforce_matches_source(db, emulator)
 
 
-def test_a_job_that_does_not_fail_on_its_own_but_is_left_unprocessed_is_not_counted(db, emulator, run_dag, tmp_path):
+def test_a_job_failed_from_its_first_record_records_nothing(db, emulator, run_dag, tmp_path):
     insert_contacts(db, 2500)
     emulator.fail_next_bulk_job("Contact", after_records=0)
     failed = run_dag(streams_file=streams(tmp_path), retries=False)
     assert failed.task_states["export_contacts"] == "failed"
     assert watermark(db)[0] is None
-    assert salesforce_contacts(emulator) == {}
+    assert open_errors(db) == []
+    # None of the failed job's records is in Salesforce; the job after it (uploaded meanwhile) was aborted.
+    assert all(int(key) > 1000 for key in salesforce_contacts(emulator))
+    assert "before it failed); its records are sent again" in failed.log
+
+
+def test_records_a_completed_job_has_no_result_for_are_unprocessed_and_nothing_of_the_job_counts(
+    db, emulator, run_dag, tmp_path
+):
+    # "Results are not recorded for batches that exceed the daily batch allocation" (Get Job Successful Record
+    # Results): the job is JobComplete, yet 700 of its records are in neither the successful nor the failed set.
+    insert_contacts(db, 2500)
+    emulator.leave_bulk_results_unrecorded("Contact", after_records=300)
+    config = streams(tmp_path)
+    failed = run_dag(streams_file=config, retries=False)
+    assert failed.task_states["export_contacts"] == "failed"
+    assert "left 700 record(s) unprocessed (the first: record 301, CRM_Contact_Id__c = 301)" in failed.log
+    assert watermark(db)[0] is None
+    assert open_errors(db) == []
+
+    assert run_dag(streams_file=config).state == "success"
+    assert watermark(db)[0][1] == "2500"
+    assert open_errors(db) == []
+    assert_salesforce_matches_source(db, emulator)
 
 
 def test_transient_rejections_are_sent_again_through_collections_before_they_count(db, emulator, run_dag, tmp_path):
@@ -122,7 +149,7 @@ def test_transient_rejections_are_sent_again_through_collections_before_they_cou
     assert_salesforce_matches_source(db, emulator)
 
 
-def test_a_task_killed_while_salesforce_processes_a_job_resumes_it_by_polling(db, emulator, run_dag, tmp_path):
+def test_a_task_killed_while_salesforce_processes_its_jobs_resumes_them_by_polling(db, emulator, run_dag, tmp_path):
     insert_contacts(db, 2000)
     emulator.set_timing(bulk_records_per_second=400)  # each job of 1000 takes about 2.5 s
     config = streams(tmp_path)
@@ -136,27 +163,78 @@ def test_a_task_killed_while_salesforce_processes_a_job_resumes_it_by_polling(db
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            closed = db.execute("SELECT job_id FROM crm_export.bulk_jobs WHERE state = 'closed'").fetchone()
-            if closed:
+            # The second job is uploaded and closed while Salesforce processes the first: kill with both running.
+            closed = db.execute(
+                "SELECT job_id FROM crm_export.bulk_jobs WHERE state = 'closed' ORDER BY created_at"
+            ).fetchall()
+            if len(closed) == 2:
                 break
             time.sleep(0.05)
         else:
-            raise AssertionError("the worker never started a job")
+            raise AssertionError("the worker never had two jobs running")
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:
         if worker.poll() is None:
             worker.kill()
     assert watermark(db)[0] is None
-    assert jobs_created(emulator) == 1
+    assert jobs_created(emulator) == 2
 
     resumed = run_dag(streams_file=config)
     assert resumed.state == "success"
-    assert f"Resuming Bulk API 2.0 job {closed[0]}" in resumed.log
-    assert jobs_created(emulator) == 2  # the resumed job was polled, not uploaded again; then the second job
+    for (job_id,) in closed:
+        assert f"Resuming Bulk API 2.0 job {job_id}" in resumed.log
+    assert jobs_created(emulator) == 2  # both polled, in source order, none uploaded again
+    assert emulator.counters()["bulk.records_uploaded"] == 2000
     assert watermark(db)[0][1] == "2000"
+    assert db.execute("SELECT DISTINCT state FROM crm_export.bulk_jobs").fetchall() == [("done",)]
     assert_salesforce_matches_source(db, emulator)
     assert emulator.counters()["records_created"] == 2000
+
+
+def test_a_record_changed_while_its_job_runs_waits_for_that_job_before_its_new_version_is_sent(
+    db, emulator, run_dag, tmp_path
+):
+    # The next job is read and uploaded while Salesforce processes the one before. Record 995 changes just after
+    # the first job (holding its old version, processed late in that job) is closed, so the next job holds its new
+    # version, early on. Were both jobs running at once, the old version would land last.
+    insert_contacts(db, 1500)
+    emulator.set_timing(bulk_records_per_second=400)  # 1000 records: about 2.5 s
+    db.execute(
+        """CREATE FUNCTION pg_temp.change_995() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             UPDATE crm.contacts SET last_name = 'Changed', updated_at = now() WHERE id = 995;
+             RETURN NULL;
+           END $$;
+           CREATE TRIGGER change_a_record_of_the_first_job AFTER UPDATE ON crm_export.bulk_jobs
+           FOR EACH ROW WHEN (NEW.state = 'closed' AND NEW.records = 1000) EXECUTE FUNCTION pg_temp.change_995()"""
+    )
+    run = run_dag(streams_file=streams(tmp_path, bulk_threshold=0), conf={"use_bulk_api": True})
+    assert run.state == "success"
+    assert "1 record(s) of stream 'contacts' changed while job" in run.log
+    assert salesforce_contacts(emulator)["995"]["LastName"] == "Changed"
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_job_none_of_whose_records_can_be_sent_is_committed_without_salesforce(
+    db, emulator, run_dag, pause_variable, tmp_path
+):
+    insert_contacts(db, 2500)
+    # JSON and CSV cannot carry NaN. The update stamps the rows anew: they come last, 1-500 in the second job
+    # and 501-1000 as a third job without a single record to send.
+    db.execute("UPDATE crm.contacts SET lifetime_value = 'NaN' WHERE id <= 1000")
+    pause_variable("false")
+    config = streams(tmp_path)
+    assert run_dag(streams_file=config).state == "success"
+    assert jobs_created(emulator) == 2
+    assert watermark(db)[0][1] == "1000"
+    errors = open_errors(db)
+    assert (len(errors), {e["error_code"] for e in errors}) == (1000, {"CRM_EXPORT_INVALID_SOURCE_VALUE"})
+
+    db.execute("UPDATE crm.contacts SET lifetime_value = id * 1.5 WHERE id <= 1000")
+    assert run_dag(dag_id=REEXPORT, streams_file=config).state == "success"
+    assert open_errors(db) == []
+    assert_salesforce_matches_source(db, emulator)
 
 
 def test_a_job_never_closed_is_aborted_and_its_records_sent_again(db, emulator, run_dag, sf, tmp_path):
@@ -172,9 +250,7 @@ def test_a_job_never_closed_is_aborted_and_its_records_sent_again(db, emulator, 
     )
     run = run_dag(streams_file=streams(tmp_path))
     assert run.state == "success"
-    assert (
-        f"Bulk API 2.0 job {job_id} of stream 'contacts' was left uploaded by an earlier task; aborting it" in run.log
-    )
+    assert f"Aborting Bulk API 2.0 job {job_id} of stream 'contacts' (left uploaded by an earlier task)" in run.log
     assert jobs.info(job_id)["state"] == "Aborted"
     assert db.execute("SELECT state FROM crm_export.bulk_jobs WHERE job_id = %s", (job_id,)).fetchone() == ("aborted",)
     assert_salesforce_matches_source(db, emulator)

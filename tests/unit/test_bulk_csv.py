@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from decimal import Decimal
 
-from include.crm_export.bulk_csv import job_data, match_results, parse_error
+import pytest
+
+from include.crm_export.bulk_csv import JobData, JobRecord, job_data, match_results, parse_error, rejections, saved_ids
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
 
@@ -40,17 +44,39 @@ def test_errors_are_read_with_colons_in_the_message():
     )
 
 
+def rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
 def test_results_in_any_order_are_matched_back_to_source_order_by_external_id():
-    records = [record("a1"), record("A2"), record("a3"), record("a4")]
-    successful = "sf__Id,sf__Created,CRM_Contact_Id__c\n003B,true,a2\n003A,false,a1\n"
-    failed = "sf__Id,sf__Error,CRM_Contact_Id__c\n,FIELD_CUSTOM_VALIDATION_EXCEPTION:Title must be set:Title,a3\n"
-    results = match_results(records, EXT, successful=successful, failed=failed)
-    assert [None if o is None else o.rejection for o in results.outcomes] == [
-        None,
-        None,
-        RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Title must be set", ("Title",)),
-        None,
+    records = [JobRecord(k, (k,), k) for k in ("a1", "A2", "a3", "a4")]
+    records.append(JobRecord("a5", ("a5",), None, RecordRejected("MISSING_EXTERNAL_ID", "empty")))  # not sent
+    # "The order of records in the response is not guaranteed" (Get Job Successful Record Results).
+    saved = saved_ids(rows('"sf__Id","sf__Created","CRM_Contact_Id__c"\n003B,true,a2\n003A,false,A1\n'), EXT)
+    rejected = rejections(
+        rows("sf__Id,sf__Error,CRM_Contact_Id__c\n,FIELD_CUSTOM_VALIDATION_EXCEPTION:Title must be set:Title,a3\n"),
+        EXT,
+    )
+    results = match_results(records, saved=saved, rejected=rejected)
+    assert results.rejected == {
+        2: RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Title must be set", ("Title",)),
+        4: RecordRejected("MISSING_EXTERNAL_ID", "empty"),
+    }
+    assert results.unprocessed == [3]  # in neither set: not processed; 0 and 1 are confirmed
+
+
+def test_results_without_the_external_id_column_are_refused():
+    with pytest.raises(ValueError, match="no CRM_Contact_Id__c column"):
+        saved_ids(rows("sf__Id,sf__Created,Email\n003A,true,x@example.com\n"), EXT)
+
+
+def test_a_job_keeps_key_position_and_external_id_of_each_record_not_its_payload():
+    data = JobData([EXT, "LastName"])
+    data.add(record("1", LastName="One"))
+    data.add(SourceRecord("2", ("2",), "2", None, RecordRejected("INVALID_FIELD", "bad date")))
+    assert data.records == [
+        JobRecord("1", ("1",), "1"),
+        JobRecord("2", ("2",), "2", RecordRejected("INVALID_FIELD", "bad date")),
     ]
-    assert results.outcomes[0] is not None  # confirmed
-    assert results.outcomes[3] is None  # in neither set: not processed
-    assert results.unprocessed == 1
+    assert [r.sent for r in data.records] == [True, False]
+    assert (data.sent, data.csv()) == (1, "CRM_Contact_Id__c,LastName\n1,One\n")
