@@ -74,6 +74,12 @@ def test_rejections_in_a_job_hold_at_the_first_in_source_order_or_are_all_logged
     assert [(e["record_key"], e["error_code"], e["error_fields"]) for e in open_errors(db)] == [
         ("1500", "FIELD_CUSTOM_VALIDATION_EXCEPTION", ["Title"])
     ]
+    # Its payload was not kept through the job: read again by key, it is exactly what was sent.
+    assert {k: open_errors(db)[0]["payload"][k] for k in ("CRM_Contact_Id__c", "LastName", "Lifetime_Value__c")} == {
+        "CRM_Contact_Id__c": "1500",
+        "LastName": "Last1500",
+        "Lifetime_Value__c": 2250,
+    }
 
     pause_variable("false")
     assert run_dag(streams_file=config).state == "success"
@@ -234,6 +240,24 @@ def test_a_job_none_of_whose_records_can_be_sent_is_committed_without_salesforce
     db.execute("UPDATE crm.contacts SET lifetime_value = id * 1.5 WHERE id <= 1000")
     assert run_dag(dag_id=REEXPORT, streams_file=config).state == "success"
     assert open_errors(db) == []
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_no_job_is_started_once_the_daily_api_budget_is_spent(db, emulator, run_dag, tmp_path):
+    insert_contacts(db, 2500)
+    tight = streams(tmp_path, daily_api_requests=3)  # create, upload, close: the first job spends it
+    first = run_dag(streams_file=tight)
+    assert first.state == "success"
+    assert "stops here: API budget: crm-export has made 3 Salesforce API requests" in first.log
+    assert jobs_created(emulator) == 1
+    assert watermark(db)[0][1] == "1000"  # the job started is finished and committed
+
+    again = run_dag(streams_file=tight)
+    assert "API budget: crm-export has made" in again.log
+    assert jobs_created(emulator) == 1
+
+    assert run_dag(streams_file=streams(tmp_path, daily_api_requests=1000)).state == "success"
+    assert watermark(db)[0][1] == "2500"
     assert_salesforce_matches_source(db, emulator)
 
 
