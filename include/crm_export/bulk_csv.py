@@ -61,7 +61,8 @@ class JobData:
 
     def __init__(self, columns: list[str]) -> None:
         self.columns = columns
-        self._out = io.StringIO()
+        self._bytes = io.BytesIO()  # UTF-8 as uploaded, so the job's size is known exactly as it grows
+        self._out = io.TextIOWrapper(self._bytes, encoding="utf-8", newline="", write_through=True)
         self._writer = csv.writer(self._out, lineterminator="\n")
         self._writer.writerow(columns)
         self.records: list[JobRecord] = []
@@ -75,8 +76,13 @@ class JobData:
         self._writer.writerow([csv_value(record.payload.get(column)) for column in self.columns])
         self.sent += 1
 
+    @property
+    def size(self) -> int:
+        """The CSV's size so far, in bytes (UTF-8)."""
+        return self._bytes.tell()
+
     def csv(self) -> str:
-        return self._out.getvalue()
+        return self._bytes.getvalue().decode("utf-8")
 
 
 def job_data(records: Iterable[SourceRecord], columns: list[str]) -> str:

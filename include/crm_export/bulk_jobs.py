@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceError
+from simple_salesforce.exceptions import SalesforceError, SalesforceOperationError
 
 from include.crm_export import bulk_csv
 from include.crm_export.errors import RecordRejected, RequestFailed
@@ -57,6 +57,10 @@ class BulkJobs:
         except SalesforceError as exc:
             raise RequestFailed(
                 f"Salesforce refused to {doing} (HTTP {exc.status}): {exc.content}", status=exc.status
+            ) from None
+        except SalesforceOperationError as exc:  # simple-salesforce's own checks (e.g. the 100 MB data limit)
+            raise RequestFailed(
+                f"Could not {doing}: {exc}. Where the job's data is too large, lower the stream's bulk_job_records."
             ) from None
         except requests.exceptions.RequestException as exc:
             raise RequestFailed(f"Could not reach Salesforce to {doing}: {type(exc).__name__}: {exc}") from None

@@ -88,6 +88,7 @@ class RunLimits(BaseModel):
     slow_request_seconds: Annotated[Number, Field(ge=0.1)] = 10.0
     bulk_threshold: Annotated[WholeNumber, Field(ge=0)] = 50_000
     bulk_job_records: Annotated[WholeNumber, Field(ge=1, le=150_000)] = 50_000
+    bulk_job_megabytes: Annotated[WholeNumber, Field(ge=1, le=100)] = 100
 
 
 class ExternalIdSettings(BaseModel):
@@ -218,6 +219,9 @@ class Stream:
     bulk_threshold: int = 50_000
     # Records per Bulk API 2.0 job (read, sent and committed together; bounds the run's memory).
     bulk_job_records: int = 50_000
+    # A job also stops taking rows at this many megabytes of CSV (Bulk API 2.0 takes at most 150 MB a job;
+    # simple-salesforce refuses more than 100 MB).
+    bulk_job_megabytes: int = 100
 
     @property
     def source(self) -> str:
@@ -339,6 +343,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         slow_request_seconds=float(settings.slow_request_seconds),
         bulk_threshold=settings.bulk_threshold,
         bulk_job_records=settings.bulk_job_records,
+        bulk_job_megabytes=settings.bulk_job_megabytes,
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None

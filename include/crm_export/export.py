@@ -567,6 +567,7 @@ def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
 
 
 _PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
+_FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
 
 
 @dataclass
@@ -619,6 +620,7 @@ class _Backfill:
         self.stream = run.stream
         self.columns = [self.stream.external_id_field, *(field for field, _ in self.stream.fields)]
         self.requests_before = requests_before  # crm-export's requests in the last day before this run
+        self.max_job_bytes = self.stream.bulk_job_megabytes * 1_000_000
 
     @classmethod
     def for_run(
@@ -711,14 +713,17 @@ class _Backfill:
             _warn_horizon(horizon)
         data = JobData(self.columns)
         position = after
-        while len(data.records) < limit:
-            page = min(_PAGE_ROWS, limit - len(data.records))
+        page = min(_FIRST_PAGE_ROWS, limit)
+        while len(data.records) < limit and data.size < self.max_job_bytes:
             _horizon, records = self.run.read(position, page, until=until, horizon=horizon)
             for record in records:
                 data.add(record)
             if len(records) < page:
                 break
             position = position_to_json(records[-1].position)
+            # The next page as large as the bytes left allow, at this job's average row so far.
+            per_row = max(1, data.size // len(data.records))
+            page = max(1, min(_PAGE_ROWS, limit - len(data.records), (self.max_job_bytes - data.size) // per_row))
         return _Job(after, data.records, data.csv() if data.sent else None)
 
     def _launch(self, job: _Job) -> None:

@@ -261,6 +261,26 @@ def test_no_job_is_started_once_the_daily_api_budget_is_spent(db, emulator, run_
     assert_salesforce_matches_source(db, emulator)
 
 
+def test_a_job_stops_taking_rows_at_its_size_limit(db, emulator, run_dag, tmp_path):
+    # Bulk API 2.0 takes at most 150 MB a job ("Bulk API and Bulk API 2.0 Limits and Allocations"). With
+    # bulk_job_megabytes at its least, 1 MB, and rows about 250 bytes wide, a job holds about 4,000 rows although
+    # bulk_job_records allows 5,000.
+    insert_contacts(db, 10_000)
+    db.execute("UPDATE crm.contacts SET title = repeat('t', 120), last_name = 'Last' || id || repeat('n', 60)")
+    row_bytes = db.execute(
+        "SELECT min(length(id::text) * 2 + length(first_name) + length(last_name) + length(email) + 120 + 20) "
+        "FROM crm.contacts"
+    ).fetchone()[0]
+    config = streams(tmp_path, bulk_job_megabytes=1, bulk_job_records=5000)
+    assert run_dag(streams_file=config).state == "success"
+    sizes = [n for (n,) in db.execute("SELECT records FROM crm_export.bulk_jobs ORDER BY created_at").fetchall()]
+    assert sum(sizes) == 10_000
+    assert len(sizes) == jobs_created(emulator) == 3
+    assert max(sizes) <= 1_000_000 // row_bytes + 1  # no page ran past the megabyte
+    assert watermark(db)[0][1] == "10000"
+    assert_salesforce_matches_source(db, emulator)
+
+
 def test_a_job_never_closed_is_aborted_and_its_records_sent_again(db, emulator, run_dag, sf, tmp_path):
     from include.crm_export.bulk_jobs import BulkJobs
 
