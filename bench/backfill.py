@@ -1,6 +1,6 @@
 """Backfill: 1,000,000 rows three ways, against the emulator.
 
-    .venv/bin/python bench/backfill.py [--rows 1000000]
+    .venv/bin/python bench/backfill.py [--rows 1000000] [--latency-ms 150] [--bulk-records-per-second 10000]
 
 Starts its own embedded PostgreSQL and Salesforce emulator (under
 .crm_export/bench), fills crm.contacts, then upserts every row into an emptied
@@ -102,7 +102,19 @@ def peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="each request to the emulator takes this long (a real org's distance)",
+    )
     parser.add_argument("--worker", choices=["bulk", "collections", "bare"])
+    parser.add_argument(
+        "--bulk-records-per-second",
+        type=float,
+        default=0.0,
+        help="how fast the emulator processes a Bulk API 2.0 job (0: as fast as it can)",
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
@@ -140,6 +152,8 @@ def main() -> None:
             ("crm-export sObject Collections", "collections"),
         ):
             reset_state(conninfo, admin)
+            if args.latency_ms or args.bulk_records_per_second:
+                admin.set_timing(latency_ms=args.latency_ms, bulk_records_per_second=args.bulk_records_per_second)
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute("TRUNCATE crm_export.bulk_jobs, crm_export.api_requests")
             before = admin.counters().get("api_requests", 0)
@@ -170,6 +184,8 @@ def main() -> None:
         )
         summary = {
             "rows": args.rows,
+            "latency_ms": args.latency_ms,
+            "bulk_records_per_second": args.bulk_records_per_second,
             "runs": figures,
             "bulk_wall_time_ratio_to_bare_bulk2": round(ours["seconds"] / bare["seconds"], 3),
             "collections_requests_per_bulk_request": round(collections["api_requests"] / ours["api_requests"], 1),

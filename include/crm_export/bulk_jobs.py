@@ -27,6 +27,32 @@ from include.crm_export.errors import RecordRejected, RequestFailed
 DONE_STATES = ("JobComplete", "Failed", "Aborted")
 
 
+def next_poll(
+    pause: float,
+    last: tuple[float, int] | None,
+    seen: tuple[float, int],
+    *,
+    records: int,
+    shortest: float,
+    longest: float,
+) -> float:
+    """How long to wait before polling a job again.
+
+    ``last`` and ``seen``: (time, records processed) at the poll before and at
+    this one. Once the job is seen to progress, the wait is the time its
+    remaining records take at the rate seen (each poll is an API request, so
+    none is spent while the job is far from done, and the end is not
+    overslept); before that, the wait grows by half each time.
+    """
+    if last is None:
+        return shortest
+    (then, before), (now, processed) = last, seen
+    if records and processed > before and now > then:
+        rate = (processed - before) / (now - then)
+        return min(max((records - processed) / rate, shortest), longest)
+    return min(pause * 1.5, longest)
+
+
 class BulkJobs:
     def __init__(
         self,
@@ -84,20 +110,25 @@ class BulkJobs:
     def info(self, job_id: str) -> dict[str, Any]:
         return dict(self._call(f"report on job {job_id}", lambda: self.client.get_job(job_id, False)))
 
-    def wait(self, job_id: str) -> dict[str, Any]:
-        """Poll until the job is done, waiting longer each time (up to ``max_poll_seconds``)."""
-        started, pause = self.clock(), self.first_poll_seconds
+    def wait(self, job_id: str, *, records: int = 0) -> dict[str, Any]:
+        """Poll until the job is done; ``records``: how many were uploaded, to time the polls by its progress."""
+        started, pause, last = self.clock(), self.first_poll_seconds, None
         while True:
             info = self.info(job_id)
             if info["state"] in DONE_STATES:
                 return info
-            if self.clock() - started > self.timeout_seconds:
+            now = self.clock()
+            if now - started > self.timeout_seconds:
                 raise RequestFailed(
                     f"Bulk API 2.0 job {job_id} is still {info['state']} after {self.timeout_seconds:.0f}s; "
                     "the next run polls it again"
                 )
+            seen = (now, int(info.get("numberRecordsProcessed") or 0))
+            pause = next_poll(
+                pause, last, seen, records=records, shortest=self.first_poll_seconds, longest=self.max_poll_seconds
+            )
+            last = seen
             self.sleep(pause)
-            pause = min(pause * 1.5, self.max_poll_seconds)
 
     def results(self, job_id: str) -> tuple[set[str], dict[str, RecordRejected]]:
         """The external ids saved and those rejected (with their errors), read from the two result sets.

@@ -829,7 +829,7 @@ class _Backfill:
 
     def _outcome(self, job: _Job) -> dict[int, RecordRejected]:
         """The rejected records of a finished job, by index; a failed job or unprocessed records raise."""
-        info = self.jobs.wait(job.job_id)
+        info = self.jobs.wait(job.job_id, records=sum(1 for record in job.records if record.sent))
         if info["state"] != "JobComplete":
             bulk_jobs.set_state(self.run.conn, job.job_id, "failed")
             raise RequestFailed(
