@@ -65,6 +65,9 @@ def test_defaults_apply_and_can_be_overridden():
         ({"batch_size": 500}, "batch_size", "at most 200"),
         ({"batch_size": "lots"}, "batch_size", "not a whole number"),
         ({"max_minutes_per_run": 0}, "max_minutes_per_run", "at least"),
+        ({"bulk_job_records": 200_000}, "bulk_job_records", "at most 150000"),
+        ({"bulk_job_megabytes": 150}, "bulk_job_megabytes", "at most 100"),
+        ({"bulk_job_megabytes": 0}, "bulk_job_megabytes", "at least 1"),
         ({"colour": "blue"}, "colour", "unknown setting"),
     ],
 )
