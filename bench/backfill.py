@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from export_throughput import _info, fill_source, reset_state  # noqa: E402
+from export_throughput import _info, bench_streams, fill_source, reset_state  # noqa: E402
 
 
 def worker(kind: str) -> None:
@@ -131,13 +131,7 @@ def main() -> None:
 
     root = ROOT / ".crm_export" / "bench"
     root.mkdir(parents=True, exist_ok=True)
-    streams_file = root / "streams-backfill.yml"
-    shipped = (ROOT / "include" / "crm_export" / "streams.yml").read_text()
-    streams_file.write_text(
-        shipped.replace("max_records_per_run: 100000", "max_records_per_run: 100000000")
-        .replace("max_minutes_per_run: 12", "max_minutes_per_run: 600")
-        .replace("settle_seconds: 30", "settle_seconds: 0\n  bulk_threshold: 0")
-    )
+    streams_file = bench_streams(root / "streams-backfill.yml", bulk_threshold=0)
     with LocalStack(root, project_database="bench") as env:
         os.environ.update(env)
         conninfo = project_conninfo()

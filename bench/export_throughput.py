@@ -38,6 +38,19 @@ sys.path.insert(0, str(ROOT))
 BATCH = 200
 
 
+def bench_streams(path: Path, **defaults: object) -> Path:
+    """The shipped streams.yml without its per-run limits and settle time, with ``defaults`` added; written to path."""
+    shipped = (ROOT / "include" / "crm_export" / "streams.yml").read_text()
+    text = (
+        shipped.replace("max_records_per_run: 100000", "max_records_per_run: 100000000")
+        .replace("max_minutes_per_run: 12", "max_minutes_per_run: 600")
+        .replace("settle_seconds: 30", "settle_seconds: 0")
+    )
+    added = "".join(f"  {name}: {value}\n" for name, value in defaults.items())
+    path.write_text(text.replace("defaults:\n", "defaults:\n" + added, 1))
+    return path
+
+
 def fill_source(conninfo: str, rows: int) -> None:
     import psycopg
 
@@ -167,15 +180,8 @@ def main() -> None:
 
     root = ROOT / ".crm_export" / "bench"
     root.mkdir(parents=True, exist_ok=True)
-    streams_file = root / "streams.yml"
-    shipped = (ROOT / "include" / "crm_export" / "streams.yml").read_text()
-    streams_file.write_text(
-        shipped.replace("max_records_per_run: 100000", "max_records_per_run: 100000000")
-        .replace("max_minutes_per_run: 12", "max_minutes_per_run: 600")
-        .replace("settle_seconds: 30", "settle_seconds: 0")
-    )
-    one_at_a_time = root / "streams-one-in-flight.yml"
-    one_at_a_time.write_text(streams_file.read_text().replace("defaults:\n", "defaults:\n  in_flight: 1\n", 1))
+    streams_file = bench_streams(root / "streams.yml")
+    one_at_a_time = bench_streams(root / "streams-one-in-flight.yml", in_flight=1)
     with LocalStack(root, project_database="bench") as env:
         os.environ.update(env)
         env = {**env, "CRM_EXPORT_BENCH_STREAMS": str(streams_file), "CRM_EXPORT_BENCH_ONE": str(one_at_a_time)}

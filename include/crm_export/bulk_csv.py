@@ -85,14 +85,6 @@ class JobData:
         return self._bytes.getvalue().decode("utf-8")
 
 
-def job_data(records: Iterable[SourceRecord], columns: list[str]) -> str:
-    """The CSV of the records that have a payload, one row each, in the order given."""
-    data = JobData(columns)
-    for record in records:
-        data.add(record)
-    return data.csv()
-
-
 def parse_error(text: str) -> RecordRejected:
     """``sf__Error`` as ``CODE:message:fields`` (fields optional, a trailing `` --`` allowed)."""
     text = text.strip().removesuffix("--").strip()

@@ -66,6 +66,22 @@ _MAX_ERROR_LINES_PER_BATCH = 20
 _KEYS_PER_LOOKUP = 1000
 
 
+def current_records(
+    conn: psycopg.Connection,
+    stream: Stream,
+    keys: list[str],
+    column_types: dict[str, str],
+    field_types: dict[str, str] | None,
+) -> dict[str, SourceRecord]:
+    """The current version of the given source rows, mapped, by record key; a key whose row is gone is left out."""
+    found: dict[str, SourceRecord] = {}
+    for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+        for row in source.read_rows_by_key(conn, stream, keys[start : start + _KEYS_PER_LOOKUP], column_types):
+            record = map_row(stream, row, field_types)
+            found[record.key] = record
+    return found
+
+
 @dataclass(frozen=True)
 class RunContext:
     dag_id: str
@@ -185,19 +201,10 @@ class StreamExport:
         return horizon, [map_row(self.stream, row, self.field_types) for row in rows]
 
     def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
-        """The current version of the given source rows, mapped; a key whose row is gone is left out."""
-        found: dict[str, SourceRecord] = {}
-        for start in range(0, len(keys), _KEYS_PER_LOOKUP):
-            rows = source.read_rows_by_key(
-                self.reader, self.stream, keys[start : start + _KEYS_PER_LOOKUP], self.column_types
-            )
-            for row in rows:
-                record = map_row(self.stream, row, self.field_types)
-                found[record.key] = record
-        return found
+        return current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
 
-    def commit(self, plan: BatchPlan) -> None:
-        """Write the batch's ExportErrors changes and advance the watermark, in one transaction."""
+    def commit(self, plan: BatchPlan, *, with_it: Callable[[], None] | None = None) -> None:
+        """Write the batch's ExportErrors changes and advance the watermark, in one transaction (with ``with_it``)."""
         self._has_open_errors = self._has_open_errors or bool(plan.errors)
         with self.conn.transaction():
             if self._has_open_errors:
@@ -219,6 +226,8 @@ class StreamExport:
                 run_id=self.context.run_id,
                 definition=self.definition,
             )
+            if with_it is not None:
+                with_it()
         if plan.new_position is not None:
             self.position = position_to_json(plan.new_position)
 
@@ -381,17 +390,10 @@ def export_stream(
                 while sender.requests and sender.requests[0].answer.done():
                     request = sender.requests.popleft()
                     outcomes = request.answer.result()  # a failed request raises here, after all before it
-                    if result.tally.batches:
-                        pause = _reread_pause_on_error(pause, pause_on_error, result)
-                    plan = plan_batch(outcomes, pause_on_error=pause)
-                    run.commit(plan)
-                    result.add(plan, pause_on_error=pause)
-                    _log_batch(stream, plan, pause)
-                    result.held = held_record(stream, plan)
+                    pause = _commit_outcomes(run, result, outcomes, pause, pause_on_error)
                     if result.held is not None:
                         break
                 if result.held is not None:
-                    result.stopped_because = HELD
                     dropped = sender.discard()
                     if dropped:
                         log.info("%d later batch(es) in flight are not counted; they are sent again later.", dropped)
@@ -500,6 +502,29 @@ def _log_start(run: StreamExport, pause: bool) -> None:
         stream.external_id_field,
         run.watermark.position,
     )
+
+
+def _commit_outcomes(
+    run: StreamExport,
+    result: ExportResult,
+    outcomes: list[RecordOutcome],
+    pause: bool,
+    pause_on_error: Callable[[], bool],
+    *,
+    with_it: Callable[[], None] | None = None,
+) -> bool:
+    """Plan one batch's outcomes under the pause on error in force now, commit it (``with_it`` in the same
+    transaction) and count it; returns the pause on error it was planned under."""
+    if result.tally.batches:
+        pause = _reread_pause_on_error(pause, pause_on_error, result)
+    plan = plan_batch(outcomes, pause_on_error=pause)
+    run.commit(plan, with_it=with_it)
+    result.add(plan, pause_on_error=pause)
+    _log_batch(run.stream, plan, pause)
+    result.held = held_record(run.stream, plan)
+    if result.held is not None:
+        result.stopped_because = HELD
+    return pause
 
 
 def _reread_pause_on_error(current: bool, pause_on_error: Callable[[], bool], result: ExportResult) -> bool:
@@ -661,16 +686,17 @@ class _Backfill:
             job = self._next(running, records_read, result, started)
             if job is not None:
                 records_read += len(job.records)
-            if running is not None and job is not None and not job.keys.isdisjoint(running.keys):
+            shared = job.keys & running.keys if job is not None and running is not None else frozenset()
+            if shared:
                 # A record is never in two jobs at once: Salesforce could apply the older version last.
                 log.info(
                     "%d record(s) of stream '%s' changed while job %s, which sends their earlier version, runs; the "
                     "next job waits for it.",
-                    len(job.keys & running.keys),
+                    len(shared),
                     self.stream.name,
                     running.job_id,
                 )
-            if running is not None and (job is None or not job.keys.isdisjoint(running.keys)):
+            if running is not None and (job is None or shared):
                 pause = self._finish(running, result, pause, pause_on_error)
                 running = None
             if job is None or result.held is not None:
@@ -813,19 +839,9 @@ class _Backfill:
             outcomes.append(
                 RecordOutcome(SourceRecord(record.key, record.position, record.external_id, payload), rejection)
             )
-        if result.tally.batches:
-            pause = _reread_pause_on_error(pause, pause_on_error, result)
-        plan = plan_batch(outcomes, pause_on_error=pause)
-        with self.run.conn.transaction():
-            self.run.commit(plan)
-            if job.job_id is not None:
-                bulk_jobs.set_state(self.run.conn, job.job_id, "done")
-        result.add(plan, pause_on_error=pause)
-        _log_batch(self.stream, plan, pause)
-        result.held = held_record(self.stream, plan)
-        if result.held is not None:
-            result.stopped_because = HELD
-        return pause
+        job_id = job.job_id
+        done = None if job_id is None else lambda: bulk_jobs.set_state(self.run.conn, job_id, "done")
+        return _commit_outcomes(self.run, result, outcomes, pause, pause_on_error, with_it=done)
 
     def _outcome(self, job: _Job) -> dict[int, RecordRejected]:
         """The rejected records of a finished job, by index; a failed job or unprocessed records raise."""

@@ -31,8 +31,8 @@ from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import age_text
 from include.crm_export.errors import RecordRejected, SettingsError
-from include.crm_export.export import RunContext
-from include.crm_export.mapping import SourceRecord, map_row
+from include.crm_export.export import RunContext, current_records
+from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
 
@@ -246,11 +246,7 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
 
 
 def _current_records(run: ReexportRun, keys: list[str]) -> dict[str, SourceRecord]:
-    records = (
-        map_row(run.stream, row, run.field_types)
-        for row in source.read_rows_by_key(run.conn, run.stream, keys, run.column_types)
-    )
-    return {record.key: record for record in records}
+    return current_records(run.conn, run.stream, keys, run.column_types, run.field_types)
 
 
 def _send_current(

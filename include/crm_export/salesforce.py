@@ -39,9 +39,6 @@ from simple_salesforce.exceptions import (
 
 from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
-
-if TYPE_CHECKING:
-    from include.crm_export.bulk_jobs import BulkJobs
 from include.crm_export.concurrency import LOCK_CODES, Concurrency
 from include.crm_export.config import Stream
 from include.crm_export.errors import (
@@ -57,6 +54,9 @@ from include.crm_export.errors import (
 from include.crm_export.http import DEFAULT_TIMEOUT, SalesforceSession
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import MAX_BATCH_SIZE, SALESFORCE_CONN_ID
+
+if TYPE_CHECKING:
+    from include.crm_export.bulk_jobs import BulkJobs
 
 log = logging.getLogger(__name__)
 

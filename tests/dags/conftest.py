@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,3 +256,40 @@ def stop_local_run(process, root: Path) -> None:
     leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
     assert not (root / "postgres" / "data" / "postmaster.pid").exists()
+
+
+def start_cli_export(streams_file: Path | None = None, *, pause_on_error: str = "true") -> subprocess.Popen:
+    """The contacts stream's export from the CLI, in a process of its own (to be killed); output discarded."""
+    env = os.environ.copy()
+    if streams_file is not None:
+        env["CRM_EXPORT_STREAMS_FILE"] = str(streams_file)
+    command = ["export", "--stream", "contacts", "--pause-on-error", pause_on_error]
+    return subprocess.Popen(
+        [sys.executable, "-m", "include.crm_export", *command],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_when(worker: subprocess.Popen, ready: Callable[[], Any], *, never: str, settle: float = 0.0) -> Any:
+    """``kill -9`` the worker once ``ready()`` gives something true (then ``settle`` seconds later); returns that.
+
+    Fails with ``never`` if it does not within 60 s. The worker is killed in any case.
+    """
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            value = ready()
+            if value:
+                time.sleep(settle)
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(10)
+                return value
+            time.sleep(0.02)
+        raise AssertionError(never)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)

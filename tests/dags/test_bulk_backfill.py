@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
-from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import (
     assert_salesforce_matches_source,
     blocked,
     contacts_stream,
     insert_contacts,
+    kill_when,
     open_errors,
     salesforce_contacts,
+    start_cli_export,
     watermark,
     write_streams,
 )
@@ -159,30 +154,16 @@ def test_a_task_killed_while_salesforce_processes_its_jobs_resumes_them_by_polli
     insert_contacts(db, 2000)
     emulator.set_timing(bulk_records_per_second=400)  # each job of 1000 takes about 2.5 s
     config = streams(tmp_path)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "include.crm_export", "export", "--stream", "contacts", "--pause-on-error", "true"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(config)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            # The second job is uploaded and closed while Salesforce processes the first: kill with both running.
-            closed = db.execute(
-                "SELECT job_id FROM crm_export.bulk_jobs WHERE state = 'closed' ORDER BY created_at"
-            ).fetchall()
-            if len(closed) == 2:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the worker never had two jobs running")
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    worker = start_cli_export(config)
+
+    def two_jobs_closed() -> list:
+        # The second job is uploaded and closed while Salesforce processes the first: kill with both running.
+        rows = db.execute(
+            "SELECT job_id FROM crm_export.bulk_jobs WHERE state = 'closed' ORDER BY created_at"
+        ).fetchall()
+        return rows if len(rows) == 2 else []
+
+    closed = kill_when(worker, two_jobs_closed, never="the worker never had two jobs running")
     assert watermark(db)[0] is None
     assert jobs_created(emulator) == 2
 

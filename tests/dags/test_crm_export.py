@@ -7,9 +7,6 @@ the watermark, the ExportErrors rows, the task state and its log.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,8 +18,10 @@ from tests.dags.conftest import (
     assert_salesforce_matches_source,
     contacts_stream,
     insert_contacts,
+    kill_when,
     open_errors,
     salesforce_contacts,
+    start_cli_export,
     watermark,
     write_streams,
 )
@@ -352,30 +351,17 @@ def test_worker_killed_between_salesforce_write_and_watermark_commit(db, emulato
     with psycopg.connect(project_conninfo) as blocker:
         # Hold the watermark row, so the worker blocks right after its first Salesforce write.
         blocker.execute("SELECT * FROM crm_export.stream_watermarks WHERE stream = 'contacts' FOR UPDATE")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "include.crm_export", "export", "--stream", "contacts", "--pause-on-error", "true"],
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                waiting = db.execute(
-                    """SELECT count(*) FROM pg_stat_activity
-                       WHERE application_name = 'crm-export contacts' AND wait_event_type = 'Lock'"""
-                ).fetchone()[0]
-                if waiting and emulator.counters().get("records_created", 0) >= 200:
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError("the worker never blocked on the watermark commit")
-            time.sleep(0.5)  # the next batch goes out while the first one's commit waits
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(10)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
+        worker = start_cli_export()
+
+        def blocked_after_a_write() -> bool:
+            waiting = db.execute(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE application_name = 'crm-export contacts' AND wait_event_type = 'Lock'"""
+            ).fetchone()[0]
+            return bool(waiting and emulator.counters().get("records_created", 0) >= 200)
+
+        # settle: the next batch goes out while the first one's commit waits
+        kill_when(worker, blocked_after_a_write, never="the worker never blocked on the watermark commit", settle=0.5)
         blocker.rollback()
 
     in_salesforce = len(emulator.records("Contact"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from tests.dags.conftest import (
     insert_contacts,
     open_errors,
     salesforce_contacts,
+    start_cli_export,
     watermark,
     write_streams,
 )
@@ -292,13 +292,7 @@ def test_reexport_beside_a_running_crm_export_leaves_salesforce_equal_to_source(
 
     changer = threading.Thread(target=keep_changing_source)
     changer.start()
-    exporter = subprocess.Popen(
-        [sys.executable, "-m", "include.crm_export", "export", "--stream", "contacts", "--pause-on-error", "false"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(streams)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    exporter = start_cli_export(streams, pause_on_error="false")
     try:
         reexport = run_dag(dag_id=REEXPORT, streams_file=streams)
     finally:

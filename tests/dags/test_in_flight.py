@@ -6,22 +6,20 @@ watermark and ExportErrors exactly as one request at a time leaves them.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from devstack.stack import PROJECT_ROOT
 from tests.dags.conftest import (
     assert_salesforce_matches_source,
     blocked,
     contacts_stream,
     insert_contacts,
+    kill_when,
     open_errors,
     salesforce_contacts,
+    start_cli_export,
     watermark,
     write_streams,
 )
@@ -155,27 +153,13 @@ def test_a_worker_killed_with_requests_in_flight_loses_and_duplicates_nothing(db
     insert_contacts(db, 2000)
     out_of_order.set_timing(latency_ms=150, jitter_ms=100, seed=3)
     config = streams(tmp_path, 8)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "include.crm_export", "export", "--stream", "contacts", "--pause-on-error", "true"],
-        cwd=PROJECT_ROOT,
-        env={**__import__("os").environ, "CRM_EXPORT_STREAMS_FILE": str(config)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # some batches committed, others still in flight
-            position = watermark(db)[0]
-            if position and int(position[1]) >= 200:
-                break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("the worker never committed a batch")
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    worker = start_cli_export(config)
+
+    def some_committed() -> bool:  # some batches committed, others still in flight
+        position = watermark(db)[0]
+        return bool(position and int(position[1]) >= 200)
+
+    kill_when(worker, some_committed, never="the worker never committed a batch")
     killed_at = int(watermark(db)[0][1])
     assert killed_at < 2000
     assert killed_at % 20 == 0

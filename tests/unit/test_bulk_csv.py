@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from include.crm_export.bulk_csv import JobData, JobRecord, job_data, match_results, parse_error, rejections, saved_ids
+from include.crm_export.bulk_csv import JobData, JobRecord, match_results, parse_error, rejections, saved_ids
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
 
@@ -20,15 +20,14 @@ def record(key: str, **payload) -> SourceRecord:
 
 
 def test_values_go_out_exactly_and_an_empty_value_empties_the_field():
-    data = job_data(
-        [
-            record("1", LastName="O'Brien, Jr.", Amount__c=Decimal("99999999999999.99"), Opted__c=True),
-            record("2", LastName="Line\nbreak", Amount__c=None, Opted__c=False),
-            SourceRecord("3", ("3",), "3", None, RecordRejected("INVALID_FIELD", "bad date")),  # not sent
-        ],
-        [EXT, "LastName", "Amount__c", "Opted__c"],
-    )
-    assert data == (
+    data = JobData([EXT, "LastName", "Amount__c", "Opted__c"])
+    for each in (
+        record("1", LastName="O'Brien, Jr.", Amount__c=Decimal("99999999999999.99"), Opted__c=True),
+        record("2", LastName="Line\nbreak", Amount__c=None, Opted__c=False),
+        SourceRecord("3", ("3",), "3", None, RecordRejected("INVALID_FIELD", "bad date")),  # not sent
+    ):
+        data.add(each)
+    assert data.csv() == (
         "CRM_Contact_Id__c,LastName,Amount__c,Opted__c\n"
         '1,"O\'Brien, Jr.",99999999999999.99,true\n'
         '2,"Line\nbreak",#N/A,false\n'
