@@ -12,3 +12,5 @@ emulator, embedded PostgreSQL, demo, walk-through) is the top-level
 - entry points: ``tasks`` (DAG task bodies), ``ui`` (the CRM Export page),
   ``__main__`` (the command line).
 """
+
+__version__ = "0.2.0.dev0"
