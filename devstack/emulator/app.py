@@ -158,7 +158,29 @@ async def record_by_id(request: Request, org: Org) -> Any:
 
 async def record_by_external_id(request: Request, org: Org) -> Any:
     p = request.path_params
+    if request.method == "PATCH":
+        return await _upsert_one(request, org)
     return _with_attributes(org.get_by_external_id(p["sobject"], p["field"], p["value"]), request)
+
+
+async def _upsert_one(request: Request, org: Org) -> Response:
+    """``PATCH /sobjects/{object}/{externalIdField}/{value}``: upsert one record by external id, as in "Insert or
+    Update (Upsert) a Record Using an External ID" (REST API Developer Guide): 201 with ``created: true`` for a
+    new record, 200 with ``created: false`` for an update, 400 with an error list for a rejected one."""
+    p = request.path_params
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise RequestRejected(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+    fields = {k: v for k, v in body.items() if k != "attributes"}
+    record = {"attributes": {"type": p["sobject"]}, **fields, p["field"]: p["value"]}
+    [result] = org.upsert(p["sobject"], p["field"], {"allOrNone": False, "records": [record]})
+    if not result["success"]:
+        errors = [
+            {"message": e["message"], "errorCode": e["statusCode"], "fields": e.get("fields", [])}
+            for e in result["errors"]
+        ]
+        return JSONResponse(errors, status_code=400)
+    return JSONResponse(result, status_code=201 if result["created"] else 200)
 
 
 def _with_attributes(record: dict[str, Any], request: Request) -> dict[str, Any]:
@@ -345,10 +367,13 @@ async def admin_timing(request: Request) -> Response:
 
 async def admin_bulk(request: Request) -> Response:
     """Make the next Bulk API 2.0 job on an object fail after N records ({"object", "fail_after_records"}) or
-    complete without recording the results of the records after N ({"object", "unrecorded_after_records"})."""
+    complete without recording the results of the records after N ({"object", "unrecorded_after_records"});
+    or set how long ended jobs are kept ({"retention_seconds"})."""
     raw = await request.json()
     org: Org = request.app.state.org
-    if "unrecorded_after_records" in raw:
+    if "retention_seconds" in raw:
+        org.bulk.retention_seconds = float(raw["retention_seconds"])
+    elif "unrecorded_after_records" in raw:
         org.bulk_failures[str(raw["object"])] = (int(raw["unrecorded_after_records"]), "unrecorded")
     else:
         org.bulk_failures[str(raw["object"])] = (int(raw["fail_after_records"]), "fail")
@@ -370,7 +395,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route(f"{data}/sobjects/{{sobject}}/describe", api(describe), methods=["GET"]),
         Route(f"{data}/sobjects/{{sobject}}/describe/", api(describe), methods=["GET"]),
         Route(f"{data}/sobjects/{{sobject}}/{{record_id}}", api(record_by_id), methods=["GET"]),
-        Route(f"{data}/sobjects/{{sobject}}/{{field}}/{{value}}", api(record_by_external_id), methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/{{field}}/{{value}}", api(record_by_external_id), methods=["GET", "PATCH"]),
         Route(f"{data}/composite/sobjects/{{sobject}}/{{field}}", api(collection_upsert), methods=["PATCH"]),
         Route(f"{data}/jobs/ingest", api(bulk_create), methods=["POST"]),
         Route(f"{data}/jobs/ingest/", api(bulk_create), methods=["POST"]),

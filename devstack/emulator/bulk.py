@@ -20,7 +20,8 @@ the object does not have fails the job ("InvalidBatch : Field name not
 found"). Processing takes ``records_per_second`` (``Timing.bulk_records_per_second``;
 0 = at once), so a job is ``InProgress`` for a while as in a real org. Where
 the guide is silent (a second upload to one job, results before the job is
-done), the stricter answer is given: refused.
+done), the stricter answer is given: refused. A job that ended is deleted after
+``retention_seconds`` (7 days, as Salesforce does), then answers 404.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import csv
 import io
 import secrets
 import string
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -67,6 +69,7 @@ class IngestJob:
     error_message: str | None = None
     uploaded: bool = False
     task: asyncio.Task | None = None
+    ended_at: float | None = None  # monotonic time it reached JobComplete, Failed or Aborted
 
     def info(self) -> dict[str, Any]:
         body = {
@@ -117,6 +120,9 @@ class BulkIngest:
     def __init__(self, org: Any) -> None:
         self.org = org
         self.jobs: dict[str, IngestJob] = {}
+        # "Jobs that are older than 7 days are deleted if they are in a terminal state" (Bulk API and Bulk API
+        # 2.0 Limits and Allocations); settable so a test can see a job expire.
+        self.retention_seconds = 7 * 86_400.0
 
     def cancel_all(self) -> None:
         for job in self.jobs.values():
@@ -145,6 +151,9 @@ class BulkIngest:
 
     def job(self, job_id: str) -> IngestJob:
         job = self.jobs.get(job_id)
+        if job is not None and job.ended_at is not None and time.monotonic() - job.ended_at > self.retention_seconds:
+            del self.jobs[job_id]
+            job = None
         if job is None:
             raise RequestRejected(404, "NOT_FOUND", f"Could not find the job {job_id}")
         return job
@@ -175,7 +184,7 @@ class BulkIngest:
         elif wanted == ABORTED:
             if job.state in (JOB_COMPLETE, FAILED, ABORTED):
                 raise RequestRejected(409, "INVALIDJOBSTATE", f"Job {job_id} is {job.state} and cannot be aborted")
-            job.state = ABORTED
+            job.state, job.ended_at = ABORTED, time.monotonic()
             if job.task is not None:
                 job.task.cancel()
         else:
@@ -209,7 +218,7 @@ class BulkIngest:
         schema: ObjectSchema = self.org.schema(job.sobject)
         unknown = [column for column in job.columns if schema.field_named(column) is None]
         if unknown or job.external_id_field.lower() not in (c.lower() for c in job.columns):
-            job.state = FAILED
+            job.state, job.ended_at = FAILED, time.monotonic()
             missing = unknown[0] if unknown else job.external_id_field
             job.error_message = f"InvalidBatch : Field name not found : {missing}"
             return
@@ -219,7 +228,7 @@ class BulkIngest:
             if job.state == ABORTED:
                 return
             if how == "fail" and start >= after:
-                job.state = FAILED
+                job.state, job.ended_at = FAILED, time.monotonic()
                 job.error_message = "InternalServerError : the job failed while processing (emulated)"
                 return
             chunk = job.rows[start : start + CHUNK]
@@ -236,7 +245,7 @@ class BulkIngest:
             self.org.counters["bulk.records_processed"] += len(chunk)
             # Salesforce processes a job in the background: the org answers other requests meanwhile.
             await asyncio.sleep(len(chunk) / records_per_second if records_per_second else 0)
-        job.state = JOB_COMPLETE
+        job.state, job.ended_at = JOB_COMPLETE, time.monotonic()
 
     def _apply(self, job: IngestJob, schema: ObjectSchema, chunk: list[list[str]]) -> list[dict[str, Any]]:
         records = []

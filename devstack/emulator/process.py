@@ -228,6 +228,10 @@ class EmulatorAdmin:
         allocation", Get Job Successful Record Results): they are in no result set."""
         self._call("POST", "bulk", json={"object": sobject, "unrecorded_after_records": after_records})
 
+    def keep_ended_bulk_jobs_for(self, seconds: float) -> None:
+        """Ended Bulk API 2.0 jobs are deleted after ``seconds`` (Salesforce: 7 days); then they answer 404."""
+        self._call("POST", "bulk", json={"retention_seconds": seconds})
+
     def timing(self) -> dict[str, Any]:
         """The timing in force and the most requests served at once since it was set."""
         return self._call("GET", "timing")

@@ -138,3 +138,32 @@ def test_ingest_requests_count_and_meet_the_same_faults(sf, emulator):
     )
     assert unknown.status_code == 400
     assert rest(sf, "PATCH", f"jobs/ingest/{job_id}", json={"state": "Aborted"}).json()["state"] == "Aborted"
+
+
+def test_empty_leaves_a_field_and_na_clears_it_as_the_csv_rules_say(sf, emulator):
+    """Valid CSV Record Rows: "Empty field values are ignored when you update records. To set a field value to
+    null, use a field value of #N/A." A quoted value keeps a comma, a CR and an LF."""
+    first = new_job(sf)
+    upload(sf, first, f'{EXT},LastName,Title,Department\n1,One,"Head of\rSales, EMEA",Ops\n')
+    rest(sf, "PATCH", f"jobs/ingest/{first}", json={"state": "UploadComplete"})
+    wait_until(sf, first, {"JobComplete"})
+    second = new_job(sf)
+    upload(sf, second, f"{EXT},LastName,Title,Department\n1,One,,#N/A\n")
+    rest(sf, "PATCH", f"jobs/ingest/{second}", json={"state": "UploadComplete"})
+    wait_until(sf, second, {"JobComplete"})
+    (stored,) = emulator.records("Contact")
+    assert (stored["Title"], stored["Department"]) == ("Head of\rSales, EMEA", None)
+
+
+def test_an_ended_job_is_deleted_after_the_retention_then_answers_404(sf, emulator):
+    """Bulk API and Bulk API 2.0 Limits and Allocations: jobs in a terminal state are deleted after 7 days."""
+    job_id = new_job(sf)
+    upload(sf, job_id, contacts_csv([1]))
+    rest(sf, "PATCH", f"jobs/ingest/{job_id}", json={"state": "UploadComplete"})
+    wait_until(sf, job_id, {"JobComplete"})
+    assert rest(sf, "GET", f"jobs/ingest/{job_id}").status_code == 200
+    emulator.keep_ended_bulk_jobs_for(0)
+    time.sleep(0.01)
+    gone = rest(sf, "GET", f"jobs/ingest/{job_id}")
+    assert gone.status_code == 404
+    assert gone.json()[0]["errorCode"] == "NOT_FOUND"

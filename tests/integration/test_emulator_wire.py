@@ -449,3 +449,15 @@ def test_too_many_long_running_requests_are_refused_until_they_end(sf, emulator)
         assert [future.result()[0]["success"] for future in slow] == [True, True]
     emulator.set_timing()
     assert upsert(sf, [contact("after")])[0]["success"] is True
+
+
+def test_the_single_record_upsert_by_external_id_creates_then_updates_case_insensitively(sf, emulator):
+    """REST API Developer Guide, "Insert or Update (Upsert) a Record Using an External ID": PATCH
+    /sobjects/{object}/{externalIdField}/{value}; 201 created, then 200, a rejection is a 400 with its error."""
+    assert sf.Contact.upsert("CRM_Contact_Id__c/Ab-1", {"LastName": "First"}) == 201
+    assert sf.Contact.upsert("CRM_Contact_Id__c/ab-1", {"LastName": "Second"}) == 200
+    (stored,) = emulator.records("Contact")
+    assert stored["LastName"] == "Second"
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Contact.upsert("CRM_Contact_Id__c/new-2", {"LastName": ""})
+    assert refused.value.content[0]["errorCode"] == "REQUIRED_FIELD_MISSING"
