@@ -1,10 +1,9 @@
 """Bulk API 2.0 ingest data and results, as plain data. Pure: no I/O.
 
 The job data is CSV with the external id field and the mapped fields as
-columns ("Prepare CSV Files", *Bulk API 2.0 and Bulk API Developer Guide*):
-numbers in their exact text (never through float), booleans ``true``/``false``,
-and an empty source value as ``#N/A`` (an empty CSV value would leave the
-Salesforce field as it is, where the sObject Collections path sends null).
+columns ("Prepare CSV Files", *Bulk API 2.0 and Bulk API Developer Guide*),
+each value rendered by :mod:`values` from the same decision the sObject
+Collections path sends as JSON.
 
 Results come back in three CSV sets whose order is not guaranteed
 ("Get Job Successful/Failed/Unprocessed Record Results"); they are matched to
@@ -15,27 +14,14 @@ order its outcome: confirmed, rejected, or not processed at all.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
-
-NULL = "#N/A"
-
-
-def csv_value(value: Any) -> str:
-    if value is None:
-        return NULL
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
+from include.crm_export.values import NotInCsv, csv_line, csv_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,35 +32,49 @@ class JobRecord:
     position: tuple[Any, ...]
     external_id: str | None
     rejection: RecordRejected | None = None  # the mapping's: the record could not be sent
+    # Set only for a record a CSV cannot carry exactly (``values.NotInCsv``): it goes through sObject
+    # Collections beside the job, so this payload is what is sent.
+    outside_payload: dict[str, Any] | None = None
 
     @property
     def sent(self) -> bool:
-        return self.rejection is None
+        """In the job's CSV (so in its results)."""
+        return self.rejection is None and self.outside_payload is None
 
 
 class JobData:
     """A job's CSV written record by record, in source order, and the :class:`JobRecord` of each record read.
 
     The records' payloads are not kept: once a row is in the CSV, only its
-    key, position and external id are needed to match the results.
+    key, position and external id are needed to match the results. The CSV
+    never grows past ``max_bytes`` (UTF-8, as uploaded): :meth:`add` refuses
+    the row that would pass it, unless the job has no record yet.
     """
 
-    def __init__(self, columns: list[str]) -> None:
+    def __init__(self, columns: list[str], *, max_bytes: int | None = None) -> None:
         self.columns = columns
-        self._bytes = io.BytesIO()  # UTF-8 as uploaded, so the job's size is known exactly as it grows
-        self._out = io.TextIOWrapper(self._bytes, encoding="utf-8", newline="", write_through=True)
-        self._writer = csv.writer(self._out, lineterminator="\n")
-        self._writer.writerow(columns)
+        self.max_bytes = max_bytes
+        self._bytes = io.BytesIO()
+        self._bytes.write(csv_line(columns).encode("utf-8"))
         self.records: list[JobRecord] = []
         self.sent = 0
 
-    def add(self, record: SourceRecord) -> None:
+    def add(self, record: SourceRecord) -> bool:
+        """Take the record (True), or leave it for the next job because this one is full (False)."""
         if record.payload is None:
             self.records.append(JobRecord(record.key, record.position, record.external_id, record.rejection))
-            return
+            return True
+        try:
+            line = csv_row(record.payload, self.columns).encode("utf-8")
+        except NotInCsv:
+            self.records.append(JobRecord(record.key, record.position, record.external_id, None, record.payload))
+            return True
+        if self.max_bytes is not None and self.records and self.size + len(line) > self.max_bytes:
+            return False
+        self._bytes.write(line)
         self.records.append(JobRecord(record.key, record.position, record.external_id))
-        self._writer.writerow([csv_value(record.payload.get(column)) for column in self.columns])
         self.sent += 1
+        return True
 
     @property
     def size(self) -> int:
@@ -149,6 +149,8 @@ def match_results(records: Sequence[JobRecord], *, saved: set[str], rejected: di
         if record.rejection is not None:
             by_index[index] = record.rejection
             continue
+        if not record.sent:
+            continue  # sent beside the job, through sObject Collections
         sent = _match_key(record.external_id or "")
         if sent in rejected:
             by_index[index] = rejected[sent]

@@ -11,6 +11,8 @@ them back to the records). Used by the export's backfill path
 from __future__ import annotations
 
 import csv
+import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,10 +21,13 @@ from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceError, SalesforceOperationError
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceOperationError
 
 from include.crm_export import bulk_csv
-from include.crm_export.errors import RecordRejected, RequestFailed
+from include.crm_export.errors import JobResultsUnreadable, RecordRejected, RequestFailed
+from include.crm_export.salesforce import SessionRenewer, refusal
+
+log = logging.getLogger(__name__)
 
 DONE_STATES = ("JobComplete", "Failed", "Aborted")
 
@@ -60,12 +65,15 @@ class BulkJobs:
         *,
         sobject: str,
         external_id_field: str,
+        renewer: SessionRenewer | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         first_poll_seconds: float = 0.5,
         max_poll_seconds: float = 10.0,
         timeout_seconds: float = 3600.0,
     ) -> None:
+        self.sf = sf
+        self.renewer = renewer
         self.client = getattr(sf.bulk2, sobject)._client
         self.sobject = sobject
         self.external_id_field = external_id_field
@@ -76,20 +84,43 @@ class BulkJobs:
         self.timeout_seconds = timeout_seconds
         self.requests_sent = 0
 
-    def _call(self, doing: str, call: Callable[[], Any]) -> Any:
+    def _call(self, doing: str, call: Callable[[], Any], *, renewed: bool = False) -> Any:
+        """One Bulk API 2.0 request; every refusal goes through the one translation (``salesforce.refusal``)."""
         self.requests_sent += 1
         try:
             return call()
+        except SalesforceExpiredSession as exc:
+            if renewed or not self._renew_session():
+                raise refusal(exc, doing=doing) from None
         except SalesforceError as exc:
-            raise RequestFailed(
-                f"Salesforce refused to {doing} (HTTP {exc.status}): {exc.content}", status=exc.status
-            ) from None
+            raise refusal(exc, doing=doing) from None
         except SalesforceOperationError as exc:  # simple-salesforce's own checks (e.g. the 100 MB data limit)
             raise RequestFailed(
-                f"Could not {doing}: {exc}. Where the job's data is too large, lower the stream's bulk_job_records."
+                f"Could not {doing}: {exc}. Where the job's data is too large, lower the stream's bulk_job_records "
+                "or bulk_job_megabytes."
             ) from None
         except requests.exceptions.RequestException as exc:
             raise RequestFailed(f"Could not reach Salesforce to {doing}: {type(exc).__name__}: {exc}") from None
+        return self._call(doing, call, renewed=True)
+
+    def _renew_session(self) -> bool:
+        """Take the session the REST client holds now (renewed there, or renewed here); False if none is new.
+
+        simple-salesforce's Bulk API 2.0 client copies the token it was built
+        with, so a session renewed on the REST side would never reach it.
+        """
+        if self.renewer is not None:
+            log.warning("Salesforce session expired during a Bulk API 2.0 request; renewing it")
+            self.renewer.renew(self.sf)
+        elif getattr(self.sf, "_salesforce_login_partial", None) is not None:
+            # A session simple-salesforce logged in itself (password, JWT, client credentials): log in again.
+            log.warning("Salesforce session expired during a Bulk API 2.0 request; logging in again")
+            self.sf._refresh_session()
+        token = f"Bearer {self.sf.session_id}"
+        if self.client.headers.get("Authorization") == token:
+            return False
+        self.client.headers["Authorization"] = token
+        return True
 
     def create(self) -> str:
         info = self._call(
@@ -141,13 +172,19 @@ class BulkJobs:
         with tempfile.TemporaryDirectory(prefix="crm-export-bulk-") as folder:
             saved = self._download(job_id, "successfulResults", Path(folder), "list the saved records of job")
             failed = self._download(job_id, "failedResults", Path(folder), "list the failed records of job")
+            # A result row repeats the values sent, up to Bulk API 2.0's 32,000 characters a field (more than
+            # the csv module's default limit of 131,072 once several are quoted): no field limit when reading.
+            csv.field_size_limit(sys.maxsize)
             try:
                 with saved.open(encoding="utf-8", newline="") as rows:
                     saved_ids = bulk_csv.saved_ids(csv.reader(rows), self.external_id_field)
                 with failed.open(encoding="utf-8", newline="") as rows:
                     return saved_ids, bulk_csv.rejections(csv.reader(rows), self.external_id_field)
             except (UnicodeDecodeError, csv.Error, ValueError) as exc:
-                raise RequestFailed(f"The results of job {job_id} cannot be read as UTF-8 CSV: {exc}") from None
+                raise JobResultsUnreadable(
+                    f"The results of job {job_id} cannot be read as UTF-8 CSV: {exc}. Nothing of the job counts; "
+                    "its records are sent again."
+                ) from None
 
     def _download(self, job_id: str, kind: str, folder: Path, doing: str) -> Path:
         path = folder / f"{kind}.csv"

@@ -416,19 +416,26 @@ def stream_definition(stream: Stream, column_types: dict[str, str]) -> dict[str,
         "order_by": [[column, column_types[column]] for column in stream.order_by],
         "sobject": stream.sobject,
         "external_id": [stream.external_id_field, stream.external_id_column],
+        # The mapping: records exported under another one carry it in Salesforce.
+        "fields": [[field, column] for field, column in sorted(stream.fields)],
     }
 
 
 def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Each part of the definition that differs, as a person reads it."""
 
-    def text(value: Any) -> str:
+    def text(value: Any, part: str) -> str:
+        if part == "fields":
+            return "{" + ", ".join(f"{field}: {column}" for field, column in value) + "}"
         if isinstance(value, list) and value and isinstance(value[0], list):
             return ", ".join(f"{column} {kind}" for column, kind in value)
         if isinstance(value, list):
             return " ".join(str(part) for part in value)
         return str(value)
 
+    # A part the old definition lacks was not recorded by the release that wrote it: nothing to compare.
     return [
-        f"{part} was {text(old.get(part))!s} and is now {text(new[part])}" for part in new if old.get(part) != new[part]
+        f"{part} was {text(old[part], part)} and is now {text(new[part], part)}"
+        for part in new
+        if part in old and old[part] != new[part]
     ]

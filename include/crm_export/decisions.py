@@ -9,9 +9,10 @@ tested without PostgreSQL or Salesforce.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from include.crm_export.batch import BatchPlan, RunTally
-from include.crm_export.config import Stream
+from include.crm_export.config import Stream, definition_changes
 from include.crm_export.errors import RecordRejected
 from include.crm_export.names import (
     EXPORT_DAG_ID,
@@ -189,11 +190,37 @@ class ExportResult:
             self.skipped_with_pause_on_error_off += len(plan.errors)
 
 
+def definition_refusal(
+    stream: str,
+    *,
+    current: dict[str, Any],
+    stored: dict[str, Any] | None,
+    exported_before: bool,
+) -> str | None:
+    """Why the stream may not be exported (or re-exported) under its current definition, if it may not.
+
+    A watermark taken under another definition is never continued silently;
+    a stream that exported nothing under the old one has nothing to protect.
+    """
+    if stored is None or not exported_before:
+        return None
+    changes = definition_changes(stored, current)
+    return stream_changed_message(stream, changes) if changes else None
+
+
 def stream_changed_message(stream: str, changes: list[str]) -> str:
     """The failed task's message when streams.yml (or the source) changed under a watermark."""
+    mapping = (
+        " Records exported before carry the old field mapping in Salesforce: re-position from the start to send "
+        "every record again with the new one (one API request per 200 records, or a few Bulk API 2.0 jobs above "
+        "bulk_threshold), or from a change time such as now to apply it only to records that change from then on."
+        if any(change.startswith("fields ") for change in changes)
+        else ""
+    )
     return (
         f"Stream '{stream}' changed since its watermark was set: {'; '.join(changes)}. The watermark is a position "
-        "in the old definition, so continuing could skip or repeat records; nothing was sent. Re-position the "
+        "in the old definition, so continuing could skip or repeat records; nothing was sent."
+        f"{mapping} Re-position the "
         "stream on purpose, from the start or from a change time: python -m include.crm_export reposition "
         f"--stream {stream} --from-start (or --from-change-time 2026-01-01T00:00:00Z), or the Re-position action "
         "on the CRM Export page. Then clear this task."
@@ -246,8 +273,8 @@ def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | No
         return Alert(
             state,
             f"{EXPORT_DAG_ID}: {name} recovered",
-            f"The record {name} was held at ({previous.removeprefix('held:')}) went through; the export carries on. "
-            + result.summary(),
+            f"The {name} is no longer held at record {previous.removeprefix('held:')} (it went through, or left the "
+            "source); the export carries on. " + result.summary(),
         )
     return Alert(
         state, f"{EXPORT_DAG_ID}: {name} recovered", f"Rejections are back below the threshold. {result.summary()}"

@@ -38,6 +38,12 @@ API_ACCESS_CODES = {
 # Codes raised before a record reaches Salesforce (the source row cannot be sent).
 MISSING_EXTERNAL_ID = "CRM_EXPORT_MISSING_EXTERNAL_ID"
 INVALID_SOURCE_VALUE = "CRM_EXPORT_INVALID_SOURCE_VALUE"
+DUPLICATE_EXTERNAL_ID = "CRM_EXPORT_DUPLICATE_EXTERNAL_ID"
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL can store: a NUL (which Salesforce may echo back from a value) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,12 @@ class RecordRejected:
     code: str
     message: str
     fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Every rejection ends up in ExportErrors and in messages, whichever path or client met it.
+        object.__setattr__(self, "code", storable(self.code))
+        object.__setattr__(self, "message", storable(self.message))
+        object.__setattr__(self, "fields", tuple(storable(field) for field in self.fields))
 
     @property
     def transient(self) -> bool:
@@ -91,8 +103,20 @@ class RequestLimitExceeded(RequestFailed):
     """403 REQUEST_LIMIT_EXCEEDED: the org's rolling 24-hour API allowance is used up. Wait, do not retry."""
 
 
+class NotFound(RequestFailed):
+    """404: what the request names (an object, a field, a Bulk API 2.0 job) does not exist (any more)."""
+
+
+class JobResultsUnreadable(RequestFailed):
+    """A finished Bulk API 2.0 job's results cannot be read; reading them again will not help."""
+
+
 class SessionExpired(RequestFailed):
     """401 INVALID_SESSION_ID that could not be renewed with the connection's auth flow."""
+
+
+class DatabaseUnavailable(CrmExportError):
+    """The project's PostgreSQL connection was lost or refused mid-run; retried by Airflow."""
 
 
 class SettingsError(CrmExportError):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,12 +34,13 @@ from functools import cached_property
 
 import psycopg
 
+from include.crm_export import __version__
 from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
 from include.crm_export.bulk_csv import JobData, JobRecord, match_results
 from include.crm_export.bulk_jobs import BulkJobs
 from include.crm_export.concurrency import Concurrency
-from include.crm_export.config import Stream, change_column, definition_changes, stream_definition
-from include.crm_export.db import api_requests, bulk_jobs, export_errors, run_history, source, watermarks
+from include.crm_export.config import Stream, change_column, stream_definition
+from include.crm_export.db import api_requests, bulk_jobs, export_errors, external_ids, run_history, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import (
@@ -48,14 +49,14 @@ from include.crm_export.decisions import (
     ExportResult,
     Lag,
     api_budget_stop,
+    definition_refusal,
     held_record,
     next_batch_size,
     pause_on_error_change,
     stop_reason,
-    stream_changed_message,
 )
-from include.crm_export.errors import RecordRejected, RequestFailed, StreamConfigError
-from include.crm_export.mapping import SourceRecord, map_row, position_to_json
+from include.crm_export.errors import JobResultsUnreadable, NotFound, RecordRejected, RequestFailed, StreamConfigError
+from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.names import MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
 
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 HORIZON_REFRESH_SECONDS = 1.0
 _MAX_ERROR_LINES_PER_BATCH = 20
 _KEYS_PER_LOOKUP = 1000
+_PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
+_FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
 
 
 def current_records(
@@ -80,6 +83,48 @@ def current_records(
             record = map_row(stream, row, field_types)
             found[record.key] = record
     return found
+
+
+def one_record_per_external_id(
+    reader: psycopg.Connection,
+    stream: Stream,
+    records: list[SourceRecord],
+    owners: ExternalIdOwners,
+    column_types: dict[str, str],
+    field_types: dict[str, str] | None,
+) -> list[SourceRecord]:
+    """The records, each later one whose external id another source row holds made a rejected record.
+
+    Held means: taken by a record read before it in this run (``owners``), or
+    confirmed in Salesforce earlier (``crm_export.external_ids``) by a row that
+    still has that external id now (one that changed or lost it lets go).
+    """
+    wanted = {
+        owners.match_key(record.external_id): record.key
+        for record in records
+        if record.payload is not None and record.external_id is not None
+    }
+    held = external_ids.holders(reader, stream, list(wanted))
+    others = {match: key for match, key in held.items() if key != wanted[match]}
+    if others:
+        now = current_records(reader, stream, sorted(set(others.values())), column_types, field_types)
+        for match, key in others.items():
+            holder = now.get(key)
+            if holder is not None and holder.external_id is not None and owners.match_key(holder.external_id) == match:
+                owners.held_by(match, key)
+    return owners.check_all(records)
+
+
+def confirmed_external_ids(
+    plan: BatchPlan, outcomes: list[RecordOutcome], owners: ExternalIdOwners
+) -> list[tuple[str, str]]:
+    """(match key, record key) of each record the plan confirms, to be held in ``crm_export.external_ids``."""
+    confirmed = set(plan.confirmed_keys)
+    return [
+        (owners.match_key(o.record.external_id), o.record.key)
+        for o in outcomes
+        if o.record.key in confirmed and o.record.external_id is not None
+    ]
 
 
 @dataclass(frozen=True)
@@ -103,9 +148,17 @@ class StreamExport:
         reader: psycopg.Connection,
         context: RunContext,
         field_types: dict[str, str] | None = None,
+        external_id_case_sensitive: bool = False,
     ):
         self.stream = stream
         self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
+        # Every record read this run that can still be in flight (a Collections request, or one of the two Bulk
+        # API 2.0 jobs that may run at once), by external id: one Salesforce record, one source row.
+        self.sent_ids = ExternalIdOwners(
+            stream,
+            case_sensitive=external_id_case_sensitive,
+            remember=max(20_000, 2 * stream.bulk_job_records + _PAGE_ROWS),
+        )
         self.conn = conn  # commits (watermark, ExportErrors) and holds the stream's lock
         self.reader = reader  # reads the source, so a read never waits for a commit
         self.context = context
@@ -132,12 +185,14 @@ class StreamExport:
         idle-run note), not here: a run that has not committed anything has
         changed nothing.
         """
-        definition, stored, position = self.definition, self.watermark.definition, self.watermark
-        if stored is None or stored == definition:
-            return
-        if position.position is None and position.held_record_key is None:
-            return  # nothing exported under the old definition: nothing to protect
-        raise StreamConfigError(stream_changed_message(self.stream.name, definition_changes(stored, definition)))
+        refused = definition_refusal(
+            self.stream.name,
+            current=self.definition,
+            stored=self.watermark.definition,
+            exported_before=self.watermark.exported_before,
+        )
+        if refused is not None:
+            raise StreamConfigError(refused)
 
     def _check_every_row_has_a_place(self) -> None:
         key = source.rows_without_a_place(self.reader, self.stream)
@@ -157,7 +212,7 @@ class StreamExport:
         context: RunContext,
         *,
         exits: ExitStack,
-        field_types: dict[str, str] | None = None,
+        writer: CollectionWriter | None = None,
     ) -> StreamExport:
         name = f"crm-export {stream.name}"
         conn = exits.enter_context(database.connect(application_name=name))
@@ -165,7 +220,14 @@ class StreamExport:
         migrate(conn)
         watermarks.lock_stream(conn, stream)
         export_errors.compact_error_counts(conn)
-        return cls(stream, conn=conn, reader=reader, context=context, field_types=field_types)
+        return cls(
+            stream,
+            conn=conn,
+            reader=reader,
+            context=context,
+            field_types=writer.field_types if writer is not None else None,
+            external_id_case_sensitive=writer.external_id_case_sensitive if writer is not None else False,
+        )
 
     def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:
         """How far the source may be read now."""
@@ -187,7 +249,8 @@ class StreamExport:
         until: list[str] | None = None,
         horizon: source.Horizon | None = None,
     ) -> tuple[source.Horizon, list[SourceRecord]]:
-        """The next ``limit`` records after ``after``, never past the horizon (``horizon``, or the current one)."""
+        """The next ``limit`` records after ``after``, never past the horizon (``horizon``, or the current one),
+        one record per external id."""
         horizon = horizon or self.horizon(clock)
         rows = source.read_batch(
             self.reader,
@@ -198,13 +261,23 @@ class StreamExport:
             limit=limit,
             until=until,
         )
-        return horizon, [map_row(self.stream, row, self.field_types) for row in rows]
+        records = [map_row(self.stream, row, self.field_types) for row in rows]
+        return horizon, one_record_per_external_id(
+            self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
+        )
 
     def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
         return current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
 
-    def commit(self, plan: BatchPlan, *, with_it: Callable[[], None] | None = None) -> None:
-        """Write the batch's ExportErrors changes and advance the watermark, in one transaction (with ``with_it``)."""
+    def commit(
+        self,
+        plan: BatchPlan,
+        *,
+        held_ids: Sequence[tuple[str, str]] = (),
+        with_it: Callable[[], None] | None = None,
+    ) -> None:
+        """Write the batch's ExportErrors changes, the external ids it confirmed, and advance the watermark, in
+        one transaction (with ``with_it``)."""
         self._has_open_errors = self._has_open_errors or bool(plan.errors)
         with self.conn.transaction():
             if self._has_open_errors:
@@ -217,6 +290,7 @@ class StreamExport:
                 export_errors.resolve_errors(
                     self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id
                 )
+            external_ids.hold(self.conn, self.stream, held_ids)
             watermarks.advance_watermark(
                 self.conn,
                 self.stream,
@@ -240,7 +314,19 @@ class StreamExport:
             return None
 
     def note_idle_run(self) -> None:
-        watermarks.note_run(self.conn, self.stream, run_id=self.context.run_id, definition=self.definition)
+        """A run that committed nothing. A held record it did not even read is no longer waiting (deleted, or
+        changed and not yet due): the hold is released, its ExportErrors row stays open until it is sent."""
+        held = self.watermark.held_record_key
+        if held is not None:
+            log.warning(
+                "Stream '%s' was held at record %s, which no longer waits to be exported (deleted from the source, "
+                "or changed and not yet due); the hold is released.",
+                self.stream.name,
+                held,
+            )
+        watermarks.note_run(
+            self.conn, self.stream, run_id=self.context.run_id, definition=self.definition, release_hold=True
+        )
 
 
 @dataclass
@@ -328,7 +414,7 @@ def export_stream(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"crm-export-{stream.name}-read") as reads,
         ThreadPoolExecutor(max_workers=concurrency.ceiling, thread_name_prefix=f"crm-export-{stream.name}") as pool,
     ):
-        run = StreamExport.open(stream, database, context, exits=exits, field_types=writer.field_types)
+        run = StreamExport.open(stream, database, context, exits=exits, writer=writer)
         ours_before = api_requests.used_last_day(run.conn)
         exits.callback(lambda: _count_requests(run, writer, bulk))
         pause = pause_on_error()
@@ -495,7 +581,8 @@ def _log_start(run: StreamExport, pause: bool) -> None:
     if run.blind_spot:
         log.warning("Late rows may be skipped: %s", run.blind_spot)
     log.info(
-        "Exporting stream '%s' (%s -> %s by %s) after position %s",
+        "crm-export %s: exporting stream '%s' (%s -> %s by %s) after position %s",
+        __version__,
         stream.name,
         stream.source,
         stream.sobject,
@@ -518,7 +605,7 @@ def _commit_outcomes(
     if result.tally.batches:
         pause = _reread_pause_on_error(pause, pause_on_error, result)
     plan = plan_batch(outcomes, pause_on_error=pause)
-    run.commit(plan, with_it=with_it)
+    run.commit(plan, held_ids=confirmed_external_ids(plan, outcomes, run.sent_ids), with_it=with_it)
     result.add(plan, pause_on_error=pause)
     _log_batch(run.stream, plan, pause)
     result.held = held_record(run.stream, plan)
@@ -589,10 +676,6 @@ def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
         len(plan.errors),
         position_to_json(plan.new_position) if plan.new_position is not None else "unchanged",
     )
-
-
-_PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
-_FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
 
 
 @dataclass
@@ -737,14 +820,17 @@ class _Backfill:
         horizon = self.run.horizon(self.clock, fresh=True)  # one lookup per job: as far as it can go
         if horizon.held_back_by:
             _warn_horizon(horizon)
-        data = JobData(self.columns)
+        data = JobData(self.columns, max_bytes=self.max_job_bytes)
         position = after
         page = min(_FIRST_PAGE_ROWS, limit)
-        while len(data.records) < limit and data.size < self.max_job_bytes:
+        full = False
+        while not full and len(data.records) < limit:
             _horizon, records = self.run.read(position, page, until=until, horizon=horizon)
             for record in records:
-                data.add(record)
-            if len(records) < page:
+                if not data.add(record):
+                    full = True  # this row and the rest are the next job's
+                    break
+            if full or len(records) < page:
                 break
             position = position_to_json(records[-1].position)
             # The next page as large as the bytes left allow, at this job's average row so far.
@@ -808,7 +894,12 @@ class _Backfill:
                 self._abort(left, f"the stream is held at record {result.held.record_key}")
                 continue
             if left.state != "closed" or left.after_position != self.run.position:
-                self._abort(left, f"left {left.state} by an earlier task")
+                self._abort(
+                    left,
+                    "set aside by a reposition"
+                    if left.state == "set aside"
+                    else f"left {left.state} by an earlier task",
+                )
                 continue
             log.warning(
                 "Resuming Bulk API 2.0 job %s of stream '%s', left by an earlier task while Salesforce processed it: "
@@ -818,24 +909,40 @@ class _Backfill:
             )
             job = self._read(left.after_position, left.records, until=left.last_position)
             job.data, job.job_id = None, left.job_id
-            pause = self._finish(job, result, pause, pause_on_error)
+            try:
+                pause = self._finish(job, result, pause, pause_on_error)
+            except NotFound as gone:
+                log.warning(
+                    "Bulk API 2.0 job %s of stream '%s', left by an earlier task, is gone from Salesforce (%s). "
+                    "Nothing of it counts; its records are read and sent again now.",
+                    left.job_id,
+                    self.stream.name,
+                    gone,
+                )
         return pause
 
     def _finish(self, job: _Job, result: ExportResult, pause: bool, pause_on_error: Callable[[], bool]) -> bool:
         """Wait for the job, match its results back to its records and commit them as one batch."""
         if job.job_id is None:
-            rejected = {index: record.rejection for index, record in enumerate(job.records)}
+            rejected = {index: record.rejection for index, record in enumerate(job.records) if record.rejection}
         else:
             rejected = self._outcome(job)
             if not job.records:  # a resumed job whose rows have all changed since: they are read again
                 bulk_jobs.set_state(self.run.conn, job.job_id, "done")
                 return pause
+        self._send_beside_the_job(job, rejected)
         current = self._current_rows(job, rejected)
         self._retry_transient(job, rejected, current)
         outcomes = []
         for index, record in enumerate(job.records):
             rejection = rejected.get(index)
-            payload = current[record.key].payload if rejection is not None and record.key in current else None
+            payload = (
+                record.outside_payload
+                if record.outside_payload is not None
+                else current[record.key].payload
+                if rejection is not None and record.key in current
+                else None
+            )
             outcomes.append(
                 RecordOutcome(SourceRecord(record.key, record.position, record.external_id, payload), rejection)
             )
@@ -845,7 +952,15 @@ class _Backfill:
 
     def _outcome(self, job: _Job) -> dict[int, RecordRejected]:
         """The rejected records of a finished job, by index; a failed job or unprocessed records raise."""
-        info = self.jobs.wait(job.job_id, records=sum(1 for record in job.records if record.sent))
+        try:
+            info = self.jobs.wait(job.job_id, records=sum(1 for record in job.records if record.sent))
+            if info["state"] == "JobComplete":
+                saved, failed = self.jobs.results(job.job_id)
+        except (NotFound, JobResultsUnreadable):
+            # Neither comes right by waiting: Salesforce deleted the job (7 days after it ended, "Bulk API and
+            # Bulk API 2.0 Limits and Allocations") or its results cannot be read. It counts for nothing.
+            bulk_jobs.set_state(self.run.conn, job.job_id, "failed")
+            raise
         if info["state"] != "JobComplete":
             bulk_jobs.set_state(self.run.conn, job.job_id, "failed")
             raise RequestFailed(
@@ -853,7 +968,6 @@ class _Backfill:
                 f"{info.get('errorMessage') or 'Salesforce gave no reason'}. Nothing of it was recorded and the "
                 "watermark did not move; its records are sent again."
             )
-        saved, failed = self.jobs.results(job.job_id)
         matched = match_results(job.records, saved=saved, rejected=failed)
         if matched.unprocessed:
             bulk_jobs.set_state(self.run.conn, job.job_id, "failed")
@@ -865,6 +979,21 @@ class _Backfill:
                 "sent again."
             )
         return matched.rejected
+
+    def _send_beside_the_job(self, job: _Job, rejected: dict[int, RecordRejected]) -> None:
+        """Send the records a CSV cannot carry exactly (``values.NotInCsv``) through sObject Collections.
+
+        They were read with the job, so no other job or request holds them; they
+        are sent once the job is done and committed with it, in source order.
+        """
+        beside = [index for index, record in enumerate(job.records) if record.outside_payload is not None]
+        for start in range(0, len(beside), MAX_BATCH_SIZE):
+            indexes = beside[start : start + MAX_BATCH_SIZE]
+            records = [job.records[index] for index in indexes]
+            sent = [SourceRecord(r.key, r.position, r.external_id, r.outside_payload) for r in records]
+            for index, outcome in zip(indexes, self.writer.send(sent), strict=True):
+                if outcome.rejection is not None:
+                    rejected[index] = outcome.rejection
 
     def _current_rows(self, job: _Job, rejected: dict[int, RecordRejected]) -> dict[str, SourceRecord]:
         """The rows of the records Salesforce rejected, read again by key: their payloads were not kept.

@@ -14,6 +14,7 @@ top of a newer one that CRMExport already delivered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -24,15 +25,15 @@ from typing import Annotated, Any
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from include.crm_export.config import Stream
-from include.crm_export.db import api_requests, export_errors, source
+from include.crm_export.config import Stream, stream_definition
+from include.crm_export.db import api_requests, export_errors, external_ids, source, watermarks
 from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
-from include.crm_export.decisions import age_text
-from include.crm_export.errors import RecordRejected, SettingsError
-from include.crm_export.export import RunContext, current_records
-from include.crm_export.mapping import SourceRecord
+from include.crm_export.decisions import age_text, api_budget_stop, definition_refusal
+from include.crm_export.errors import RecordRejected, SettingsError, StreamConfigError
+from include.crm_export.export import RunContext, current_records, one_record_per_external_id
+from include.crm_export.mapping import ExternalIdOwners, SourceRecord
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
 
@@ -102,6 +103,7 @@ class ReexportResult:
     oldest_open_since: datetime | None = None
     dry_run: bool = False
     pick_seconds: list[float] = field(default_factory=list)
+    stopped_because: str | None = None  # the API budget, when it stopped the run early
 
     def summary(self, now: datetime) -> str:
         if self.dry_run:
@@ -116,6 +118,8 @@ class ReexportResult:
                 f"{sum(self.still_rejected.values())} ({rejected}), closed {self.source_deleted} "
                 "(source_deleted: the source row is gone)."
             )
+        if self.stopped_because:
+            head = f"{head} Stopped early: {self.stopped_because}."
         if self.oldest_open_since is None:
             return f"{head} No open errors left."
         age = now - self.oldest_open_since
@@ -137,6 +141,15 @@ class ReexportRun:
     result: ReexportResult
     column_types: dict[str, str]
     field_types: dict[str, str] | None = None  # Salesforce types of the mapped fields, from the writer's describe
+    _owners: ExternalIdOwners | None = None
+
+    def owners(self, writer: CollectionWriter) -> ExternalIdOwners:
+        """The external ids of the records this run sends, as the org matches them."""
+        if self._owners is None:
+            self._owners = ExternalIdOwners(
+                self.stream, case_sensitive=writer.external_id_case_sensitive, remember=20_000
+            )
+        return self._owners
 
     @property
     def claimant(self) -> str:
@@ -166,6 +179,7 @@ def reexport_stream(
             column_types=source.column_types(conn, stream),
             field_types=writer.field_types if writer is not None else None,
         )
+        _check_definition(run)
         log.info(
             "Re-exporting open errors of stream '%s'%s, at most %d record(s)%s",
             stream.name,
@@ -188,10 +202,31 @@ def reexport_stream(
     return run.result
 
 
+def _check_definition(run: ReexportRun) -> None:
+    """The export's own rule: records never go out under a definition its watermark does not belong to."""
+    stored = watermarks.load_watermark(run.conn, run.stream)
+    refused = definition_refusal(
+        run.stream.name,
+        current=stream_definition(run.stream, run.column_types),
+        stored=stored.definition,
+        exported_before=stored.exported_before,
+    )
+    if refused is not None:
+        raise StreamConfigError(f"Nothing was re-exported. {refused}")
+
+
 def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
     stream, result = run.stream, run.result
     processed = 0
+    ours_before = api_requests.used_last_day(run.conn)
     while processed < run.options.limit:
+        over_budget = api_budget_stop(
+            stream, ours_last_day=ours_before + writer.requests_sent, org_usage=writer.org_api_usage()
+        )
+        if over_budget is not None:
+            result.stopped_because = over_budget
+            log.warning("Re-export of stream '%s' stops here: %s.", stream.name, over_budget)
+            break
         picked_at = time.perf_counter()
         batch = export_errors.claim_open_errors(
             run.conn,
@@ -232,6 +267,12 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
                 error.record_key,
                 stream.name,
             )
+        owners = run.owners(writer)
+        confirmed = [
+            (owners.match_key(record.external_id), record.key)
+            for error, (record, rejection) in zip(present, outcomes, strict=True)
+            if rejection is None and record.external_id is not None
+        ]
         export_errors.record_reexport(
             run.conn,
             claimant=run.claimant,
@@ -240,6 +281,7 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
             source_deleted=[e.id for e in gone],
             dag_id=run.context.dag_id,
             run_id=run.context.run_id,
+            with_it=functools.partial(external_ids.hold, run.conn, stream, confirmed),
         )
         result.resolved += len(resolved)
         result.source_deleted += len(gone)
@@ -254,7 +296,9 @@ def _send_current(
 ) -> list[tuple[SourceRecord, RecordRejected | None]]:
     """Send records; re-send any whose source row changed while it was in flight."""
     final: dict[str, tuple[SourceRecord, RecordRejected | None]] = {}
-    pending = records
+    pending = one_record_per_external_id(
+        run.conn, run.stream, records, run.owners(writer), run.column_types, run.field_types
+    )
     for _ in range(MAX_RESENDS):
         if not pending:
             break

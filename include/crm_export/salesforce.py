@@ -43,6 +43,7 @@ from include.crm_export.concurrency import LOCK_CODES, Concurrency
 from include.crm_export.config import Stream
 from include.crm_export.errors import (
     API_ACCESS_CODES,
+    NotFound,
     RecordRejected,
     RequestFailed,
     RequestLimitExceeded,
@@ -176,6 +177,7 @@ class CollectionWriter:
         self.trace = trace
         self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
         self.field_types: dict[str, str] | None = None  # mapped field -> Salesforce type, from describe
+        self.external_id_case_sensitive = False  # describe's caseSensitive of the external id field
         self.request_retries = request_retries
         self._lock = threading.Lock()  # the writer is shared by the threads of requests in flight
         self._local = threading.local()
@@ -377,40 +379,48 @@ class CollectionWriter:
                 self.renewer.renew(self.sf)
                 return self._send(payloads, renewed=True)
             raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID")
-        code = _error_code(exc.content)
-        if isinstance(exc, SalesforceRefusedRequest) and code in API_ACCESS_CODES:
-            raise _api_access_refused(code, exc.content)
-        if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED" and _concurrent(exc):
-            raise ServerBusy(
-                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. Too many "
-                "long-running requests are going on in the org at once",
-                status=403,
-                code=code,
-            )
-        if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED":
-            raise RequestLimitExceeded(
-                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}. The org's API "
-                "request allowance (a rolling 24-hour window) is used up by this and its other integrations.",
-                status=403,
-                code=code,
-            )
-        if isinstance(exc, SalesforceRefusedRequest):
-            raise RequestFailed(
-                f"Salesforce refused the request (HTTP 403 {code}): {_error_message(exc.content)}.",
-                status=403,
-                code=code,
-            )
-        if isinstance(exc, SalesforceResourceNotFound):
+        failure = refusal(exc, doing="upsert through sObject Collections")
+        if isinstance(failure, NotFound):
             raise StreamConfigError(
                 f"Salesforce answered 404 for {self.path}: {_error_message(exc.content)}. "
                 "Check the stream's sobject and external_id.field in streams.yml."
             )
-        failed = RequestFailed if not 500 <= (exc.status or 0) <= 599 else ServerBusy
-        raise failed(
-            f"Salesforce request failed (HTTP {exc.status} {code}): {_error_message(exc.content)}",
-            status=exc.status,
+        raise failure
+
+
+def refusal(exc: SalesforceError, *, doing: str) -> RequestFailed:
+    """The one translation of a Salesforce refusal, for every client (REST, Collections, Bulk API 2.0, describe).
+
+    Each kind gets its class, so it has the same Airflow outcome whichever path
+    met it (``tasks.airflow_outcome``), and a sentence for the person on call.
+    A 400 is the caller's to read first (the Collections path isolates the
+    records it is about); a 401 is the caller's to renew first.
+    """
+    code = _error_code(exc.content)
+    said = _error_message(exc.content)
+    if isinstance(exc, SalesforceExpiredSession):
+        return SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID")
+    if isinstance(exc, SalesforceRefusedRequest) and code in API_ACCESS_CODES:
+        return _api_access_refused(code, exc.content)
+    if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED" and _concurrent(exc):
+        return ServerBusy(
+            f"Salesforce refused to {doing} (HTTP 403 {code}): {said}. Too many long-running requests are going on "
+            "in the org at once",
+            status=403,
             code=code,
         )
+    if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED":
+        return RequestLimitExceeded(
+            f"Salesforce refused to {doing} (HTTP 403 {code}): {said}. The org's API request allowance (a rolling "
+            "24-hour window) is used up by this and its other integrations.",
+            status=403,
+            code=code,
+        )
+    if isinstance(exc, SalesforceResourceNotFound):
+        return NotFound(f"Salesforce answered 404 when asked to {doing}: {said}", status=404, code=code)
+    status = exc.status or 0
+    failed = ServerBusy if 500 <= status <= 599 else RequestFailed
+    return failed(f"Salesforce could not {doing} (HTTP {exc.status} {code}): {said}.", status=exc.status, code=code)
 
 
 def _concurrent(exc: SalesforceError) -> bool:
@@ -504,7 +514,7 @@ def _result(item: dict[str, Any]) -> Result:
 
 def check_stream_against_describe(
     sf: Salesforce, stream: Stream, *, renewer: SessionRenewer | None = None
-) -> dict[str, str]:
+) -> Described:
     """Fail before sending anything when the org does not have what the stream maps to.
 
     Returns each mapped field's Salesforce type (``string``, ``date``, ``datetime`` …), which the
@@ -518,23 +528,14 @@ def check_stream_against_describe(
                 raise
             renewer.renew(sf)
             describe = getattr(sf, stream.sobject).describe()
-    except SalesforceExpiredSession:
-        raise SessionExpired(_EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID") from None
-    except SalesforceResourceNotFound:
-        raise StreamConfigError(
-            f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
-            f"{stream.sobject} (or the integration user cannot see it)."
-        ) from None
-    except SalesforceRefusedRequest as exc:
-        if _error_code(exc.content) in API_ACCESS_CODES:
-            raise _api_access_refused(_error_code(exc.content), exc.content) from None
-        raise RequestFailed(
-            f"Describing {stream.sobject} failed (HTTP {exc.status}): {_error_message(exc.content)}"
-        ) from None
     except SalesforceError as exc:
-        raise RequestFailed(
-            f"Describing {stream.sobject} failed (HTTP {exc.status}): {_error_message(exc.content)}"
-        ) from None
+        failure = refusal(exc, doing=f"describe {stream.sobject}")
+        if isinstance(failure, NotFound):
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
+                f"{stream.sobject} (or the integration user cannot see it)."
+            ) from None
+        raise failure from None
     except requests.exceptions.RequestException as exc:
         raise RequestFailed(f"Could not reach Salesforce to describe {stream.sobject}: {type(exc).__name__}") from None
     fields = {f["name"].lower(): f for f in describe["fields"]}
@@ -556,7 +557,18 @@ def check_stream_against_describe(
                 f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
                 f"{stream.sobject}.{sf_field} is read-only in Salesforce."
             )
-    return {sf_field: fields[sf_field.lower()].get("type", "") for sf_field, _column in stream.fields}
+    return Described(
+        {sf_field: fields[sf_field.lower()].get("type", "") for sf_field, _column in stream.fields},
+        external_id_case_sensitive=bool(external.get("caseSensitive")),
+    )
+
+
+@dataclass(frozen=True)
+class Described:
+    """What describe says that the export needs: each mapped field's type, and how the external id matches."""
+
+    field_types: dict[str, str]
+    external_id_case_sensitive: bool
 
 
 def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trace | None = None) -> CollectionWriter:
@@ -566,11 +578,12 @@ def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trac
     connection = BaseHook.get_connection(conn_id)
     sf = _client(connection)
     renewer = renewer_for(connection.extra_dejson, sf.session)
-    field_types = check_stream_against_describe(sf, stream, renewer=renewer)
+    described = check_stream_against_describe(sf, stream, renewer=renewer)
     writer = CollectionWriter(
         sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer, trace=trace
     )
-    writer.field_types = field_types
+    writer.external_id_case_sensitive = described.external_id_case_sensitive
+    writer.field_types = described.field_types
     return writer
 
 
@@ -578,4 +591,6 @@ def bulk_jobs_for(stream: Stream, writer: CollectionWriter) -> BulkJobs:
     """Bulk API 2.0 jobs on the writer's connection (the backfill path)."""
     from include.crm_export.bulk_jobs import BulkJobs
 
-    return BulkJobs(writer.sf, sobject=stream.sobject, external_id_field=stream.external_id_field)
+    return BulkJobs(
+        writer.sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=writer.renewer
+    )

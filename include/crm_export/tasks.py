@@ -11,8 +11,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from include.crm_export.config import load_streams
-from include.crm_export.db.connection import Database
+from include.crm_export.db.connection import Database, database_failure
 from include.crm_export.errors import (
     RequestFailed,
     RequestLimitExceeded,
@@ -65,6 +67,10 @@ def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[
     except RequestFailed as exc:
         log.error("%s stopped by a request failure: %s %s; Airflow retries the task.", what, exc, in_flight)
         raise
+    except psycopg.OperationalError as exc:
+        failure = database_failure(exc, what)
+        log.error("%s", failure)
+        raise failure from None
     except StreamBusy as exc:
         log.warning("%s", exc)
         raise AirflowSkipException(str(exc)) from None

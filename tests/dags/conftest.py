@@ -35,12 +35,14 @@ def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
     """The project database with fresh source tables, no watermarks and no ExportErrors."""
     with psycopg.connect(project_conninfo, autocommit=True) as conn:
         migrate(conn)
+        # Fresh source tables: a test may change them (a column added), and the test database outlives a run.
+        conn.execute("DROP SCHEMA IF EXISTS crm CASCADE")
         conn.execute(SOURCE_SCHEMA_SQL.read_text())
         conn.execute("DROP SCHEMA IF EXISTS crm_test CASCADE")
         conn.execute(
             'TRUNCATE crm.contacts, crm.subscriptions, crm_export.stream_watermarks, crm_export."ExportErrors", '
             "crm_export.api_requests, crm_export.stream_repositions, crm_export.horizon_samples, "
-            "crm_export.export_runs, crm_export.stream_alerts, crm_export.bulk_jobs "
+            "crm_export.export_runs, crm_export.stream_alerts, crm_export.bulk_jobs, crm_export.external_ids "
             "RESTART IDENTITY"
         )
         conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")

@@ -123,7 +123,7 @@ def test_outage_mid_run_fails_the_task_and_keeps_committed_batches(db, emulator,
     assert watermark(db) == (watermark(db)[0], None)
     assert watermark(db)[0][1] == "400"
     assert db.execute('SELECT count(*) FROM crm_export."ExportErrors"').fetchone()[0] == 0
-    assert "Salesforce request failed (HTTP 503 SERVER_UNAVAILABLE)" in failed.log
+    assert "Salesforce could not upsert through sObject Collections (HTTP 503 SERVER_UNAVAILABLE)" in failed.log
     assert "(tried 3 times)" in failed.log
     assert "watermark did not move" in failed.log
 

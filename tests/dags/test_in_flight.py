@@ -92,7 +92,7 @@ def test_a_503_in_one_of_several_requests_is_sent_again_within_the_run(db, out_o
     run = run_dag(streams_file=streams(tmp_path, 6), retries=False)
 
     assert run.state == "success"
-    assert "Salesforce request failed (HTTP 503 SERVER_UNAVAILABLE)" in run.log
+    assert "Salesforce could not upsert through sObject Collections (HTTP 503 SERVER_UNAVAILABLE)" in run.log
     assert "sending the request again in 1.0s" in run.log
     assert "backed off (HTTP 503 SERVER_UNAVAILABLE 1x)" in run.log
     assert watermark(db)[0][1] == "300"

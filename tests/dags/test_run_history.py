@@ -66,7 +66,9 @@ def test_a_run_that_fails_on_a_request_is_recorded_as_failed(db, emulator, run_d
     assert run_dag(streams_file=streams, retries=False).state == "failed"
     (failed,) = history(db)
     assert (failed["outcome"], failed["exported"], failed["rejected"]) == ("failed", 20, 0)
-    assert failed["stopped_because"].startswith("request failure: Salesforce request failed (HTTP 503")
+    assert failed["stopped_because"].startswith(
+        "request failure: Salesforce could not upsert through sObject Collections (HTTP 503"
+    )
     assert "503" in failed["stopped_because"]
 
 

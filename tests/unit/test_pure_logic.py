@@ -10,8 +10,9 @@ import pytest
 from include.crm_export.batch import RecordOutcome, plan_batch
 from include.crm_export.config import load_streams
 from include.crm_export.errors import RecordRejected, SettingsError
-from include.crm_export.mapping import map_row, position_to_json, to_json_value
+from include.crm_export.mapping import map_row, position_to_json
 from include.crm_export.settings import parse_pause_on_error
+from include.crm_export.values import field_value, json_value
 
 STREAM = load_streams()["contacts"]
 
@@ -68,9 +69,9 @@ def test_values_json_cannot_carry_become_record_errors():
 
 
 def test_timestamps_go_out_in_utc():
-    assert to_json_value(datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)) == "2024-01-01T12:00:00.123Z"
-    assert to_json_value(datetime(2024, 1, 1, 12, 0)) == "2024-01-01T12:00:00.000Z"
-    assert to_json_value(Decimal("3")) == 3
+    assert json_value(datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)) == "2024-01-01T12:00:00.123Z"
+    assert json_value(datetime(2024, 1, 1, 12, 0)) == "2024-01-01T12:00:00.000Z"
+    assert json_value(Decimal("3")) == 3
 
 
 def test_positions_round_trip_as_exact_text():
@@ -138,14 +139,12 @@ def test_exact_json_keeps_every_digit():
         (Decimal("9999999999999999.99"), "string", "9999999999999999.99"),
         ("12.50", "currency", Decimal("12.50")),
         ("", "date", None),
-        ("", "string", ""),
+        ("", "string", None),  # Salesforce stores no empty text: clear, on every path
         (True, "boolean", True),
     ],
 )
 def test_values_go_out_as_the_salesforce_field_takes_them(value, field_type, sent):
-    from include.crm_export.mapping import to_field_value
-
-    assert to_field_value(value, field_type) == sent
+    assert field_value(value, field_type) == sent
 
 
 @pytest.mark.parametrize(

@@ -52,3 +52,11 @@ def unfinished(conn: psycopg.Connection, stream: Stream) -> list[RecordedJob]:
         (stream.name,),
     ).fetchall()
     return [RecordedJob(*row) for row in rows]
+
+
+def set_aside(conn: psycopg.Connection, stream: Stream) -> None:
+    """Mark the stream's unfinished jobs as no longer to be resumed (a reposition); the next run aborts them."""
+    conn.execute(
+        "UPDATE crm_export.bulk_jobs SET state = 'set aside' WHERE stream = %s AND finished_at IS NULL",
+        (stream.name,),
+    )

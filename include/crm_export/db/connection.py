@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from include.crm_export.errors import DatabaseUnavailable
 from include.crm_export.names import POSTGRES_CONN_ID
 
 # Every statement and lock wait is bounded, so a stuck database fails the task
@@ -74,3 +75,22 @@ def dict_rows(conn: psycopg.Connection, query: Any, params: Any = None) -> list[
     """Run ``query``; its rows as dicts keyed by column name."""
     with conn.cursor(row_factory=dict_row) as cursor:
         return cursor.execute(query, params).fetchall()
+
+
+def database_failure(exc: psycopg.OperationalError, what: str) -> DatabaseUnavailable:
+    """The one translation of a lost or refused PostgreSQL connection into a failure the person on call reads.
+
+    A failover, an administrator's ``pg_terminate_backend``, a restart, a
+    network cut or a statement/lock timeout: nothing of a batch is recorded
+    unless its whole transaction committed, so what is left is simply sent
+    again (upserts). Airflow retries the task.
+    """
+    sqlstate = getattr(exc, "sqlstate", None)
+    kind = type(exc).__name__
+    said = " ".join(str(exc).split())[:300] or "no message"
+    return DatabaseUnavailable(
+        f"{what} lost its PostgreSQL connection ({POSTGRES_CONN_ID}): {kind}{f' [{sqlstate}]' if sqlstate else ''}: "
+        f"{said}. Every batch committed before it stays (the watermark and ExportErrors move only in one "
+        "transaction with their batch); nothing after it was recorded and it is sent again. Airflow retries the "
+        "task; if it keeps failing, check that the database is up and reachable from the workers."
+    )

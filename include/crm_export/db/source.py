@@ -201,6 +201,20 @@ def export_horizon(
     return Horizon(local.date() if change.kind == "date" else local, bound, held_back_by)
 
 
+def position_changed_since(conn: psycopg.Connection, stream: Stream, instant: datetime) -> list[str]:
+    """The watermark (a prefix of ``order_by``) from which every row changed at or after ``instant`` is read.
+
+    A ``timestamp`` (without time zone) or ``date`` column holds writers' local
+    times: the instant becomes the lowest local time any of its
+    ``writer_time_zones`` would stamp then, as for the export's horizon.
+    """
+    change = change_column(stream, column_types(conn, stream)[stream.order_by[0]])
+    if change.kind == "timestamptz":
+        return [instant.isoformat()]
+    local = local_horizon(conn, instant, change.writer_time_zones)
+    return [(local.date() if change.kind == "date" else local).isoformat()]
+
+
 def local_horizon(conn: psycopg.Connection, bound: datetime, zones: tuple[str, ...]) -> datetime:
     """The lowest local time any writer in ``zones`` can stamp at or after the instant ``bound``.
 

@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from include.crm_export.config import Stream
+from include.crm_export.db import bulk_jobs, source
 from include.crm_export.errors import StreamBusy, StreamStuck
 from include.crm_export.mapping import position_to_json
 from include.crm_export.names import SCHEMA, WATERMARKS_TABLE
@@ -31,6 +32,11 @@ class Watermark:
     position: list[str] | None  # None: from the start; shorter than order_by: at or after this prefix
     held_record_key: str | None
     definition: dict[str, Any] | None  # the stream definition the position belongs to
+
+    @property
+    def exported_before(self) -> bool:
+        """Has anything been exported (or held) under the stored definition?"""
+        return self.position is not None or self.held_record_key is not None
 
 
 def _lock_key(stream: Stream) -> str:
@@ -123,7 +129,11 @@ def reposition(
     try:
         with conn.transaction():
             old = load_watermark(conn, stream)
-            new_position = [from_change_time.isoformat()] if from_change_time is not None else None
+            new_position = (
+                source.position_changed_since(conn, stream, from_change_time) if from_change_time is not None else None
+            )
+            # A job a killed task left belongs to the old position and definition: never resumed, aborted next run.
+            bulk_jobs.set_aside(conn, stream)
             conn.execute(
                 sql.SQL(
                     """UPDATE {} SET position = %(position)s, held_record_key = NULL, held_since = NULL,
@@ -227,13 +237,18 @@ def set_alert_state(conn: psycopg.Connection, stream: Stream, channel: str, stat
     )
 
 
-def note_run(conn: psycopg.Connection, stream: Stream, *, run_id: str, definition: dict[str, Any]) -> None:
-    """Record that a run looked at the stream, even when it found nothing to export."""
+def note_run(
+    conn: psycopg.Connection, stream: Stream, *, run_id: str, definition: dict[str, Any], release_hold: bool = False
+) -> None:
+    """Record that a run looked at the stream, even when it found nothing to export (``release_hold``: nor the
+    record it was held at)."""
     with conn.transaction():
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET last_run_id = %s, last_run_at = now(), last_run_exported = 0, definition = %s "
+                "UPDATE {} SET last_run_id = %s, last_run_at = now(), last_run_exported = 0, definition = %s, "
+                "held_record_key = CASE WHEN %s THEN NULL ELSE held_record_key END, "
+                "held_since = CASE WHEN %s THEN NULL ELSE held_since END "
                 "WHERE stream = %s"
             ).format(WATERMARKS),
-            (run_id, Jsonb(definition), stream.name),
+            (run_id, Jsonb(definition), release_hold, release_hold, stream.name),
         )
