@@ -1,5 +1,5 @@
 # Everyday commands. Each sets up (or refreshes) the pinned .venv first.
-.PHONY: setup run walkthrough test lint format bench lock clean
+.PHONY: setup run walkthrough test test-fast soak lint format bench lock clean
 
 PY := .venv/bin/python
 
@@ -14,15 +14,28 @@ run: setup
 walkthrough: setup
 	@$(PY) -m devstack.walkthrough
 
-## test: lint, then every test (unit, integration, dags) against real PostgreSQL and the emulator
+## test: lint, types, then every test (unit, integration, system) against real PostgreSQL and the emulator
 test: setup
 	@bash scripts/setup-browser.sh
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy
 	@$(PY) -m pytest
 
+## test-fast: the edit loop: lint, then the unit and integration tiers (no scheduler, browser, Celery or fresh venv)
+test-fast: setup
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy
+	@$(PY) -m pytest -m "unit or integration"
+
+## soak: the model-based test of the invariant with a new seed, as long as asked (EXAMPLES=500, STEPS=30); prints the seed
+soak: setup
+	@CRM_EXPORT_MODEL_SOAK=1 CRM_EXPORT_MODEL_EXAMPLES=$${EXAMPLES:-200} CRM_EXPORT_MODEL_STEPS=$${STEPS:-25} \
+	  $(PY) -m pytest tests/integration/test_model.py -s -q -p no:cacheprovider
+
 lint: setup
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 format: setup
 	@.venv/bin/ruff format . && .venv/bin/ruff check --fix .

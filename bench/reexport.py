@@ -1,4 +1,4 @@
-"""Re-export throughput, and the cost of picking a batch with a large resolved history.
+"""Re-export throughput, and the cost of claiming a batch with a large resolved history.
 
     .venv/bin/python bench/reexport.py [--open 10000] [--resolved 1000000] [--lookup-rows 50000 5000000]
 
@@ -6,7 +6,7 @@ Starts its own embedded PostgreSQL and Salesforce emulator (under
 .crm_export/bench), creates --open source contacts each with an open
 ExportErrors row, plus --resolved resolved rows of history, then runs the
 re-export of stream 'contacts' against the emulator. Prints rows/s and the
-time each batch pick (claim) took. Target: picking stays under 20 ms with the
+time claiming each batch took. Target: claiming stays under 20 ms with the
 million resolved rows present. Then the cost of one re-export batch's lookup
 of its 200 records by key in a source of --lookup-rows sizes (target: the
 largest costs no more than the smallest). The last line is the figures as one
@@ -114,7 +114,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         if result.resolved != args.open:
             raise SystemExit(f"resolved {result.resolved} of {args.open}")
-        picks_ms = sorted(s * 1000 for s in result.pick_seconds)
+        picks_ms = sorted(s * 1000 for s in result.claiming_seconds)
         figures = {
             "page_query_ms": page_ms,
             "open_errors": args.open,

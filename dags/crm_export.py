@@ -39,6 +39,7 @@ timeout) is retried by Airflow; it never moves the watermark or writes
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import Param, dag, task
 
@@ -74,7 +75,7 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
         "max_retry_delay": timedelta(minutes=15),
     },
 )
-def crm_export():
+def crm_export() -> None:
     for stream in STREAMS.values():
 
         @task(
@@ -82,7 +83,7 @@ def crm_export():
             execution_timeout=timedelta(minutes=stream.max_minutes_per_run + 5),
             doc_md=f"Exports `{stream.source}` to Salesforce `{stream.sobject}` by `{stream.external_id_field}`.",
         )
-        def export(stream_name: str = stream.name, **context):
+        def export(stream_name: str = stream.name, **context: Any) -> dict[str, Any]:
             from include.crm_export.tasks import export_stream_task
 
             return export_stream_task(

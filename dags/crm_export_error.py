@@ -30,6 +30,7 @@ closed, and the age of the oldest open error.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import Param, dag, task
 
@@ -81,14 +82,14 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
         "execution_timeout": timedelta(hours=2),
     },
 )
-def crm_export_error():
+def crm_export_error() -> None:
     for stream in STREAMS.values():
 
         @task(
             task_id=stream.reexport_task_id,
             doc_md=f"Re-exports open ExportErrors of stream `{stream.name}` to Salesforce `{stream.sobject}`.",
         )
-        def reexport(stream_name: str = stream.name, **context):
+        def reexport(stream_name: str = stream.name, **context: Any) -> dict[str, Any]:
             from include.crm_export.tasks import reexport_stream_task
 
             return reexport_stream_task(

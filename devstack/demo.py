@@ -16,7 +16,7 @@ import psycopg
 from devstack.airflow_api import AirflowApi
 from devstack.emulator.process import EmulatorAdmin
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
-from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION
+from include.crm_export.pause_variable import PAUSE_ON_ERROR_DESCRIPTION
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,11 @@ from include.crm_export.ui.app import app
 
 class CrmExportPlugin(AirflowPlugin):
     name = "crm_export"
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [{"app": app, "url_prefix": "/crm-export", "name": "CRM Export"}]
-    external_views: ClassVar[list[dict[str, Any]]] = [
+    # Class attributes, as Airflow's plugin manager reads them (AirflowPlugin declares them on instances).
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [  # type: ignore[misc]
+        {"app": app, "url_prefix": "/crm-export", "name": "CRM Export"}
+    ]
+    external_views: ClassVar[list[dict[str, Any]]] = [  # type: ignore[misc]
         {
             "name": "CRM Export",
             "href": "/crm-export/",

@@ -35,9 +35,9 @@ from include.crm_export.errors import CrmExportError
 from include.crm_export.export import RunContext, export_stream, read_next_batch
 from include.crm_export.mapping import map_row
 from include.crm_export.names import CLI_DAG_ID, DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
+from include.crm_export.pause_variable import parse_pause_on_error
 from include.crm_export.reexport import ReexportOptions, reexport_stream
 from include.crm_export.salesforce import CollectionWriter, bulk_jobs_for, writer_for
-from include.crm_export.settings import parse_pause_on_error
 
 
 def _print_json(label: str, value: object) -> None:
@@ -104,7 +104,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         writer = None if args.dry_run else writer_for(stream, trace=_print_exchange)
         record = map_row(stream, rows[0], writer.field_types if writer else None)
         if record.payload is None:
-            print(f"Record {record.key} cannot be sent: {record.rejection.describe()}")
+            print(f"Record {record.key} cannot be sent: {record.why_not_sent().describe()}")
             return 1
         if writer is None:
             print(f"PATCH composite/sobjects/{stream.sobject}/{stream.external_id_field}")
@@ -222,7 +222,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return args.handler(args)
+        handled: int = args.handler(args)
+        return handled
     except KeyError as exc:
         print(f"Unknown stream {exc}; streams are: {', '.join(load_streams())}", file=sys.stderr)
         return 1

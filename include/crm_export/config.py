@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.names import (
@@ -71,24 +71,84 @@ Number = Annotated[float, BeforeValidator(_number)]
 
 
 class RunLimits(BaseModel):
-    """Settings a stream may take from ``defaults``."""
+    """The settings a stream may take from ``defaults``, each declared once: name, type, default, bound, help.
+
+    The stream file is validated against these, :class:`Stream` carries them,
+    and the README's settings table is checked against :func:`settings_table`.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    batch_size: Annotated[WholeNumber, Field(ge=1, le=MAX_BATCH_SIZE)] = MAX_BATCH_SIZE
-    max_records_per_run: Annotated[WholeNumber, Field(ge=1)] = 100_000
-    max_minutes_per_run: Annotated[Number, Field(ge=0.01)] = 12.0
-    settle_seconds: Annotated[Number, Field(ge=0)] = 30.0
-    request_limit_wait_minutes: Annotated[Number, Field(ge=0.01)] = 30.0
-    daily_api_requests: Annotated[WholeNumber, Field(ge=1)] = 100_000
-    api_reserve_percent: Annotated[Number, Field(ge=0, le=100)] = 10.0
-    alert_rejected_percent: Annotated[Number, Field(ge=0, le=100)] = 5.0
-    run_history_days: Annotated[WholeNumber, Field(ge=1)] = 90
-    in_flight: Annotated[WholeNumber, Field(ge=1, le=MAX_IN_FLIGHT)] = DEFAULT_IN_FLIGHT
-    slow_request_seconds: Annotated[Number, Field(ge=0.1)] = 10.0
-    bulk_threshold: Annotated[WholeNumber, Field(ge=0)] = 50_000
-    bulk_job_records: Annotated[WholeNumber, Field(ge=1, le=150_000)] = 50_000
-    bulk_job_megabytes: Annotated[WholeNumber, Field(ge=1, le=100)] = 100
+    batch_size: Annotated[
+        WholeNumber, Field(ge=1, le=MAX_BATCH_SIZE, description="Records per sObject Collections request.")
+    ] = MAX_BATCH_SIZE
+    max_records_per_run: Annotated[
+        WholeNumber, Field(ge=1, description="A run reads no more than this many records; the next run goes on.")
+    ] = 100_000
+    max_minutes_per_run: Annotated[
+        Number, Field(ge=0.01, description="A run reads nothing more after this long; what is in flight finishes.")
+    ] = 12.0
+    settle_seconds: Annotated[
+        Number, Field(ge=0, description="Rows changed more recently than this wait for the next run (late rows).")
+    ] = 30.0
+    request_limit_wait_minutes: Annotated[
+        Number,
+        Field(
+            ge=0.01,
+            description="On REQUEST_LIMIT_EXCEEDED the task is rescheduled this much later (no retry used up).",
+        ),
+    ] = 30.0
+    daily_api_requests: Annotated[
+        WholeNumber,
+        Field(ge=1, description="crm-export's own Salesforce API requests in a rolling 24 hours, every stream."),
+    ] = 100_000
+    api_reserve_percent: Annotated[
+        Number,
+        Field(ge=0, le=100, description="The share of the org's daily allowance left to its other integrations."),
+    ] = 10.0
+    alert_rejected_percent: Annotated[
+        Number,
+        Field(ge=0, le=100, description="With pause on error off: notify above this share of records rejected."),
+    ] = 5.0
+    run_history_days: Annotated[
+        WholeNumber, Field(ge=1, description="How long a stream's runs are kept for the page's history.")
+    ] = 90
+    in_flight: Annotated[
+        WholeNumber,
+        Field(
+            ge=1,
+            le=MAX_IN_FLIGHT,
+            description="sObject Collections requests in flight at once, at most (1: one at a time).",
+        ),
+    ] = DEFAULT_IN_FLIGHT
+    slow_request_seconds: Annotated[
+        Number, Field(ge=0.1, description="A request slower than this makes the export send fewer at once.")
+    ] = 10.0
+    bulk_threshold: Annotated[
+        WholeNumber,
+        Field(ge=0, description="A backlog of at least this many rows goes through Bulk API 2.0 (0: only if asked)."),
+    ] = 50_000
+    bulk_job_records: Annotated[WholeNumber, Field(ge=1, le=150_000, description="Records per Bulk API 2.0 job.")] = (
+        50_000
+    )
+    bulk_job_megabytes: Annotated[
+        WholeNumber,
+        Field(ge=1, le=100, description="A Bulk API 2.0 job takes no row past this many megabytes of CSV."),
+    ] = 100
+
+
+def settings_table() -> str:
+    """The README's table of stream settings, made from :class:`RunLimits` (a unit test keeps them equal)."""
+    rows = ["| setting | default | bounds | what it does |", "| --- | --- | --- | --- |"]
+    for name, info in RunLimits.model_fields.items():
+        bounds = []
+        for rule in info.metadata:
+            for attr, sign in (("ge", ">="), ("le", "<=")):
+                if getattr(rule, attr, None) is not None:
+                    bounds.append(f"{sign} {getattr(rule, attr):,}")
+        default = f"{info.default:,}" if isinstance(info.default, int | float) else str(info.default)
+        rows.append(f"| `{name}` | {default} | {', '.join(bounds)} | {info.description} |")
+    return "\n".join(rows)
 
 
 class ExternalIdSettings(BaseModel):
@@ -181,8 +241,11 @@ def change_column(stream: Stream, column_type: str) -> ChangeColumn:
     return ChangeColumn(kind, stamp.writer_time_zones, margin + stamp.lead_seconds)
 
 
-@dataclass(frozen=True)
-class Stream:
+class Stream(RunLimits):
+    """One stream, validated: what it reads, where it writes, and its settings (:class:`RunLimits`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
+
     name: str
     source_schema: str
     source_table: str
@@ -192,36 +255,8 @@ class Stream:
     external_id_field: str
     external_id_column: str
     fields: tuple[tuple[str, str], ...]  # (Salesforce field, source column), in file order
-    batch_size: int
-    max_records_per_run: int
-    max_minutes_per_run: float
-    settle_seconds: float
-    change_stamp: ChangeStamp = field(default_factory=lambda: ChangeStamp())
+    change_stamp: ChangeStamp = Field(default_factory=lambda: ChangeStamp())
     lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
-    # On REQUEST_LIMIT_EXCEEDED the task is rescheduled this much later instead of burning Airflow's retries:
-    # the org's allowance is a rolling 24-hour window that frees up over time.
-    request_limit_wait_minutes: float = 30.0
-    # crm-export's own Salesforce API requests in a rolling 24 hours (every stream and the re-export together),
-    # as the product it is modelled on offers a "daily CRM API limit".
-    daily_api_requests: int = 100_000
-    # The share of the org's allowance (Sforce-Limit-Info) left to its other integrations.
-    api_reserve_percent: float = 10.0
-    # With pause on error off: notify when a run rejects more than this share of the records it sent.
-    alert_rejected_percent: float = 5.0
-    # How long the stream's rows in export_runs (the page's history) are kept.
-    run_history_days: int = 90
-    # sObject Collections requests in flight at once, at most (the level adapts below it; 1: one at a time).
-    in_flight: int = DEFAULT_IN_FLIGHT
-    # A request slower than this makes the export send fewer at once (Salesforce limits those over 20 s).
-    slow_request_seconds: float = 10.0
-    # A run whose backlog after the watermark is at least this many rows upserts through Bulk API 2.0 jobs
-    # (0: only when a run is asked to).
-    bulk_threshold: int = 50_000
-    # Records per Bulk API 2.0 job (read, sent and committed together; bounds the run's memory).
-    bulk_job_records: int = 50_000
-    # A job also stops taking rows at this many megabytes of CSV (Bulk API 2.0 takes at most 150 MB a job;
-    # simple-salesforce refuses more than 100 MB).
-    bulk_job_megabytes: int = 100
 
     @property
     def source(self) -> str:
@@ -254,7 +289,7 @@ _SHAPES = {
 }
 
 
-def _explain(stream: str, error: dict[str, Any]) -> StreamConfigError:
+def _explain(stream: str, error: ErrorDetails) -> StreamConfigError:
     """One pydantic error as a person reads it: which stream, which setting, what is wrong."""
     loc = [str(part) for part in error["loc"] if not isinstance(part, int) and part != "[key]"]
     kind, value = error["type"], error.get("input")
@@ -292,33 +327,9 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
     except ValidationError as exc:
         raise _explain(name, exc.errors()[0]) from None
 
-    if settings.source.count(".") != 1:
-        raise _fail(name, "source", f"{settings.source!r} must be schema.table_or_view")
-    schema, table = settings.source.split(".")
-    for part in (schema, table):
-        if not _IDENTIFIER.match(part):
-            raise _fail(name, "source", f"{part!r} is not a plain SQL identifier (letters, digits, _)")
-
-    order_by = tuple(settings.order_by)
-    if not order_by:
-        raise _fail(name, "order_by", _SHAPES["order_by"])
-    if len(set(order_by)) != len(order_by):
-        raise _fail(name, "order_by", "lists a column twice")
-    if order_by[-1] != settings.key:
-        total = f"must end with the key column '{settings.key}' so the order is total (ties broken by key)"
-        raise _fail(name, "order_by", total)
-    if len(order_by) < 2:
-        raise _fail(name, "order_by", "needs a change timestamp column first, for example [updated_at, id]")
-
-    if not settings.fields:
-        raise _fail(name, "fields", _SHAPES["fields"])
-    seen_lower = {settings.external_id.field.lower()}
-    for sf_field in settings.fields:
-        if sf_field.lower() in seen_lower:
-            twice = "is mapped twice (or is the external id field, which is set from external_id)"
-            raise _fail(name, f"fields.{sf_field}", twice)
-        seen_lower.add(sf_field.lower())
-
+    schema, table = _source(name, settings.source)
+    order_by = _order_by(name, settings)
+    _check_fields(name, settings)
     return Stream(
         name=name,
         source_schema=schema,
@@ -329,27 +340,49 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         external_id_field=settings.external_id.field,
         external_id_column=settings.external_id.column,
         fields=tuple(settings.fields.items()),
-        batch_size=settings.batch_size,
-        max_records_per_run=settings.max_records_per_run,
-        max_minutes_per_run=float(settings.max_minutes_per_run),
-        settle_seconds=float(settings.settle_seconds),
         change_stamp=_change_stamp(name, settings.change_stamp),
-        request_limit_wait_minutes=float(settings.request_limit_wait_minutes),
-        daily_api_requests=settings.daily_api_requests,
-        api_reserve_percent=float(settings.api_reserve_percent),
-        alert_rejected_percent=float(settings.alert_rejected_percent),
-        run_history_days=settings.run_history_days,
-        in_flight=settings.in_flight,
-        slow_request_seconds=float(settings.slow_request_seconds),
-        bulk_threshold=settings.bulk_threshold,
-        bulk_job_records=settings.bulk_job_records,
-        bulk_job_megabytes=settings.bulk_job_megabytes,
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
             if settings.lock_stale_after_minutes is not None
             else settings.max_minutes_per_run + LOCK_GRACE_MINUTES
         ),
+        **settings.model_dump(include=set(RunLimits.model_fields)),
     )
+
+
+def _source(name: str, source: str) -> tuple[str, str]:
+    if source.count(".") != 1:
+        raise _fail(name, "source", f"{source!r} must be schema.table_or_view")
+    schema, table = source.split(".")
+    for part in (schema, table):
+        if not _IDENTIFIER.match(part):
+            raise _fail(name, "source", f"{part!r} is not a plain SQL identifier (letters, digits, _)")
+    return schema, table
+
+
+def _order_by(name: str, settings: StreamSettings) -> tuple[str, ...]:
+    order_by = tuple(settings.order_by)
+    if not order_by:
+        raise _fail(name, "order_by", _SHAPES["order_by"])
+    if len(set(order_by)) != len(order_by):
+        raise _fail(name, "order_by", "lists a column twice")
+    if order_by[-1] != settings.key:
+        total = f"must end with the key column '{settings.key}' so the order is total (ties broken by key)"
+        raise _fail(name, "order_by", total)
+    if len(order_by) < 2:
+        raise _fail(name, "order_by", "needs a change timestamp column first, for example [updated_at, id]")
+    return order_by
+
+
+def _check_fields(name: str, settings: StreamSettings) -> None:
+    if not settings.fields:
+        raise _fail(name, "fields", _SHAPES["fields"])
+    seen_lower = {settings.external_id.field.lower()}
+    for sf_field in settings.fields:
+        if sf_field.lower() in seen_lower:
+            twice = "is mapped twice (or is the external id field, which is set from external_id)"
+            raise _fail(name, f"fields.{sf_field}", twice)
+        seen_lower.add(sf_field.lower())
 
 
 def _change_stamp(name: str, raw: ChangeStampSettings) -> ChangeStamp:

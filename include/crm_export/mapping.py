@@ -34,6 +34,12 @@ class SourceRecord:
     payload: dict[str, Any] | None  # None when the row cannot be mapped
     rejection: RecordRejected | None = None
 
+    def why_not_sent(self) -> RecordRejected:
+        """Why a record with no payload cannot be sent (every such record carries its rejection)."""
+        if self.rejection is None:
+            raise ValueError(f"record {self.key} has a payload; nothing keeps it from being sent")
+        return self.rejection
+
 
 def position_to_json(position: tuple[Any, ...]) -> list[str]:
     """The watermark as stored: the order_by values as exact text (PostgreSQL casts them back)."""

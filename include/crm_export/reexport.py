@@ -1,6 +1,6 @@
 """The daily re-export of open ExportErrors rows (CRMExport_ExportError).
 
-Per batch: lease open rows of one stream (least recently attempted first,
+Per batch: claim open rows of one stream (least recently attempted first,
 skipping rows another run holds), re-read each record's *current* source
 row, upsert those through the same writer as CRMExport, then record per row
 in one transaction: resolved, still rejected (error and attempts updated), or
@@ -69,7 +69,7 @@ class ReexportOptions:
     limit: int = DEFAULT_REEXPORT_LIMIT
     dry_run: bool = False
     batch_size: int = MAX_BATCH_SIZE
-    lease_seconds: float = 900.0
+    claim_seconds: float = 900.0
 
     @classmethod
     def from_params(cls, params: dict[str, Any], *, known_streams: list[str]) -> tuple[ReexportOptions, list[str]]:
@@ -102,7 +102,7 @@ class ReexportResult:
     open_left: int = 0
     oldest_open_since: datetime | None = None
     dry_run: bool = False
-    pick_seconds: list[float] = field(default_factory=list)
+    claiming_seconds: list[float] = field(default_factory=list)
     stopped_because: str | None = None  # the API budget, when it stopped the run early
 
     def summary(self, now: datetime) -> str:
@@ -137,7 +137,7 @@ class ReexportRun:
     conn: psycopg.Connection
     options: ReexportOptions
     context: RunContext
-    started_at: datetime  # rows attempted since then (by this run) are not picked again
+    started_at: datetime  # rows attempted since then (by this run) are not claimed again
     result: ReexportResult
     column_types: dict[str, str]
     field_types: dict[str, str] | None = None  # Salesforce types of the mapped fields, from the writer's describe
@@ -227,17 +227,17 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
             result.stopped_because = over_budget
             log.warning("Re-export of stream '%s' stops here: %s.", stream.name, over_budget)
             break
-        picked_at = time.perf_counter()
+        claiming_started = time.perf_counter()
         batch = export_errors.claim_open_errors(
             run.conn,
             stream,
             claimant=run.claimant,
-            lease_seconds=run.options.lease_seconds,
+            claim_seconds=run.options.claim_seconds,
             not_attempted_since=run.started_at,
             limit=min(run.options.batch_size, run.options.limit - processed),
             error_codes=run.options.error_codes,
         )
-        result.pick_seconds.append(time.perf_counter() - picked_at)
+        result.claiming_seconds.append(time.perf_counter() - claiming_started)
         if not batch:
             break
         processed += len(batch)
@@ -338,5 +338,5 @@ def _dry_run(run: ReexportRun) -> None:
                 error.record_key,
                 error.error_code,
                 error.attempts,
-                record.payload if record.payload is not None else record.rejection.describe(),
+                record.payload if record.payload is not None else record.why_not_sent().describe(),
             )

@@ -28,9 +28,9 @@ from include.crm_export.export import RunContext, export_stream
 from include.crm_export.metrics import emit_run_metrics
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 from include.crm_export.notify import notify_state_change
+from include.crm_export.pause_variable import parse_pause_on_error
 from include.crm_export.reexport import ReexportOptions, reexport_stream
 from include.crm_export.salesforce import bulk_jobs_for, writer_for
-from include.crm_export.settings import parse_pause_on_error
 
 log = logging.getLogger(__name__)
 

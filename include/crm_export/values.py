@@ -79,9 +79,15 @@ def number(value: Decimal | float | int, *, as_given: str | None = None) -> Deci
             f"{shown} has {value.adjusted() + 1} digits before the decimal point; a Salesforce number field holds "
             f"at most {MAX_NUMBER_DIGITS}"
         )
-    if value == value.to_integral_value() and value.as_tuple().exponent >= 0:
+    if value == value.to_integral_value() and _exponent(value) >= 0:
         return int(value)  # bounded above, so this is cheap
     return value
+
+
+def _exponent(value: Decimal) -> int:
+    """A finite Decimal's exponent (an infinity's or NaN's is a letter; those never get here)."""
+    exponent = value.as_tuple().exponent
+    return exponent if isinstance(exponent, int) else 0
 
 
 def _short(value: Any) -> str:
@@ -129,40 +135,57 @@ def field_value(value: Any, field_type: str | None) -> Any:
         return json_value(value)
     if isinstance(value, str) and value.strip() == "" and field_type not in TEXT_TYPES:
         return None  # an empty source value is no value
-    if field_type == "date":
-        if isinstance(value, datetime):
-            raise Unmappable(f"{value.isoformat()} has a time of day; the Salesforce field takes a date")
-        if isinstance(value, date):
-            return value.isoformat()
-        if isinstance(value, str) and _DATE_TEXT.match(value) and _parses(date.fromisoformat, value):
-            return value
-        raise Unmappable(f"{_short(value)!r} is not a date Salesforce takes (YYYY-MM-DD)")
-    if field_type == "datetime":
-        if isinstance(value, datetime):
-            return json_value(value)
-        if isinstance(value, date):
-            raise Unmappable(f"{value.isoformat()} is a date; the Salesforce field takes a date and time")
-        if isinstance(value, str) and _DATETIME_TEXT.match(value):
-            return value
-        raise Unmappable(f"{_short(value)!r} is not a date and time Salesforce takes (2024-07-30T20:54:16.000Z)")
-    if field_type == "boolean":
-        if isinstance(value, bool):
-            return value
-        raise Unmappable(f"{_short(value)!r} is not true or false")
     if field_type in NUMBER_TYPES:
-        if isinstance(value, bool):
-            raise Unmappable(f"{value!r} is not a number")
-        if isinstance(value, str):
-            return number_from_text(value)
-        return json_value(value)
+        return _as_number(value)
     if field_type in TEXT_TYPES:
-        if isinstance(value, bool):
-            raise Unmappable(f"{value!r} is true or false; the Salesforce field takes text")
-        if isinstance(value, int | Decimal | uuid.UUID):
-            return str(value)  # exactly as the source has it
-        if isinstance(value, datetime | date):
-            return json_value(value)
+        return _as_text(value)
+    take = _BY_TYPE.get(field_type)
+    return take(value) if take is not None else json_value(value)
+
+
+def _as_date(value: Any) -> Any:
+    if isinstance(value, datetime):
+        raise Unmappable(f"{value.isoformat()} has a time of day; the Salesforce field takes a date")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str) and _DATE_TEXT.match(value) and _parses(date.fromisoformat, value):
+        return value
+    raise Unmappable(f"{_short(value)!r} is not a date Salesforce takes (YYYY-MM-DD)")
+
+
+def _as_datetime(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return json_value(value)
+    if isinstance(value, date):
+        raise Unmappable(f"{value.isoformat()} is a date; the Salesforce field takes a date and time")
+    if isinstance(value, str) and _DATETIME_TEXT.match(value):
+        return value
+    raise Unmappable(f"{_short(value)!r} is not a date and time Salesforce takes (2024-07-30T20:54:16.000Z)")
+
+
+def _as_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    raise Unmappable(f"{_short(value)!r} is not true or false")
+
+
+def _as_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise Unmappable(f"{value!r} is not a number")
+    if isinstance(value, str):
+        return number_from_text(value)
     return json_value(value)
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise Unmappable(f"{value!r} is true or false; the Salesforce field takes text")
+    if isinstance(value, int | Decimal | uuid.UUID):
+        return str(value)  # exactly as the source has it
+    return json_value(value)
+
+
+_BY_TYPE = {"date": _as_date, "datetime": _as_datetime, "boolean": _as_boolean}
 
 
 def _parses(parse: Any, value: str) -> bool:
@@ -181,7 +204,7 @@ def csv_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         # Fixed point where that is short; far from 1 the exact scientific form (both wires take it).
-        return format(value, "f") if -30 <= value.as_tuple().exponent <= 0 else str(value)
+        return format(value, "f") if -30 <= _exponent(value) <= 0 else str(value)
     text = str(value)
     if text == CSV_NULL:
         raise NotInCsv(f"the text {CSV_NULL} would clear the field in a Bulk API 2.0 CSV")

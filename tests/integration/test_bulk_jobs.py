@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from include.crm_export.bulk_csv import JobData, match_results
-from include.crm_export.bulk_jobs import BulkJobs
 from include.crm_export.mapping import SourceRecord
+from include.crm_export.salesforce import BulkJobs
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.crm_export.bulk_jobs import next_poll
+from include.crm_export.salesforce import next_poll
 
 pytestmark = pytest.mark.unit
 

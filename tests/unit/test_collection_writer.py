@@ -1,7 +1,7 @@
 """CollectionWriter through its seam (the client's ``restful`` call): splitting, retries, renewal, failures.
 
 The wire itself (the real SalesforceHook and simple-salesforce against the
-emulator over HTTPS) is covered in tests/integration and tests/dags; here a
+emulator over HTTPS) is covered in tests/integration; here a
 scripted client answers the way simple-salesforce does: per-record result
 lists, or its exception classes for refused requests.
 """

@@ -93,3 +93,15 @@ def test_unreadable_file(tmp_path):
         load_streams(path)
     with pytest.raises(StreamConfigError, match="Cannot read"):
         load_streams(tmp_path / "missing.yml")
+
+
+def test_the_readme_settings_table_is_the_declaration():
+    """Each setting is declared once (RunLimits); the README's table is made from it, not written beside it."""
+    from pathlib import Path
+
+    from include.crm_export.config import RunLimits, settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- settings-table -->\n", 1)[1].split("\n<!-- /settings-table -->", 1)[0]
+    assert table == settings_table(), "README.md's settings table is stale: paste config.settings_table() into it"
+    assert all(info.description for info in RunLimits.model_fields.values()), "every setting needs its help text"

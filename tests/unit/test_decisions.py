@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from include.crm_export.batch import RecordOutcome, plan_batch
 from include.crm_export.config import load_streams
 from include.crm_export.decisions import (
@@ -18,7 +16,7 @@ from include.crm_export.decisions import (
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
 
-STREAM = dataclasses.replace(load_streams()["contacts"], max_records_per_run=450, max_minutes_per_run=2)
+STREAM = load_streams()["contacts"].model_copy(update=dict(max_records_per_run=450, max_minutes_per_run=2))
 RULE = RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Title must be set", ("Title",))
 
 
@@ -78,7 +76,7 @@ def test_flipping_pause_on_error_mid_run_warns_and_turning_it_off_warns_about_sa
 def test_the_api_budget_stops_a_run_before_it_overspends():
     from include.crm_export.decisions import api_budget_stop
 
-    stream = dataclasses.replace(STREAM, daily_api_requests=1000, api_reserve_percent=10)
+    stream = STREAM.model_copy(update=dict(daily_api_requests=1000, api_reserve_percent=10))
     assert api_budget_stop(stream, ours_last_day=999, org_usage=(80_000, 100_000)) is None
     ours = api_budget_stop(stream, ours_last_day=1000, org_usage=None)
     assert ours.startswith("API budget: crm-export has made 1,000 Salesforce API requests in the last 24 hours")

@@ -20,13 +20,15 @@ DEPLOYED = ("include", "dags", "plugins")
 PURE_MODULES = (
     "include.crm_export.names",
     "include.crm_export.errors",
-    "include.crm_export.settings",
+    "include.crm_export.pause_variable",
     "include.crm_export.config",
     "include.crm_export.mapping",
     "include.crm_export.batch",
     "include.crm_export.decisions",
     "include.crm_export.concurrency",
     "include.crm_export.bulk_csv",
+    "include.crm_export.values",
+    "include.crm_export.export.paths",
 )
 IO_PACKAGES = ("airflow", "psycopg", "psycopg2", "simple_salesforce", "requests", "sqlalchemy", "fastapi")
 

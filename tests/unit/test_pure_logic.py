@@ -11,7 +11,7 @@ from include.crm_export.batch import RecordOutcome, plan_batch
 from include.crm_export.config import load_streams
 from include.crm_export.errors import RecordRejected, SettingsError
 from include.crm_export.mapping import map_row, position_to_json
-from include.crm_export.settings import parse_pause_on_error
+from include.crm_export.pause_variable import parse_pause_on_error
 from include.crm_export.values import field_value, json_value
 
 STREAM = load_streams()["contacts"]
@@ -161,9 +161,7 @@ def test_values_go_out_as_the_salesforce_field_takes_them(value, field_type, sen
     ],
 )
 def test_values_a_salesforce_field_would_refuse_become_rejected_records_naming_the_column(value, field_type, says):
-    import dataclasses
-
-    stream = dataclasses.replace(STREAM, fields=(("X__c", "x"),))
+    stream = STREAM.model_copy(update={"fields": (("X__c", "x"),)})
     row = {"updated_at": datetime(2026, 1, 1, tzinfo=UTC), "id": 7, "x": value}
     record = map_row(stream, row, {"X__c": field_type})
     assert record.payload is None

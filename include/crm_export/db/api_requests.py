@@ -5,13 +5,15 @@ from __future__ import annotations
 import psycopg
 
 from include.crm_export.config import Stream
+from include.crm_export.db.connection import one_value
 
 
 def used_last_day(conn: psycopg.Connection) -> int:
     """Requests every stream and re-export of crm-export made in the last 24 hours."""
-    return conn.execute(
+    used = conn.execute(
         "SELECT coalesce(sum(requests), 0) FROM crm_export.api_requests WHERE counted_at > now() - interval '24 hours'"
-    ).fetchone()[0]
+    )
+    return int(one_value(used))
 
 
 def record(conn: psycopg.Connection, stream: Stream, *, run_id: str, requests: int) -> None:

@@ -66,9 +66,24 @@ class Database:
         return conn
 
 
+def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The row of a statement that always answers one (an aggregate, ``SELECT now()``, an UPDATE … RETURNING of a
+    row known to exist)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("a statement that always answers a row answered none")
+    return tuple(row)
+
+
+def one_value(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of :func:`one_row`."""
+    return one_row(cursor)[0]
+
+
 def database_now(conn: psycopg.Connection) -> datetime:
     """The database's clock: the one every stored timestamp is compared with."""
-    return conn.execute("SELECT now()").fetchone()[0]
+    value: datetime = one_value(conn.execute("SELECT now()"))
+    return value
 
 
 def dict_rows(conn: psycopg.Connection, query: Any, params: Any = None) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 The export opens or updates rows (:func:`record_rejections`) and resolves
 them when the record later goes through (:func:`resolve_errors`), in the
-transaction that moves the watermark. The re-export leases open rows
+transaction that moves the watermark. The re-export claims open rows
 (:func:`claim_open_errors`), so two runs never work on the same row, and
 writes each batch's outcome in one transaction (:func:`record_reexport`).
 """
@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from include.crm_export import exact_json
 from include.crm_export.config import Stream
+from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import RecordRejected
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import EXPORT_ERRORS_TABLE, OPEN, RESOLVED, SCHEMA, SOURCE_DELETED
@@ -117,7 +118,7 @@ def lock_open_rows(conn: psycopg.Connection, stream: Stream, keys: list[str]) ->
 
 def has_open_errors(conn: psycopg.Connection, stream: Stream) -> bool:
     query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE stream = %s AND status = %s)").format(EXPORT_ERRORS)
-    return conn.execute(query, (stream.name, OPEN)).fetchone()[0]
+    return bool(one_value(conn.execute(query, (stream.name, OPEN))))
 
 
 def resolve_errors(conn: psycopg.Connection, stream: Stream, keys: list[str], *, resolved_by: str) -> int:
@@ -143,7 +144,7 @@ _OPEN_ERROR_PICK = """
 """
 
 
-def _pick_params(
+def _claim_params(
     stream: Stream, *, not_attempted_since: datetime, limit: int, error_codes: list[str] | None
 ) -> dict[str, Any]:
     return {
@@ -159,19 +160,19 @@ def claim_open_errors(
     stream: Stream,
     *,
     claimant: str,
-    lease_seconds: float,
+    claim_seconds: float,
     not_attempted_since: datetime,
     limit: int,
     error_codes: list[str] | None,
 ) -> list[OpenError]:
     """Lease up to ``limit`` open errors of ``stream``, least recently attempted first.
 
-    Rows another run holds (lease or row lock) are skipped, never waited for.
+    Rows another run holds (a claim or a row lock) are skipped, never waited for.
     Served by the partial index export_errors_open_by_stream_and_last_attempt.
     """
     query = sql.SQL(
         """UPDATE {errors} e SET claimed_by = %(claimant)s,
-                                 claimed_until = now() + make_interval(secs => %(lease)s)
+                                 claimed_until = now() + make_interval(secs => %(claim)s)
            WHERE e.id IN ("""
         + _OPEN_ERROR_PICK
         + """ FOR UPDATE SKIP LOCKED)
@@ -179,8 +180,8 @@ def claim_open_errors(
     ).format(errors=EXPORT_ERRORS)
     params = {
         "claimant": claimant,
-        "lease": lease_seconds,
-        **_pick_params(stream, not_attempted_since=not_attempted_since, limit=limit, error_codes=error_codes),
+        "claim": claim_seconds,
+        **_claim_params(stream, not_attempted_since=not_attempted_since, limit=limit, error_codes=error_codes),
     }
     with conn.transaction():
         rows = conn.execute(query, params).fetchall()
@@ -202,7 +203,7 @@ def peek_open_errors(
         + _OPEN_ERROR_PICK
         + ") ORDER BY last_attempt_at, id"
     ).format(errors=EXPORT_ERRORS)
-    params = _pick_params(stream, not_attempted_since=not_attempted_since, limit=limit, error_codes=error_codes)
+    params = _claim_params(stream, not_attempted_since=not_attempted_since, limit=limit, error_codes=error_codes)
     return [OpenError(*row) for row in conn.execute(query, params).fetchall()]
 
 
@@ -280,7 +281,7 @@ def release_claims(conn: psycopg.Connection, *, claimant: str) -> None:
 def open_error_summary(conn: psycopg.Connection, stream: Stream) -> tuple[int, datetime | None]:
     """How many errors of the stream are open, and since when the oldest."""
     query = sql.SQL("SELECT count(*), min(first_failed_at) FROM {} WHERE stream = %s AND status = 'open'")
-    count, oldest = conn.execute(query.format(EXPORT_ERRORS), (stream.name,)).fetchone()
+    count, oldest = one_row(conn.execute(query.format(EXPORT_ERRORS), (stream.name,)))
     return count, oldest
 
 
@@ -290,7 +291,7 @@ def compact_error_counts(conn: psycopg.Connection) -> None:
     Rows other transactions add meanwhile are not touched, so no count is lost.
     """
     with conn.transaction():
-        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_COMPACTING,)).fetchone()[0]:
+        if not one_value(conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_COMPACTING,))):
             return  # another run is at it
         conn.execute(
             sql.SQL(

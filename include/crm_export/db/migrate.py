@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 
+from include.crm_export.db.connection import one_value
 from include.crm_export.names import MIGRATIONS_TABLE, SCHEMA
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ def migrate(conn: psycopg.Connection, *, target: int | None = None) -> list[int]
     applied_now: list[int] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK_KEY,))
-        if conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None:
+        if one_value(conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,))) is None:
             conn.execute(f"CREATE SCHEMA {SCHEMA}")
-        if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{MIGRATIONS_TABLE}",)).fetchone()[0] is None:
+        if one_value(conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{MIGRATIONS_TABLE}",))) is None:
             conn.execute(
                 f"""CREATE TABLE {SCHEMA}.{MIGRATIONS_TABLE} (
                         version integer PRIMARY KEY,

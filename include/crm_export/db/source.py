@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from include.crm_export.config import ANY_TIME_ZONE, ChangeColumn, Stream, change_column
-from include.crm_export.db.connection import dict_rows
+from include.crm_export.db.connection import dict_rows, one_row, one_value
 from include.crm_export.decisions import Lag
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.mapping import RECORD_KEY
@@ -79,7 +79,7 @@ def _key_in(stream: Stream, column_types: dict[str, str]) -> sql.Composed:
 def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
     """The source's column types; fails naming the stream and column when something is missing."""
     regclass = f'"{stream.source_schema}"."{stream.source_table}"'
-    if conn.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()[0] is None:
+    if one_value(conn.execute("SELECT to_regclass(%s)", (regclass,))) is None:
         raise StreamConfigError(
             f"Stream config error in stream '{stream.name}', field 'source': table or view {stream.source} "
             f"does not exist in the {POSTGRES_CONN_ID} database (or this user cannot see it)."
@@ -111,9 +111,8 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
             )
     change = change_column(stream, types[stream.order_by[0]])
     for zone in change.writer_time_zones:
-        if (
-            zone != ANY_TIME_ZONE
-            and not conn.execute("SELECT %s IN (SELECT name FROM pg_timezone_names)", (zone,)).fetchone()[0]
+        if zone != ANY_TIME_ZONE and not one_value(
+            conn.execute("SELECT %s IN (SELECT name FROM pg_timezone_names)", (zone,))
         ):
             raise StreamConfigError(
                 f"Stream config error in stream '{stream.name}', field 'change_stamp.writer_time_zones': "
@@ -139,9 +138,9 @@ def rows_without_a_place(conn: psycopg.Connection, stream: Stream) -> str | None
 
 def is_view(conn: psycopg.Connection, stream: Stream) -> bool:
     regclass = f'"{stream.source_schema}"."{stream.source_table}"'
-    return conn.execute(
-        "SELECT relkind IN ('v', 'm') FROM pg_class WHERE oid = to_regclass(%s)", (regclass,)
-    ).fetchone()[0]
+    return bool(
+        one_value(conn.execute("SELECT relkind IN ('v', 'm') FROM pg_class WHERE oid = to_regclass(%s)", (regclass,)))
+    )
 
 
 def export_horizon(
@@ -159,8 +158,9 @@ def export_horizon(
     (sessions of any role, background workers) and prepared transactions,
     whose start is bounded by the horizons recorded before they were prepared.
     """
-    row = conn.execute(
-        """SELECT now() - make_interval(secs => %(settle)s) AS settled,
+    row = one_row(
+        conn.execute(
+            """SELECT now() - make_interval(secs => %(settle)s) AS settled,
                   a.xact_start, a.pid, a.application_name, a.state, a.usename, a.backend_type,
                   p.gid, p.prepared, p.owner,
                   (SELECT max(bound) FROM crm_export.horizon_samples WHERE taken_at <= p.prepared) AS prepared_floor
@@ -173,8 +173,9 @@ def export_horizon(
            LEFT JOIN LATERAL (
                SELECT gid, prepared, owner FROM pg_prepared_xacts
                WHERE database = current_database() ORDER BY prepared LIMIT 1) p ON true""",
-        {"settle": stream.settle_seconds, "own": list(exclude_backends), "not_writers": _NOT_WRITERS},
-    ).fetchone()
+            {"settle": stream.settle_seconds, "own": list(exclude_backends), "not_writers": _NOT_WRITERS},
+        )
+    )
     settled, oldest_start, pid, application, state, user, backend_type, gid, prepared, owner, prepared_floor = row
     bound, held_back_by = settled, None
     if oldest_start is not None and oldest_start < bound:
@@ -222,16 +223,19 @@ def local_horizon(conn: psycopg.Connection, bound: datetime, zones: tuple[str, .
     smallest UTC offset within a day either side of ``bound`` is used.
     """
     names = [_WESTMOST_ZONE if zone == ANY_TIME_ZONE else zone for zone in zones]
-    return conn.execute(
-        """SELECT min((%(bound)s::timestamptz AT TIME ZONE 'UTC') + least(
+    lowest: datetime = one_value(
+        conn.execute(
+            """SELECT min((%(bound)s::timestamptz AT TIME ZONE 'UTC') + least(
                        ((%(bound)s::timestamptz - interval '1 day') AT TIME ZONE z)
                            - ((%(bound)s::timestamptz - interval '1 day') AT TIME ZONE 'UTC'),
                        (%(bound)s::timestamptz AT TIME ZONE z) - (%(bound)s::timestamptz AT TIME ZONE 'UTC'),
                        ((%(bound)s::timestamptz + interval '1 day') AT TIME ZONE z)
                            - ((%(bound)s::timestamptz + interval '1 day') AT TIME ZONE 'UTC')))
            FROM unnest(%(zones)s::text[]) z""",
-        {"bound": bound, "zones": names},
-    ).fetchone()[0]
+            {"bound": bound, "zones": names},
+        )
+    )
+    return lowest
 
 
 def _record_sample(conn: psycopg.Connection, stream: Stream, bound: datetime) -> None:
@@ -246,12 +250,14 @@ def _record_sample(conn: psycopg.Connection, stream: Stream, bound: datetime) ->
 
 def activity_blind_spot(conn: psycopg.Connection) -> str | None:
     """Why this user cannot see every writer in pg_stat_activity, if it cannot; the remedy included."""
-    tracking, privileged, user = conn.execute(
-        """SELECT current_setting('track_activities')::bool,
+    tracking, privileged, user = one_row(
+        conn.execute(
+            """SELECT current_setting('track_activities')::bool,
                   pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
                       OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
                   current_user"""
-    ).fetchone()
+        )
+    )
     if not tracking:
         return (
             "track_activities is off, so PostgreSQL does not show when open transactions started: a row committed "
@@ -322,21 +328,25 @@ def lag(conn: psycopg.Connection, stream: Stream, position: list[str] | None, co
     """Rows waiting after ``position`` and the watermark's age: cheap at any table size."""
     params: dict[str, Any] = {"cap": _LAG_EXACT_UP_TO + 1}
     where = _after(stream, position, column_types, params) if position else sql.SQL("true")
-    counted = conn.execute(
-        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %(cap)s) waiting").format(
-            table=_table(stream), where=where
-        ),
-        params,
-    ).fetchone()[0]
+    counted = one_value(
+        conn.execute(
+            sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %(cap)s) waiting").format(
+                table=_table(stream), where=where
+            ),
+            params,
+        )
+    )
     rows, exact = counted, True
     if counted > _LAG_EXACT_UP_TO:
         with psycopg.ClientCursor(conn) as cursor:  # EXPLAIN takes its values inline
-            plan = cursor.execute(
-                sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {where}").format(
-                    table=_table(stream), where=where
-                ),
-                {k: v for k, v in params.items() if k != "cap"},
-            ).fetchone()[0]
+            plan = one_value(
+                cursor.execute(
+                    sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {where}").format(
+                        table=_table(stream), where=where
+                    ),
+                    {k: v for k, v in params.items() if k != "cap"},
+                )
+            )
         rows, exact = max(int(plan[0]["Plan"]["Plan Rows"]), counted), False
     age = None
     if (
@@ -344,7 +354,7 @@ def lag(conn: psycopg.Connection, stream: Stream, position: list[str] | None, co
         and column_types[stream.order_by[0]].startswith("timestamp")
         and "with time zone" in (column_types[stream.order_by[0]])
     ):
-        age = conn.execute("SELECT extract(epoch FROM now() - CAST(%s AS timestamptz))", (position[0],)).fetchone()[0]
+        age = one_value(conn.execute("SELECT extract(epoch FROM now() - CAST(%s AS timestamptz))", (position[0],)))
         age = float(age)
     return Lag(rows, exact, age)
 

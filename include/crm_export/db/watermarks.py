@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from include.crm_export.config import Stream
 from include.crm_export.db import bulk_jobs, source
+from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import StreamBusy, StreamStuck
 from include.crm_export.mapping import position_to_json
 from include.crm_export.names import SCHEMA, WATERMARKS_TABLE
@@ -51,7 +52,7 @@ def lock_stream(conn: psycopg.Connection, stream: Stream) -> None:
     (a worker host that died and left its session behind): that fails,
     naming the session and how to end it, instead of skipping run after run.
     """
-    locked = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(stream),)).fetchone()[0]
+    locked = one_value(conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(stream),)))
     if locked:
         return
     holder = conn.execute(
@@ -103,10 +104,12 @@ def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
             sql.SQL("INSERT INTO {} (stream) VALUES (%s) ON CONFLICT (stream) DO NOTHING").format(WATERMARKS),
             (stream.name,),
         )
-        row = conn.execute(
-            sql.SQL("SELECT position, held_record_key, definition FROM {} WHERE stream = %s").format(WATERMARKS),
-            (stream.name,),
-        ).fetchone()
+        row = one_row(
+            conn.execute(
+                sql.SQL("SELECT position, held_record_key, definition FROM {} WHERE stream = %s").format(WATERMARKS),
+                (stream.name,),
+            )
+        )
     return Watermark(*row)
 
 

@@ -28,7 +28,7 @@ from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import Lag
 from include.crm_export.errors import SettingsError, StreamBusy, StreamConfigError, StreamStuck
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
-from include.crm_export.settings import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
+from include.crm_export.pause_variable import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +243,12 @@ def get_pause_on_error(request: Request, user: User) -> dict[str, Any]:
         }
 
 
-class PauseOnErrorChange(BaseModel):
+class PauseOnErrorRequest(BaseModel):
     pause_on_error: bool
 
 
 @app.put("/api/pause-on-error")
-def set_pause_on_error(request: Request, change: PauseOnErrorChange, user: User) -> dict[str, Any]:
+def set_pause_on_error(request: Request, change: PauseOnErrorRequest, user: User) -> dict[str, Any]:
     value = "true" if change.pause_on_error else "false"
     current = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}")
     if current.status_code == 404:

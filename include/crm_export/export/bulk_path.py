@@ -1,0 +1,384 @@
+"""The Bulk API 2.0 path: a backfill through ingest jobs of up to ``bulk_job_records`` records each.
+
+Taken when a run's backlog is at least the stream's ``bulk_threshold``, when
+asked (``use_bulk_api``), or when a killed task left a job. While Salesforce
+processes one job, the next is read, uploaded and closed, so reading and
+processing overlap; at most two jobs are in Salesforce at once, they never hold
+the same record (the next waits, read but not uploaded, until the first is
+done) and their outcomes are committed in source order, exactly as with one
+job at a time. Rows are streamed into the job's CSV page by page and only key,
+position and external id are kept per record, so memory does not grow with the
+job's payloads. A record a CSV cannot carry exactly goes through sObject
+Collections beside its job.
+
+The job id is recorded before its data is uploaded; a job left by a killed
+task is resumed first (polled, never uploaded again) or, never closed,
+aborted. A job that fails or leaves records unprocessed is a request failure:
+nothing of it is recorded and the watermark does not move; the job after it is
+aborted. Records rejected for a transient reason are sent again through sObject
+Collections before they count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from functools import cached_property
+
+import psycopg
+
+from include.crm_export.batch import RecordOutcome
+from include.crm_export.bulk_csv import JobData, JobRecord, match_results
+from include.crm_export.db import bulk_jobs
+from include.crm_export.errors import JobResultsUnreadable, NotFound, RecordRejected, RequestFailed
+from include.crm_export.export.paths import in_flight_already
+from include.crm_export.export.session import ExportRun
+from include.crm_export.mapping import SourceRecord, position_to_json
+from include.crm_export.names import MAX_BATCH_SIZE
+from include.crm_export.salesforce import BulkJobs
+
+log = logging.getLogger(__name__)
+
+_PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
+_FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
+
+
+@dataclass
+class _Job:
+    """One Bulk API 2.0 job of a run. Of each record only key, position and external id are kept."""
+
+    after: list[str] | None  # the position its records follow
+    records: list[JobRecord]
+    data: str | None  # its CSV until uploaded; None once uploaded, or when nothing of it can be sent
+    job_id: str | None = None  # None: not created in Salesforce (yet, or because nothing can be sent)
+
+    @property
+    def last(self) -> list[str]:
+        return position_to_json(self.records[-1].position)
+
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        return frozenset(record.key for record in self.records)
+
+
+class BulkPath:
+    def __init__(self, run: ExportRun, jobs: BulkJobs, left: list[bulk_jobs.RecordedJob]) -> None:
+        self.run, self.jobs, self.left = run, jobs, left
+        self.stream = run.stream
+        self.columns = [self.stream.external_id_field, *(field for field, _ in self.stream.fields)]
+        self.max_job_bytes = self.stream.bulk_job_megabytes * 1_000_000
+        self.launched: deque[_Job] = deque()  # closed, in Salesforce, oldest first: at most two
+        self.next: _Job | None = None  # read, not launched yet
+        self.exhausted = False  # nothing more is read this run
+        self.records_read = 0
+        self._failed: _Job | None = None
+
+    @classmethod
+    def for_run(cls, run: ExportRun, *, force: bool) -> BulkPath | None:
+        """The Bulk path when this run takes it: a job left by a killed task, asked to, or a backlog of at least
+        ``bulk_threshold``."""
+        if run.bulk is None:
+            return None
+        stream = run.stream
+        left = bulk_jobs.unfinished(run.session.conn, stream)
+        if not (force or left or stream.bulk_threshold):
+            return None
+        if not (force or left):
+            lag = run.session.lag()
+            if lag is None or lag.rows < stream.bulk_threshold:
+                return None
+            log.info(
+                "Stream '%s': %s; at least bulk_threshold (%s), so this run upserts through Bulk API 2.0 jobs of up "
+                "to %s records.",
+                stream.name,
+                lag.describe(),
+                f"{stream.bulk_threshold:,}",
+                f"{stream.bulk_job_records:,}",
+            )
+        return cls(run, run.bulk, left)
+
+    def resume(self) -> None:
+        """Jobs a killed task left: one closed and next in line is polled and committed (never uploaded again);
+        any other is aborted."""
+        for left in self.left:
+            if self.run.result.held is not None:
+                self._abort(left, f"the stream is held at record {self.run.result.held.record_key}")
+                continue
+            if left.state != "closed" or left.after_position != self.run.session.position:
+                self._abort(
+                    left,
+                    "set aside by a reposition"
+                    if left.state == "set aside"
+                    else f"left {left.state} by an earlier task",
+                )
+                continue
+            log.warning(
+                "Resuming Bulk API 2.0 job %s of stream '%s', left by an earlier task while Salesforce processed it: "
+                "polling it, not uploading again.",
+                left.job_id,
+                self.stream.name,
+            )
+            job = self._read(left.after_position, left.records, until=left.last_position)
+            job.data, job.job_id = None, left.job_id
+            try:
+                self._finish(job)
+            except NotFound as gone:
+                log.warning(
+                    "Bulk API 2.0 job %s of stream '%s', left by an earlier task, is gone from Salesforce (%s). "
+                    "Nothing of it counts; its records are read and sent again now.",
+                    left.job_id,
+                    self.stream.name,
+                    gone,
+                )
+
+    def read_next(self) -> None:
+        """Read the next job's records into its CSV, after the last job launched (or the watermark)."""
+        if self.next is not None or self.exhausted or self.run.held or len(self.launched) >= 2:
+            return
+        if self.run.limit_reached(self.records_read) or self.run.over_budget():
+            self.exhausted = True
+            return
+        after = self.launched[-1].last if self.launched else self.run.session.position
+        limit = min(self.stream.bulk_job_records, self.stream.max_records_per_run - self.records_read)
+        job = self._read(after, limit)
+        if not job.records:
+            self.exhausted = True
+            return
+        self.records_read += len(job.records)
+        self.next = job
+
+    def send_ready(self) -> None:
+        """Launch the job read, unless it shares a record with the job Salesforce is processing: then it waits."""
+        if self.next is None or len(self.launched) >= 2:
+            return
+        shared = in_flight_already(self.next.keys, (job.keys for job in self.launched))
+        if shared:
+            log.info(
+                "%d record(s) of stream '%s' changed while job %s, which sends their earlier version, runs; the "
+                "next job waits for it.",
+                len(shared),
+                self.stream.name,
+                self.launched[-1].job_id,
+            )
+            return
+        self._launch(self.next)
+        self.launched.append(self.next)
+        self.next = None
+
+    def commit_answered(self) -> None:
+        """Finish the oldest job (poll, match results, commit) once another stands behind it, or none will."""
+        if not self.launched or self.run.held:
+            return
+        if len(self.launched) == 1 and self.next is None and not self.exhausted:
+            return  # read the next job first, so it is uploaded while Salesforce processes this one
+        head = self.launched.popleft()
+        self._failed = head
+        self._finish(head)
+        self._failed = None
+
+    def wait(self) -> None:
+        """Nothing to wait for here: finishing a job polls it."""
+
+    def finished(self) -> bool:
+        return not self.launched and self.next is None and self.exhausted
+
+    def drop_in_flight(self, because: str, *, failed: bool = False) -> int:
+        """Abort the jobs still in Salesforce after a hold, or after a job of theirs failed; a job read but not
+        launched cost nothing. A job left running by another failure (a lost connection, a refused upload) stays
+        closed: the next run resumes it by polling."""
+        self.next = None
+        if failed and self._failed is None:
+            return 0
+        if self._failed is not None:
+            because = f"job {self._failed.job_id} before it failed"
+        dropped = len(self.launched)
+        while self.launched:
+            self._abort(self.launched.popleft(), because)
+        return dropped
+
+    def _read(self, after: list[str] | None, limit: int, *, until: list[str] | None = None) -> _Job:
+        """Up to ``limit`` records after ``after`` (and at or before ``until``) into one job's CSV, page by page."""
+        horizon = self.run.session.horizon(self.run.clock, fresh=True)  # one lookup per job: as far as it can go
+        self.run.note_horizon(horizon, every_time=True)
+        data = JobData(self.columns, max_bytes=self.max_job_bytes)
+        position = after
+        page = min(_FIRST_PAGE_ROWS, limit)
+        full = False
+        while not full and len(data.records) < limit:
+            _horizon, records = self.run.session.read(position, page, until=until, horizon=horizon)
+            for record in records:
+                if not data.add(record):
+                    full = True  # this row and the rest are the next job's
+                    break
+            if full or len(records) < page:
+                break
+            position = position_to_json(records[-1].position)
+            # The next page as large as the bytes left allow, at this job's average row so far.
+            per_row = max(1, data.size // len(data.records))
+            page = max(1, min(_PAGE_ROWS, limit - len(data.records), (self.max_job_bytes - data.size) // per_row))
+        return _Job(after, data.records, data.csv() if data.sent else None)
+
+    def _launch(self, job: _Job) -> None:
+        """Create the job, record it, upload its CSV once and close it: Salesforce starts on it."""
+        if job.data is None:
+            return  # every record was rejected by the mapping: committed without Salesforce
+        job.job_id = self.jobs.create()
+        with self.run.session.conn.transaction():
+            bulk_jobs.record(
+                self.run.session.conn,
+                self.stream,
+                job.job_id,
+                run_id=self.run.session.context.run_id,
+                after=job.after,
+                last=job.last,
+                records=len(job.records),
+            )
+        try:
+            self.jobs.upload(job.job_id, job.data)
+            job.data = None
+            bulk_jobs.set_state(self.run.session.conn, job.job_id, "uploaded")
+            self.jobs.close(job.job_id)
+        except RequestFailed:
+            self._abort(job, "its upload failed")
+            raise
+        bulk_jobs.set_state(self.run.session.conn, job.job_id, "closed")
+        log.info(
+            "Bulk API 2.0 job %s: %d records of stream '%s' uploaded; Salesforce is processing them.",
+            job.job_id,
+            len(job.records),
+            self.stream.name,
+        )
+
+    def _abort(self, job: _Job | bulk_jobs.RecordedJob, because: str) -> None:
+        """Stop a job whose outcome will not be counted; its records are sent again later (upserts)."""
+        if job.job_id is None:
+            return
+        log.warning(
+            "Aborting Bulk API 2.0 job %s of stream '%s' (%s); its records are sent again.",
+            job.job_id,
+            self.stream.name,
+            because,
+        )
+        try:
+            self.jobs.abort(job.job_id)
+        except RequestFailed as exc:
+            log.warning("Could not abort job %s (%s); it is no longer counted.", job.job_id, exc)
+        try:
+            bulk_jobs.set_state(self.run.session.conn, job.job_id, "aborted")
+        except psycopg.Error as exc:  # the next run aborts it again: never hide the run's own outcome
+            log.warning("Could not note job %s as aborted: %s", job.job_id, exc)
+
+    def _finish(self, job: _Job) -> None:
+        """Wait for the job, match its results back to its records and commit them as one batch."""
+        if job.job_id is None:
+            rejected = {index: record.rejection for index, record in enumerate(job.records) if record.rejection}
+        else:
+            rejected = self._outcome(job)
+            if not job.records:  # a resumed job whose rows have all changed since: they are read again
+                bulk_jobs.set_state(self.run.session.conn, job.job_id, "done")
+                return
+        self._send_beside_the_job(job, rejected)
+        current = self._current_rows(job, rejected)
+        self._retry_transient(job, rejected, current)
+        outcomes = []
+        for index, record in enumerate(job.records):
+            rejection = rejected.get(index)
+            payload = (
+                record.outside_payload
+                if record.outside_payload is not None
+                else current[record.key].payload
+                if rejection is not None and record.key in current
+                else None
+            )
+            outcomes.append(
+                RecordOutcome(SourceRecord(record.key, record.position, record.external_id, payload), rejection)
+            )
+        job_id = job.job_id
+        done = None if job_id is None else lambda: bulk_jobs.set_state(self.run.session.conn, job_id, "done")
+        self.run.commit_outcomes(outcomes, with_it=done)
+
+    def _outcome(self, job: _Job) -> dict[int, RecordRejected]:
+        """The rejected records of a finished job, by index; a failed job or unprocessed records raise."""
+        assert job.job_id is not None, "a job with nothing sent has no outcome in Salesforce"
+        job_id = job.job_id
+        try:
+            info = self.jobs.wait(job_id, records=sum(1 for record in job.records if record.sent))
+            if info["state"] == "JobComplete":
+                saved, failed = self.jobs.results(job_id)
+        except (NotFound, JobResultsUnreadable):
+            # Neither comes right by waiting: Salesforce deleted the job (7 days after it ended, "Bulk API and
+            # Bulk API 2.0 Limits and Allocations") or its results cannot be read. It counts for nothing.
+            bulk_jobs.set_state(self.run.session.conn, job_id, "failed")
+            raise
+        if info["state"] != "JobComplete":
+            bulk_jobs.set_state(self.run.session.conn, job_id, "failed")
+            raise RequestFailed(
+                f"Bulk API 2.0 job {job.job_id} of stream '{self.stream.name}' ended {info['state']}: "
+                f"{info.get('errorMessage') or 'Salesforce gave no reason'}. Nothing of it was recorded and the "
+                "watermark did not move; its records are sent again."
+            )
+        matched = match_results(job.records, saved=saved, rejected=failed)
+        if matched.unprocessed:
+            bulk_jobs.set_state(self.run.session.conn, job_id, "failed")
+            first = job.records[matched.unprocessed[0]]
+            raise RequestFailed(
+                f"Bulk API 2.0 job {job.job_id} of stream '{self.stream.name}' left {len(matched.unprocessed)} "
+                f"record(s) unprocessed (the first: record {first.key}, {self.stream.external_id_field} = "
+                f"{first.external_id}). Nothing of it was recorded and the watermark did not move; its records are "
+                "sent again."
+            )
+        return matched.rejected
+
+    def _send_beside_the_job(self, job: _Job, rejected: dict[int, RecordRejected]) -> None:
+        """Send the records a CSV cannot carry exactly (``values.NotInCsv``) through sObject Collections.
+
+        They were read with the job, so no other job or request holds them; they
+        are sent once the job is done and committed with it, in source order.
+        """
+        beside = [index for index, record in enumerate(job.records) if record.outside_payload is not None]
+        for start in range(0, len(beside), MAX_BATCH_SIZE):
+            indexes = beside[start : start + MAX_BATCH_SIZE]
+            records = [job.records[index] for index in indexes]
+            sent = [SourceRecord(r.key, r.position, r.external_id, r.outside_payload) for r in records]
+            for index, outcome in zip(indexes, self.run.writer.send(sent), strict=True):
+                if outcome.rejection is not None:
+                    rejected[index] = outcome.rejection
+
+    def _current_rows(self, job: _Job, rejected: dict[int, RecordRejected]) -> dict[str, SourceRecord]:
+        """The rows of the records Salesforce rejected, read again by key: their payloads were not kept.
+
+        A row unchanged since the job read it maps to exactly the payload sent;
+        one changed since gives its new version (the one the re-export sends).
+        """
+        keys = [job.records[index].key for index in rejected if job.records[index].sent]
+        return self.run.session.records_by_key(keys) if keys else {}
+
+    def _retry_transient(
+        self, job: _Job, rejected: dict[int, RecordRejected], current: dict[str, SourceRecord]
+    ) -> None:
+        """Send the records rejected for a transient reason again through sObject Collections.
+
+        A row deleted since keeps its rejection (its ExportErrors row is closed
+        as source_deleted by the re-export); one that no longer maps gets the
+        mapping's rejection.
+        """
+        retry: list[int] = []
+        for index, rejection in list(rejected.items()):
+            record = job.records[index]
+            row = current.get(record.key)
+            if not (rejection.transient and record.sent and row is not None):
+                continue
+            if row.payload is None:
+                if row.rejection is not None:
+                    rejected[index] = row.rejection
+            else:
+                retry.append(index)
+        for start in range(0, len(retry), MAX_BATCH_SIZE):
+            indexes = retry[start : start + MAX_BATCH_SIZE]
+            sent = [current[job.records[index].key] for index in indexes]
+            for index, outcome in zip(indexes, self.run.writer.send(sent), strict=True):
+                if outcome.rejection is None:
+                    del rejected[index]
+                else:
+                    rejected[index] = outcome.rejection

@@ -1,0 +1,441 @@
+"""The run's session: a stream's connections, lock and watermark, and the steps every path shares.
+
+:class:`StreamExport` opens the session (connects, migrates, takes the
+stream's lock, checks the definition, loads the watermark), reads the source
+(keyset order, up to the horizon, one record per external id) and commits a
+planned batch in one transaction. :class:`ExportRun` is what one run's paths
+share: the pause on error in force (read again before each commit), the per-run
+limits and the API budget (one formula for every path), and the commit step
+(plan, commit, count, log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import psycopg
+
+from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
+from include.crm_export.config import Stream, change_column, stream_definition
+from include.crm_export.db import export_errors, external_ids, source, watermarks
+from include.crm_export.db.connection import Database
+from include.crm_export.db.migrate import migrate
+from include.crm_export.decisions import (
+    HELD,
+    ExportResult,
+    Lag,
+    api_budget_stop,
+    definition_refusal,
+    held_record,
+    pause_on_error_change,
+    stop_reason,
+)
+from include.crm_export.errors import StreamConfigError
+from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
+from include.crm_export.salesforce import BulkJobs, CollectionWriter
+
+log = logging.getLogger(__name__)
+
+HORIZON_REFRESH_SECONDS = 1.0
+_MAX_ERROR_LINES_PER_BATCH = 20
+_KEYS_PER_LOOKUP = 1000
+# Records that can be in flight at once on the Bulk API 2.0 path: two jobs (see bulk_path.py) and a page.
+_BULK_IN_FLIGHT_PAGE = 5_000
+
+
+def current_records(
+    conn: psycopg.Connection,
+    stream: Stream,
+    keys: list[str],
+    column_types: dict[str, str],
+    field_types: dict[str, str] | None,
+) -> dict[str, SourceRecord]:
+    """The current version of the given source rows, mapped, by record key; a key whose row is gone is left out."""
+    found: dict[str, SourceRecord] = {}
+    for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+        for row in source.read_rows_by_key(conn, stream, keys[start : start + _KEYS_PER_LOOKUP], column_types):
+            record = map_row(stream, row, field_types)
+            found[record.key] = record
+    return found
+
+
+def one_record_per_external_id(
+    reader: psycopg.Connection,
+    stream: Stream,
+    records: list[SourceRecord],
+    owners: ExternalIdOwners,
+    column_types: dict[str, str],
+    field_types: dict[str, str] | None,
+) -> list[SourceRecord]:
+    """The records, each later one whose external id another source row holds made a rejected record.
+
+    Held means: taken by a record read before it in this run (``owners``), or
+    confirmed in Salesforce earlier (``crm_export.external_ids``) by a row that
+    still has that external id now (one that changed or lost it lets go).
+    """
+    wanted = {
+        owners.match_key(record.external_id): record.key
+        for record in records
+        if record.payload is not None and record.external_id is not None
+    }
+    held = external_ids.holders(reader, stream, list(wanted))
+    others = {match: key for match, key in held.items() if key != wanted[match]}
+    if others:
+        now = current_records(reader, stream, sorted(set(others.values())), column_types, field_types)
+        for match, key in others.items():
+            holder = now.get(key)
+            if holder is not None and holder.external_id is not None and owners.match_key(holder.external_id) == match:
+                owners.held_by(match, key)
+    return owners.check_all(records)
+
+
+def confirmed_external_ids(
+    plan: BatchPlan, outcomes: list[RecordOutcome], owners: ExternalIdOwners
+) -> list[tuple[str, str]]:
+    """(match key, record key) of each record the plan confirms, to be held in ``crm_export.external_ids``."""
+    confirmed = set(plan.confirmed_keys)
+    return [
+        (owners.match_key(o.record.external_id), o.record.key)
+        for o in outcomes
+        if o.record.key in confirmed and o.record.external_id is not None
+    ]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    dag_id: str
+    run_id: str
+
+
+class StreamExport:
+    """One stream's export session: its connections, its lock and the steps of a batch.
+
+    Opened with :meth:`open` (connects, migrates, takes the stream's lock,
+    loads the watermark); closed with the context manager.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        conn: psycopg.Connection,
+        reader: psycopg.Connection,
+        context: RunContext,
+        field_types: dict[str, str] | None = None,
+        external_id_case_sensitive: bool = False,
+    ):
+        self.stream = stream
+        self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
+        # Every record read this run that can still be in flight (a Collections request, or one of the two Bulk
+        # API 2.0 jobs that may run at once), by external id: one Salesforce record, one source row.
+        self.sent_ids = ExternalIdOwners(
+            stream,
+            case_sensitive=external_id_case_sensitive,
+            remember=max(20_000, 2 * stream.bulk_job_records + _BULK_IN_FLIGHT_PAGE),
+        )
+        self.conn = conn  # commits (watermark, ExportErrors) and holds the stream's lock
+        self.reader = reader  # reads the source, so a read never waits for a commit
+        self.context = context
+        self.column_types = source.column_types(conn, stream)
+        self.change = change_column(stream, self.column_types[stream.order_by[0]])
+        self.blind_spot = source.activity_blind_spot(conn)
+        self.watermark = watermarks.load_watermark(conn, stream)
+        self.position = self.watermark.position  # where the watermark is now: moved by each commit
+        self.definition = stream_definition(stream, self.column_types)
+        self._check_definition()
+        if source.is_view(conn, stream):
+            self._check_every_row_has_a_place()
+        self._own_backends = (conn.info.backend_pid, reader.info.backend_pid)
+        self._horizon: source.Horizon | None = None
+        self._horizon_looked_up = 0.0
+        # Resolving open errors costs a statement per batch; skip it while the
+        # stream has none (the common case).
+        self._has_open_errors = export_errors.has_open_errors(conn, stream)
+
+    def _check_definition(self) -> None:
+        """A watermark taken under another stream definition is never continued silently.
+
+        The current definition is written with the run's first commit (or its
+        idle-run note), not here: a run that has not committed anything has
+        changed nothing.
+        """
+        refused = definition_refusal(
+            self.stream.name,
+            current=self.definition,
+            stored=self.watermark.definition,
+            exported_before=self.watermark.exported_before,
+        )
+        if refused is not None:
+            raise StreamConfigError(refused)
+
+    def _check_every_row_has_a_place(self) -> None:
+        key = source.rows_without_a_place(self.reader, self.stream)
+        if key is not None:
+            raise StreamConfigError(
+                f"Stream config error in stream '{self.stream.name}', field 'order_by': row {key} of "
+                f"{self.stream.source} has NULL in {', '.join(self.stream.order_by)}, so it has no place in the "
+                "export's order and would never be exported. Nothing was sent. Fill it in the view (for example "
+                "COALESCE(updated_at, created_at)) or in the data, then clear this task."
+            )
+
+    @classmethod
+    def open(
+        cls,
+        stream: Stream,
+        database: Database,
+        context: RunContext,
+        *,
+        exits: ExitStack,
+        writer: CollectionWriter | None = None,
+    ) -> StreamExport:
+        name = f"crm-export {stream.name}"
+        conn = exits.enter_context(database.connect(application_name=name))
+        reader = exits.enter_context(database.connect(application_name=f"{name} reader"))
+        migrate(conn)
+        watermarks.lock_stream(conn, stream)
+        export_errors.compact_error_counts(conn)
+        return cls(
+            stream,
+            conn=conn,
+            reader=reader,
+            context=context,
+            field_types=writer.field_types if writer is not None else None,
+            external_id_case_sensitive=writer.external_id_case_sensitive if writer is not None else False,
+        )
+
+    def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:
+        """How far the source may be read now."""
+        # An older horizon is still safe (only more conservative), so it is
+        # looked up again at most once a second rather than per batch.
+        if fresh or self._horizon is None or clock() - self._horizon_looked_up >= HORIZON_REFRESH_SECONDS:
+            self._horizon_looked_up = clock()
+            self._horizon = source.export_horizon(
+                self.reader, self.stream, self.change, exclude_backends=self._own_backends
+            )
+        return self._horizon
+
+    def read(
+        self,
+        after: list[str] | None,
+        limit: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        until: list[str] | None = None,
+        horizon: source.Horizon | None = None,
+    ) -> tuple[source.Horizon, list[SourceRecord]]:
+        """The next ``limit`` records after ``after``, never past the horizon (``horizon``, or the current one),
+        one record per external id."""
+        horizon = horizon or self.horizon(clock)
+        rows = source.read_batch(
+            self.reader,
+            self.stream,
+            after=after,
+            horizon=horizon.at,
+            column_types=self.column_types,
+            limit=limit,
+            until=until,
+        )
+        records = [map_row(self.stream, row, self.field_types) for row in rows]
+        return horizon, one_record_per_external_id(
+            self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
+        )
+
+    def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
+        return current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
+
+    def commit(
+        self,
+        plan: BatchPlan,
+        *,
+        held_ids: Sequence[tuple[str, str]] = (),
+        with_it: Callable[[], None] | None = None,
+    ) -> None:
+        """Write the batch's ExportErrors changes, the external ids it confirmed, and advance the watermark, in
+        one transaction (with ``with_it``)."""
+        self._has_open_errors = self._has_open_errors or bool(plan.errors)
+        with self.conn.transaction():
+            if self._has_open_errors:
+                keys = [*plan.confirmed_keys, *(record.key for record, _ in plan.errors)]
+                export_errors.lock_open_rows(self.conn, self.stream, keys)
+            export_errors.record_rejections(
+                self.conn, self.stream, plan.errors, dag_id=self.context.dag_id, run_id=self.context.run_id
+            )
+            if plan.confirmed_keys and self._has_open_errors:
+                export_errors.resolve_errors(
+                    self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id
+                )
+            external_ids.hold(self.conn, self.stream, held_ids)
+            watermarks.advance_watermark(
+                self.conn,
+                self.stream,
+                position=plan.new_position,
+                held_record_key=plan.held[0].key if plan.held else None,
+                exported=plan.exported,
+                run_id=self.context.run_id,
+                definition=self.definition,
+            )
+            if with_it is not None:
+                with_it()
+        if plan.new_position is not None:
+            self.position = position_to_json(plan.new_position)
+
+    def lag(self) -> Lag | None:
+        """How far behind the source the stream is now (closing log line, metrics); never fails the run."""
+        try:
+            return source.lag(self.reader, self.stream, self.position, self.column_types)
+        except psycopg.Error as exc:
+            log.warning("Could not measure the lag of stream '%s': %s", self.stream.name, exc)
+            return None
+
+    def note_idle_run(self) -> None:
+        """A run that committed nothing. A held record it did not even read is no longer waiting (deleted, or
+        changed and not yet due): the hold is released, its ExportErrors row stays open until it is sent."""
+        held = self.watermark.held_record_key
+        if held is not None:
+            log.warning(
+                "Stream '%s' was held at record %s, which no longer waits to be exported (deleted from the source, "
+                "or changed and not yet due); the hold is released.",
+                self.stream.name,
+                held,
+            )
+        watermarks.note_run(
+            self.conn, self.stream, run_id=self.context.run_id, definition=self.definition, release_hold=True
+        )
+
+
+@dataclass
+class ExportRun:
+    """What one run of one stream shares between its paths (sObject Collections, Bulk API 2.0 jobs)."""
+
+    session: StreamExport
+    result: ExportResult
+    pause_on_error: Callable[[], bool]  # the Variable, read again before each commit
+    pause: bool  # the pause on error in force
+    writer: CollectionWriter
+    bulk: BulkJobs | None
+    requests_before: int  # crm-export's Salesforce API requests in the last 24 hours before this run
+    clock: Callable[[], float] = time.monotonic
+    started: float = 0.0
+    _warned_about_horizon: bool = False
+
+    @property
+    def stream(self) -> Stream:
+        return self.session.stream
+
+    @property
+    def held(self) -> bool:
+        return self.result.held is not None
+
+    def requests_sent(self) -> int:
+        return self.writer.requests_sent + (self.bulk.requests_sent if self.bulk is not None else 0)
+
+    def limit_reached(self, records_read: int) -> bool:
+        """The run's own limits (max_records_per_run, max_minutes_per_run): no more reading when reached."""
+        stopped = stop_reason(self.stream, records_read=records_read, elapsed_seconds=self.clock() - self.started)
+        if stopped is not None:
+            self.result.stopped_because = stopped
+        return stopped is not None
+
+    def over_budget(self, *, running: int = 0) -> bool:
+        """Would the next request overspend crm-export's daily budget or the org's reserve? Then the run stops.
+
+        ``running``: requests still running, which the org's last answer may not count yet.
+        """
+        usage = self.writer.org_api_usage()
+        stopped = api_budget_stop(
+            self.stream,
+            ours_last_day=self.requests_before + self.requests_sent(),
+            org_usage=None if usage is None else (usage[0] + running, usage[1]),
+        )
+        if stopped is not None:
+            self.result.stopped_because = stopped
+            log.warning("Stream '%s' stops here: %s.", self.stream.name, stopped)
+        return stopped is not None
+
+    def note_horizon(self, horizon: source.Horizon, *, every_time: bool = False) -> None:
+        if horizon.held_back_by and (every_time or not self._warned_about_horizon):
+            self._warned_about_horizon = True
+            warn_horizon(horizon)
+
+    def commit_outcomes(self, outcomes: list[RecordOutcome], *, with_it: Callable[[], None] | None = None) -> None:
+        """The one commit step of every path: plan the batch's outcomes under the pause on error in force now,
+        commit the plan (``with_it`` in the same transaction), count and log it, and note a hold."""
+        if self.result.tally.batches:
+            self._reread_pause_on_error()
+        plan = plan_batch(outcomes, pause_on_error=self.pause)
+        owners = self.session.sent_ids
+        self.session.commit(plan, held_ids=confirmed_external_ids(plan, outcomes, owners), with_it=with_it)
+        self.result.add(plan, pause_on_error=self.pause)
+        _log_batch(self.stream, plan, self.pause)
+        self.result.held = held_record(self.stream, plan)
+        if self.result.held is not None:
+            self.result.stopped_because = HELD
+
+    def _reread_pause_on_error(self) -> None:
+        latest = self.pause_on_error()
+        change = pause_on_error_change(self.pause, latest)
+        if change is not None:
+            for warning in change.warnings():
+                log.warning("%s", warning)
+            self.result.pause_on_error = latest
+        self.pause = latest
+
+
+def warn_horizon(horizon: source.Horizon) -> None:
+    holder = horizon.held_back_by
+    if holder is None:
+        return
+    if holder["kind"] == "prepared":
+        since = f"no earlier than {holder['since']}" if holder["since"] else "at an unknown time"
+        log.warning(
+            "Not reading rows changed after %s: prepared transaction %r (owner %s, prepared %s, started %s) may "
+            "still commit rows with older change timestamps. The export catches up once it is finished: "
+            "COMMIT PREPARED %r or ROLLBACK PREPARED %r.",
+            horizon.at if horizon.at is not None else "the watermark",
+            holder["gid"],
+            holder["owner"],
+            holder["prepared"],
+            since,
+            holder["gid"],
+            holder["gid"],
+        )
+        return
+    log.warning(
+        "Not reading rows changed after %s: a transaction open since %s (pid %s, user %s, %s, %s, %s) may still "
+        "commit rows with older change timestamps. The export catches up once it ends.",
+        horizon.at,
+        holder["since"],
+        holder["pid"],
+        holder["user"] or "unknown",
+        holder["backend_type"],
+        holder["application_name"] or "unknown application",
+        holder["state"],
+    )
+
+
+def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
+    for record, rejection in plan.errors[:_MAX_ERROR_LINES_PER_BATCH]:
+        log.warning(
+            "Stream '%s' record %s (%s = %s) rejected: %s%s",
+            stream.name,
+            record.key,
+            stream.external_id_field,
+            record.external_id,
+            rejection.describe(),
+            "" if pause else " - skipped (pause on error off), open in ExportErrors",
+        )
+    if len(plan.errors) > _MAX_ERROR_LINES_PER_BATCH:
+        log.warning(
+            "… and %d more rejected record(s) in this batch; all are open in ExportErrors.",
+            len(plan.errors) - _MAX_ERROR_LINES_PER_BATCH,
+        )
+    log.info(
+        "Batch committed: %d exported, %d rejected; watermark now %s",
+        plan.exported,
+        len(plan.errors),
+        position_to_json(plan.new_position) if plan.new_position is not None else "unchanged",
+    )

@@ -1,0 +1,348 @@
+"""Upserts by external id through sObject Collections, 200 records a request, ``allOrNone=false``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceMalformedRequest
+
+from include.crm_export import exact_json
+from include.crm_export.batch import RecordOutcome
+from include.crm_export.concurrency import LOCK_CODES, Concurrency
+from include.crm_export.errors import (
+    NotFound,
+    RecordRejected,
+    RequestFailed,
+    RequestRefused,
+    ServerBusy,
+    SessionExpired,
+    StreamConfigError,
+)
+from include.crm_export.http import SalesforceSession
+from include.crm_export.mapping import SourceRecord
+from include.crm_export.names import MAX_BATCH_SIZE
+from include.crm_export.salesforce.refusals import EXPIRED_MESSAGE, error_code, error_message, first_error, refusal
+from include.crm_export.salesforce.session import SessionRenewer
+
+log = logging.getLogger(__name__)
+
+# Called with the request (method, path, body) and Salesforce's answer (parsed
+# JSON, or the error body of a refused request): the CLI's `send` prints both.
+Trace = Callable[[str, str, dict[str, Any], Any], None]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Salesforce confirmed the record."""
+
+    id: str
+    created: bool
+
+
+Result = Saved | RecordRejected
+
+
+class CollectionWriter:
+    """Upserts records by external id through sObject Collections (``allOrNone=false``).
+
+    - Results come back per record, in input order: :class:`Saved` or
+      :class:`RecordRejected`.
+    - A request refused as a whole for its content (HTTP 400) is split in
+      halves until the offending records are isolated; they become record
+      rejections, the rest go through.
+    - Transient record errors (``UNABLE_TO_LOCK_ROW`` …) are retried, those
+      records only, with exponential backoff, before they count.
+    - Anything that is not the records' fault raises :class:`RequestFailed`.
+    """
+
+    def __init__(
+        self,
+        sf: Salesforce,
+        *,
+        sobject: str,
+        external_id_field: str,
+        transient_retries: int = 3,
+        request_retries: int = 2,
+        backoff_seconds: float = 1.0,
+        renewer: SessionRenewer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        trace: Trace | None = None,
+    ) -> None:
+        self.sf = sf
+        self.path = f"composite/sobjects/{sobject}/{external_id_field}"
+        self.transient_retries = transient_retries
+        self.backoff_seconds = backoff_seconds
+        self.renewer = renewer
+        self.sleep = sleep
+        self.trace = trace
+        self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
+        self.field_types: dict[str, str] | None = None  # mapped field -> Salesforce type, from describe
+        self.external_id_case_sensitive = False  # describe's caseSensitive of the external id field
+        self.request_retries = request_retries
+        self._lock = threading.Lock()  # the writer is shared by the threads of requests in flight
+        self._local = threading.local()
+        self._observer: Concurrency | None = None
+
+    def observe(self, concurrency: Concurrency) -> None:
+        """Tell ``concurrency`` how each request went (its time, its lock errors, a server that could not serve it)."""
+        self._observer = concurrency
+
+    def _answered(self, seconds: float, results: list[Result]) -> None:
+        if self._observer is not None:
+            locks = sum(1 for r in results if isinstance(r, RecordRejected) and r.code in LOCK_CODES)
+            with self._lock:
+                self._observer.answered(seconds, records=len(results), lock_errors=locks)
+
+    def _trouble(self, reason: str) -> None:
+        if self._observer is not None:
+            with self._lock:
+                self._observer.trouble(reason)
+
+    def org_api_usage(self) -> tuple[int, int] | None:
+        """(used, allowed) in the org's rolling 24 hours, from the last response's Sforce-Limit-Info header."""
+        usage = getattr(self.sf, "api_usage", {}).get("api-usage")
+        return (usage.used, usage.total) if usage is not None else None
+
+    @staticmethod
+    def request_body(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"allOrNone": False, "records": payloads}
+
+    def count_request(self) -> None:
+        """Count the next request now, before it is made (the export checks its API budget before each send,
+        while earlier sends may not have started yet); the request itself then does not count again."""
+        with self._lock:
+            self.requests_sent += 1
+
+    def send(self, records: list[SourceRecord], *, counted: bool = False) -> list[RecordOutcome]:
+        """Upsert the records that have a payload; every record gets an outcome, in order.
+
+        A record the mapping could not turn into a payload keeps its rejection
+        and is not sent. ``counted``: its first request was counted ahead by
+        :meth:`count_request`.
+        """
+        self._local.counted_ahead = 1 if counted else 0
+        sendable = [r for r in records if r.payload is not None]
+        if counted and not sendable:  # nothing to send after all
+            with self._lock:
+                self.requests_sent -= 1
+        answers = iter(self.upsert([r.payload for r in sendable if r.payload is not None]) if sendable else [])
+        outcomes = []
+        for record in records:
+            if record.payload is None:
+                outcomes.append(RecordOutcome(record, record.rejection))
+                continue
+            answer = next(answers)
+            outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
+        return outcomes
+
+    def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
+        if len(payloads) > MAX_BATCH_SIZE:
+            raise ValueError(f"sObject Collections take at most {MAX_BATCH_SIZE} records per request")
+        results: list[Result | None] = [None] * len(payloads)
+        pending = list(range(len(payloads)))
+        for attempt in range(self.transient_retries + 1):
+            answers = self._upsert_retrying([payloads[i] for i in pending])
+            retry = []
+            reason = ""
+            for index, answer in zip(pending, answers, strict=True):
+                results[index] = answer
+                if isinstance(answer, RecordRejected) and answer.transient:
+                    retry.append(index)
+                    reason = reason or answer.code
+            if not retry or attempt == self.transient_retries:
+                break
+            log.info(
+                "%d record(s) hit a transient Salesforce error (%s); retrying them in %.1fs",
+                len(retry),
+                reason,
+                self.backoff_seconds * 2**attempt,
+            )
+            self.sleep(self.backoff_seconds * 2**attempt)
+            pending = retry
+        return results  # type: ignore[return-value]
+
+    def _upsert_retrying(self, payloads: list[dict[str, Any]]) -> list[Result]:
+        """A request Salesforce could not serve (5xx, too many long-running requests) is sent again, after a
+        pause and with fewer requests in flight, up to ``request_retries`` times; then it fails the run."""
+        for attempt in range(self.request_retries + 1):
+            try:
+                return self._upsert_isolating(payloads)
+            except ServerBusy as busy:
+                self._trouble(f"HTTP {busy.status} {busy.code}")
+                if attempt == self.request_retries:
+                    raise ServerBusy(
+                        f"{busy} (tried {attempt + 1} times)", status=busy.status, code=busy.code
+                    ) from None
+                wait = self.backoff_seconds * 2**attempt
+                log.warning("%s; sending the request again in %.1fs", busy, wait)
+                self.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _upsert_isolating(self, payloads: list[dict[str, Any]]) -> list[Result]:
+        try:
+            return self._send(payloads)
+        except _WholeRequestRejected as rejected:
+            split = _Split()
+            results = self._isolate(payloads, rejected, split, same_levels=0)
+            log.info(
+                "Salesforce refused a request of %d records with %s; isolating the record(s) it was about took "
+                "%d more request(s)",
+                len(payloads),
+                rejected.as_record_error().code,
+                split.requests,
+            )
+            return results
+
+    def _isolate(
+        self, payloads: list[dict[str, Any]], rejected: _WholeRequestRejected, split: _Split, *, same_levels: int
+    ) -> list[Result]:
+        """Halve a refused request until the refusal is pinned on records, or shown to be no record's fault.
+
+        Salesforce answers 400 for a request whose body it cannot take
+        ("Status Codes and Error Responses", REST API Developer Guide,
+        errorcodes.htm) without saying whether one record or the request as a
+        whole is the cause. The docs being silent, we take the stricter
+        reading: when every part, two halvings deep, is refused for the same
+        reason, it is a request failure (a field the integration user lost
+        access to, a mapping Salesforce cannot take), not one rejected record
+        per row. That costs at most a few requests instead of up to 399.
+        """
+        if len(payloads) == 1:
+            return [rejected.as_record_error()]
+        middle = len(payloads) // 2
+        halves = (payloads[:middle], payloads[middle:])
+        answers: list[list[Result] | _WholeRequestRejected] = []
+        for half in halves:
+            split.requests += 1
+            try:
+                answers.append(self._send(half))
+            except _WholeRequestRejected as refused:
+                answers.append(refused)
+        every_part_same = all(
+            isinstance(answer, _WholeRequestRejected) and answer.same_reason(rejected) for answer in answers
+        )
+        levels = same_levels + 1 if every_part_same else 0
+        if levels >= _SAME_REASON_LEVELS:
+            raise RequestRefused(_refused_message(rejected), status=400, code=rejected.as_record_error().code)
+        results: list[Result] = []
+        for half, answer in zip(halves, answers, strict=True):
+            if isinstance(answer, _WholeRequestRejected):
+                results += self._isolate(half, answer, split, same_levels=levels)
+            else:
+                results += answer
+        return results
+
+    def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
+        body = self.request_body(payloads)
+        refused: SalesforceError | None = None
+        if getattr(self._local, "counted_ahead", 0):
+            self._local.counted_ahead = 0
+        else:
+            with self._lock:
+                self.requests_sent += 1
+        started = time.monotonic()
+        try:
+            # Serialized here, so numerics go out exactly (simple-salesforce would pass them through float).
+            answer = self.sf.restful(self.path, method="PATCH", data=exact_json.dumps(body))
+        except SalesforceError as exc:
+            refused = exc
+        except requests.exceptions.Timeout:
+            raise RequestFailed(
+                f"Salesforce did not answer within {self.sf.session.default_timeout[1]:.0f}s; "
+                "nothing from this request is counted, Airflow retries the task."
+                if isinstance(self.sf.session, SalesforceSession)
+                else "Salesforce did not answer in time"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise RequestFailed(f"Could not reach Salesforce: {type(exc).__name__}: {exc}") from None
+        if refused is not None:
+            # Handled outside the except clause, so what it raises does not chain the client's exception.
+            if self.trace is not None:
+                self.trace("PATCH", self.path, body, {"http_status": refused.status, "body": refused.content})
+            return self._after_refusal(refused, payloads, renewed=renewed)
+        if self.trace is not None:
+            self.trace("PATCH", self.path, body, answer)
+        if not isinstance(answer, list) or len(answer) != len(payloads):
+            raise RequestFailed(
+                f"Salesforce answered {len(answer) if isinstance(answer, list) else 'no list of'} results "
+                f"for {len(payloads)} records"
+            )
+        results = [_result(item) for item in answer]
+        self._answered(time.monotonic() - started, results)
+        return results
+
+    def _after_refusal(self, exc: SalesforceError, payloads: list[dict[str, Any]], *, renewed: bool) -> list[Result]:
+        """A refused request: split it (400), renew the session (401), or fail the request."""
+        if isinstance(exc, SalesforceMalformedRequest):
+            raise _WholeRequestRejected(exc.content)
+        if isinstance(exc, SalesforceExpiredSession):
+            if self.renewer is not None and not renewed:
+                log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
+                self.renewer.renew(self.sf)
+                return self._send(payloads, renewed=True)
+            raise SessionExpired(EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID")
+        failure = refusal(exc, doing="upsert through sObject Collections")
+        if isinstance(failure, NotFound):
+            raise StreamConfigError(
+                f"Salesforce answered 404 for {self.path}: {error_message(exc.content)}. "
+                "Check the stream's sobject and external_id.field in streams.yml."
+            )
+        raise failure
+
+
+# Halvings in a row whose every part Salesforce refused for the request's own reason: then it is a request failure.
+_SAME_REASON_LEVELS = 2
+
+
+@dataclass
+class _Split:
+    requests: int = 0
+
+
+def _refused_message(rejected: _WholeRequestRejected) -> str:
+    error = rejected.as_record_error()
+    fields = f" (fields: {', '.join(error.fields)})" if error.fields else ""
+    cause = (
+        "The integration user probably lost access to a mapped field (field-level security), or the field was "
+        "deleted or renamed: grant it edit access to the field in Salesforce, or fix the mapping in streams.yml."
+        if error.code == "INVALID_FIELD"
+        else "Fix what Salesforce names (the mapping in streams.yml, or the object's setup), then clear this task."
+    )
+    return (
+        f"Salesforce refused every part of the request with HTTP 400 {error.code}: {error.message}{fields}. "
+        f"This is not any one record's fault, so no record was logged to ExportErrors and the watermark did not "
+        f"move. {cause}"
+    )
+
+
+class _WholeRequestRejected(Exception):
+    def __init__(self, content: Any) -> None:
+        super().__init__(str(content))
+        self.content = content
+
+    def same_reason(self, other: _WholeRequestRejected) -> bool:
+        return self.as_record_error() == other.as_record_error()
+
+    def as_record_error(self) -> RecordRejected:
+        return RecordRejected(
+            error_code(self.content, default="BAD_REQUEST"),
+            str(first_error(self.content).get("message", self.content))[:500],
+            tuple(first_error(self.content).get("fields") or ()),
+        )
+
+
+def _result(item: dict[str, Any]) -> Result:
+    if item.get("success"):
+        return Saved(item["id"], bool(item.get("created")))
+    errors = item.get("errors") or [{"statusCode": "UNKNOWN", "message": "Salesforce gave no reason"}]
+    first = errors[0]
+    return RecordRejected(
+        first.get("statusCode", "UNKNOWN"), first.get("message", ""), tuple(first.get("fields") or ())
+    )

@@ -1,0 +1,73 @@
+"""Describe: the org has what a stream maps to, and what each mapped field takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+
+from include.crm_export.config import Stream
+from include.crm_export.errors import NotFound, RequestFailed, StreamConfigError
+from include.crm_export.salesforce.refusals import refusal
+from include.crm_export.salesforce.session import SessionRenewer
+
+
+def check_stream_against_describe(
+    sf: Salesforce, stream: Stream, *, renewer: SessionRenewer | None = None
+) -> Described:
+    """Fail before sending anything when the org does not have what the stream maps to.
+
+    Returns each mapped field's Salesforce type (``string``, ``date``, ``datetime`` …), which the
+    mapping uses to send only values the org takes.
+    """
+    try:
+        try:
+            describe = getattr(sf, stream.sobject).describe()
+        except SalesforceExpiredSession:
+            if renewer is None:
+                raise
+            renewer.renew(sf)
+            describe = getattr(sf, stream.sobject).describe()
+    except SalesforceError as exc:
+        failure = refusal(exc, doing=f"describe {stream.sobject}")
+        if isinstance(failure, NotFound):
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
+                f"{stream.sobject} (or the integration user cannot see it)."
+            ) from None
+        raise failure from None
+    except requests.exceptions.RequestException as exc:
+        raise RequestFailed(f"Could not reach Salesforce to describe {stream.sobject}: {type(exc).__name__}") from None
+    fields = {f["name"].lower(): f for f in describe["fields"]}
+    external = fields.get(stream.external_id_field.lower())
+    if external is None or not external.get("externalId"):
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'external_id.field': "
+            f"{stream.sobject}.{stream.external_id_field} is not an external id field in Salesforce."
+        )
+    for sf_field, _column in stream.fields:
+        described = fields.get(sf_field.lower())
+        if described is None:
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
+                f"Salesforce object {stream.sobject} has no field {sf_field} (or the integration user cannot see it)."
+            )
+        if not (described.get("createable") or described.get("updateable")):
+            raise StreamConfigError(
+                f"Stream config error in stream '{stream.name}', field 'fields.{sf_field}': "
+                f"{stream.sobject}.{sf_field} is read-only in Salesforce."
+            )
+    return Described(
+        {sf_field: fields[sf_field.lower()].get("type", "") for sf_field, _column in stream.fields},
+        external_id_case_sensitive=bool(external.get("caseSensitive")),
+    )
+
+
+@dataclass(frozen=True)
+class Described:
+    """What describe says that the export needs: each mapped field's type, and how the external id matches."""
+
+    field_types: dict[str, str]
+    external_id_case_sensitive: bool

@@ -1,0 +1,186 @@
+"""Notifications end to end: a real SMTP server (aiosmtpd) and an HTTP server shaped like a Slack Incoming
+Webhook, both started by the test, receive what the providers' notifiers send."""
+
+from __future__ import annotations
+
+import json
+import threading
+from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.support.helpers import contacts_stream, free_port, insert_contacts, write_streams
+
+
+@pytest.fixture
+def mailbox(monkeypatch):
+    """An SMTP server on loopback, and crm_export_email pointing at it; yields the messages received."""
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Keep:
+        async def handle_DATA(self, server, session, envelope):
+            received.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
+            return "250 OK"
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    connection = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": controller.port,
+        "extra": {
+            "to": "oncall@example.com, data@example.com",
+            "from_email": "crm-export@example.com",
+            "disable_ssl": True,
+            "disable_tls": True,
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_EXPORT_EMAIL", json.dumps(connection))
+    try:
+        yield received
+    finally:
+        controller.stop()
+
+
+def body(message) -> str:
+    return message.get_body(preferencelist=("html", "plain")).get_content()
+
+
+def test_held_is_announced_once_and_recovery_once(db, emulator, run_dag, mailbox, tmp_path):
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    insert_contacts(db, 10)
+    rule = emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "4"},
+        message="Title must be set",
+        fields=["Title"],
+    )
+
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    assert run_dag(streams_file=streams, retries=False).state == "failed"  # still held: no second message
+    (held,) = mailbox
+    recipients, message = held
+    assert recipients == ["oncall@example.com", "data@example.com"]
+    assert message["Subject"] == "CRMExport: stream 'contacts' is held at record 4"
+    text = body(message)
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: Title must be set (fields: Title)" in text
+    assert "clear this task" in text
+
+    emulator.remove_rule(rule["id"])
+    assert run_dag(streams_file=streams).state == "success"
+    assert run_dag(streams_file=streams).state == "success"
+    assert [m["Subject"] for _, m in mailbox] == [
+        "CRMExport: stream 'contacts' is held at record 4",
+        "CRMExport: stream 'contacts' recovered",
+    ]
+
+
+def test_too_many_rejected_records_with_pause_on_error_off_are_announced(
+    db, emulator, run_dag, pause_variable, mailbox, tmp_path
+):
+    pause_variable("false")
+    insert_contacts(db, 20)
+    emulator.add_rule(cause="no_access", when={"field": "CRM_Contact_Id__c", "op": "in", "value": ["1", "2", "3"]})
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+
+    assert run_dag(streams_file=streams).state == "success"
+
+    ((_, message),) = mailbox
+    assert message["Subject"] == "CRMExport: stream 'contacts' rejected 3 of 20 records"
+    assert "INSUFFICIENT_ACCESS_OR_READONLY: 3" in body(message)
+
+
+def test_without_the_connection_nothing_is_sent_and_nothing_fails(db, emulator, run_dag, tmp_path):
+    insert_contacts(db, 5)
+    emulator.add_rule(cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "2"})
+    run = run_dag(streams_file=write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)}))
+    assert run.task_states["export_contacts"] == "failed"
+    assert "is held at record 2" in run.log
+    assert "Could not send the" not in run.log
+    assert "Notified by" not in run.log
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    """An HTTP server shaped like a Slack Incoming Webhook, and crm_export_slack pointing at it.
+
+    Yields the JSON payloads received; ``slack.status`` sets what it answers (Slack answers 200 "ok").
+    """
+
+    class Webhook(list):
+        status = 200
+
+    received = Webhook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = b"ok" if received.status == 200 else b"no_service"
+            if received.status == 200:
+                received.append((self.path, payload))
+            self.send_response(received.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/services/T0001/B0001/secret"
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_EXPORT_SLACK", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    try:
+        yield received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_slack_hears_held_and_recovered_once_each(db, emulator, run_dag, slack, tmp_path):
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    insert_contacts(db, 10)
+    rule = emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "4"},
+        message="Title must be <set> & valid",
+        fields=["Title"],
+    )
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    emulator.remove_rule(rule["id"])
+    assert run_dag(streams_file=streams).state == "success"
+    assert run_dag(streams_file=streams).state == "success"
+
+    assert [path for path, _ in slack] == ["/services/T0001/B0001/secret"] * 2
+    held, recovered = (payload["text"] for _, payload in slack)
+    assert held.startswith("*CRMExport: stream 'contacts' is held at record 4*\n```")
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: Title must be &lt;set&gt; &amp; valid (fields: Title)" in held
+    assert "clear this task" in held
+    assert recovered.startswith("*CRMExport: stream 'contacts' recovered*")
+    assert slack[0][1]["unfurl_links"] is False
+
+
+def test_a_channel_that_fails_is_retried_without_repeating_the_others(db, emulator, run_dag, slack, mailbox, tmp_path):
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    insert_contacts(db, 5)
+    emulator.add_rule(cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "2"})
+    slack.status = 500  # Slack is down for the first run
+
+    first = run_dag(streams_file=streams, retries=False)
+    assert first.task_states["export_contacts"] == "failed"
+    assert "is held at record 2" in first.log  # the task's own outcome, whatever the notifications did
+    assert "Could not send the slack notification for stream 'contacts' (connection crm_export_slack" in first.log
+    assert [m["Subject"] for _, m in mailbox] == ["CRMExport: stream 'contacts' is held at record 2"]
+    assert slack == []
+
+    slack.status = 200
+    assert run_dag(streams_file=streams, retries=False).state == "failed"
+    assert [payload["text"].split("\n")[0] for _, payload in slack] == [
+        "*CRMExport: stream 'contacts' is held at record 2*"
+    ]
+    assert len(mailbox) == 1  # email had already said it

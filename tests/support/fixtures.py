@@ -1,0 +1,174 @@
+"""The test fixtures, registered for every test through ``pytest_plugins`` (``tests/conftest.py``).
+
+Services (PostgreSQL, the emulator) are started by the session hooks in
+``tests/conftest.py``; these fixtures hand them to tests: the emulator's admin
+API with a clean org, a simple-salesforce client through the real
+SalesforceHook, scratch databases, the project database with fresh source
+tables, Airflow's metadata database, the pause on error Variable, and CRMExport
+or CRMExport_ExportError run through a real DagBag and ``dag.test()``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from devstack.stack import PROJECT_ROOT, LocalStack
+from include.crm_export.db.migrate import migrate
+from tests.support import services
+
+SOURCE_SCHEMA_SQL = PROJECT_ROOT / "devstack" / "source_schema.sql"
+
+
+@pytest.fixture(scope="session")
+def stack() -> LocalStack:
+    return services.running()
+
+
+@pytest.fixture(scope="session")
+def project_conninfo(stack: LocalStack) -> str:
+    from devstack.stack import project_conninfo
+
+    return project_conninfo()
+
+
+@pytest.fixture
+def emulator(stack: LocalStack):
+    """The emulator's admin API, with a clean org (no records, rules or counters)."""
+    from devstack.emulator.process import EmulatorAdmin
+
+    assert stack.emulator_info is not None
+    admin = EmulatorAdmin(stack.emulator_info)
+    admin.reset()
+    yield admin
+    admin.reset()
+
+
+@pytest.fixture
+def sf(emulator):
+    """simple-salesforce client from ``salesforce_default`` through the real SalesforceHook."""
+    from include.crm_export.salesforce import connect
+
+    return connect(timeout=(5, 10))
+
+
+@pytest.fixture
+def scratch_database(stack: LocalStack) -> Iterator[str]:
+    """An empty database of its own, dropped afterwards; yields its conninfo."""
+    import uuid
+
+    assert stack.postgres is not None, "scratch databases need the embedded server"
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
+    stack.postgres.create_database(name)
+    yield stack.postgres.address.url(name)
+    stack.postgres.drop_database(name)
+
+
+@pytest.fixture
+def scratch_conn(scratch_database: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(scratch_database) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata database, migrated once per test session."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ.copy()
+    )
+
+
+@pytest.fixture
+def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
+    """The project database with fresh source tables, no watermarks and no ExportErrors."""
+    with psycopg.connect(project_conninfo, autocommit=True) as conn:
+        migrate(conn)
+        # Fresh source tables: a test may change them (a column added), and the test database outlives a run.
+        conn.execute("DROP SCHEMA IF EXISTS crm CASCADE")
+        conn.execute(SOURCE_SCHEMA_SQL.read_text())
+        conn.execute("DROP SCHEMA IF EXISTS crm_test CASCADE")
+        conn.execute(
+            'TRUNCATE crm.contacts, crm.subscriptions, crm_export.stream_watermarks, crm_export."ExportErrors", '
+            "crm_export.api_requests, crm_export.stream_repositions, crm_export.horizon_samples, "
+            "crm_export.export_runs, crm_export.stream_alerts, crm_export.bulk_jobs, crm_export.external_ids "
+            "RESTART IDENTITY"
+        )
+        conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")
+        conn.execute("DROP TRIGGER IF EXISTS change_a_record_of_the_first_job ON crm_export.bulk_jobs")
+        yield conn
+        conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")
+        conn.execute("DROP TRIGGER IF EXISTS change_a_record_of_the_first_job ON crm_export.bulk_jobs")
+
+
+@pytest.fixture
+def pause_variable(airflow_db) -> Iterator[Any]:
+    """Set crm_export_pause_on_error in Airflow's metadata database, as Admin > Variables does."""
+    from airflow.models.variable import Variable
+
+    def set_value(value: str | None) -> None:
+        Variable.delete("crm_export_pause_on_error")
+        if value is not None:
+            Variable.set("crm_export_pause_on_error", value, description="set by a test")
+
+    set_value(None)
+    yield set_value
+    set_value(None)
+
+
+@dataclass
+class Run:
+    state: str
+    task_states: dict[str, str]
+    log: str
+
+
+@pytest.fixture
+def run_dag(run_crm_export):
+    return run_crm_export
+
+
+@pytest.fixture
+def run_crm_export(airflow_db, pause_variable, capfd, caplog, emulator, monkeypatch):
+    """Parse the DAGs with a real DagBag and run CRMExport with dag.test(); returns states and the task log."""
+
+    def run(
+        *,
+        dag_id: str = "CRMExport",
+        streams_file: Path | None = None,
+        retries: bool = True,
+        conf: dict[str, Any] | None = None,
+    ) -> Run:
+        from airflow.dag_processing.dagbag import DagBag
+
+        if streams_file is not None:
+            monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(streams_file))
+        bag = DagBag(str(PROJECT_ROOT / "dags"))
+        assert bag.import_errors == {}, bag.import_errors
+        dag = bag.get_dag(dag_id)
+        if not retries:
+            # Airflow's retry delay would make dag.test() wait minutes for the
+            # retry; that retries are configured is asserted in test_dagbag.
+            for task in dag.tasks:
+                task.retries = 0
+        capfd.readouterr()
+        caplog.clear()
+        dag_run = dag.test(run_conf=conf)
+        out, err = capfd.readouterr()
+        sys.stderr.write(err[-20000:])
+        # Task logs reach the terminal or pytest's log capture depending on
+        # how Airflow configured logging first; a user sees the same lines.
+        return Run(
+            state=str(dag_run.state),
+            task_states={ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()},
+            log=out + err + caplog.text,
+        )
+
+    return run
