@@ -197,6 +197,9 @@ def test_page_in_chromium_warns_before_turning_pause_off(airflow):
         assert browser.find_elements(By.CSS_SELECTOR, "[data-testid=chart-errors] svg rect")
         assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in browser.find_element(By.ID, "chart-errors-legend").text
         assert "refreshing every" in element("live").text
+        from include.crm_export import __version__
+
+        assert browser.find_element(By.CSS_SELECTOR, "footer.version").text == f"crm-export {__version__}"
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.set_window_size(1400, 1500)
         browser.save_screenshot(str(SCREENSHOT))

@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
 
+from include.crm_export import __version__
 from include.crm_export.config import load_streams, stream_definition
 from include.crm_export.db import page_queries, run_history, source, watermarks
 from include.crm_export.db.connection import Database
@@ -107,7 +108,7 @@ async def page(request: Request) -> Any:
         from airflow.api_fastapi.app import get_auth_manager
 
         return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
-    return HTMLResponse(PAGE.read_text())
+    return HTMLResponse(PAGE.read_text().replace("{{CRM_EXPORT_VERSION}}", __version__))
 
 
 @app.get("/api/streams")
