@@ -102,6 +102,7 @@ class FieldSpec:
             "defaultedOnCreate": self.defaulted_on_create,
             "externalId": self.external_id,
             "unique": self.unique,
+            "caseSensitive": self.case_sensitive,
             "idLookup": self.external_id or self.name == "Id",
             "custom": self.custom,
             "picklistValues": [

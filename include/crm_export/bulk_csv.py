@@ -7,8 +7,8 @@ Collections path sends as JSON.
 
 Results come back in three CSV sets whose order is not guaranteed
 ("Get Job Successful/Failed/Unprocessed Record Results"); they are matched to
-the records sent by external id (case-insensitively, as Salesforce matches a
-text external id unless it is case sensitive), giving each record in source
+the records sent by external id, as Salesforce matches it (case-insensitively
+unless describe says the field is case sensitive), giving each record in source
 order its outcome: confirmed, rejected, or not processed at all.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from include.crm_export.errors import RecordRejected
-from include.crm_export.mapping import SourceRecord
+from include.crm_export.mapping import SourceRecord, external_id_match_key
 from include.crm_export.values import NotInCsv, csv_line, csv_row
 
 
@@ -97,9 +97,8 @@ def parse_error(text: str) -> RecordRejected:
     )
 
 
-def _match_key(value: str) -> str:
-    # Salesforce matches a text external id case-insensitively unless the field is case sensitive.
-    return value.lower()
+def _match_key(value: str, case_sensitive: bool) -> str:
+    return external_id_match_key(value, case_sensitive=case_sensitive)
 
 
 def _column(header: list[str], name: str, kind: str) -> int:
@@ -109,24 +108,28 @@ def _column(header: list[str], name: str, kind: str) -> int:
     raise ValueError(f"the {kind} results have no {name} column (columns: {', '.join(header) or 'none'})")
 
 
-def saved_ids(rows: Iterable[list[str]], external_id_field: str) -> set[str]:
+def saved_ids(rows: Iterable[list[str]], external_id_field: str, *, case_sensitive: bool = False) -> set[str]:
     """The external ids of "Get Job Successful Record Results" (rows of its CSV, header first)."""
     rows = iter(rows)
     header = next(rows, None)
     if header is None:
         return set()
     index = _column(header, external_id_field, "successful")
-    return {_match_key(row[index]) for row in rows if len(row) > index}
+    return {_match_key(row[index], case_sensitive) for row in rows if len(row) > index}
 
 
-def rejections(rows: Iterable[list[str]], external_id_field: str) -> dict[str, RecordRejected]:
+def rejections(
+    rows: Iterable[list[str]], external_id_field: str, *, case_sensitive: bool = False
+) -> dict[str, RecordRejected]:
     """The external ids of "Get Job Failed Record Results" and each one's ``sf__Error``."""
     rows = iter(rows)
     header = next(rows, None)
     if header is None:
         return {}
     index, error = _column(header, external_id_field, "failed"), _column(header, "sf__Error", "failed")
-    return {_match_key(row[index]): parse_error(row[error]) for row in rows if len(row) > max(index, error)}
+    return {
+        _match_key(row[index], case_sensitive): parse_error(row[error]) for row in rows if len(row) > max(index, error)
+    }
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,13 @@ class JobResults:
     unprocessed: list[int]
 
 
-def match_results(records: Sequence[JobRecord], *, saved: set[str], rejected: dict[str, RecordRejected]) -> JobResults:
+def match_results(
+    records: Sequence[JobRecord],
+    *,
+    saved: set[str],
+    rejected: dict[str, RecordRejected],
+    case_sensitive: bool = False,
+) -> JobResults:
     """Each record's outcome from the successful and failed sets; a sent record in neither was not processed."""
     by_index: dict[int, RecordRejected] = {}
     unprocessed: list[int] = []
@@ -151,7 +160,7 @@ def match_results(records: Sequence[JobRecord], *, saved: set[str], rejected: di
             continue
         if not record.sent:
             continue  # sent beside the job, through sObject Collections
-        sent = _match_key(record.external_id or "")
+        sent = _match_key(record.external_id or "", case_sensitive)
         if sent in rejected:
             by_index[index] = rejected[sent]
         elif sent not in saved:

@@ -112,8 +112,9 @@ class ExternalIdOwners:
         return external_id_match_key(external_id, case_sensitive=self.case_sensitive)
 
     def held_by(self, match_key: str, record_key: str) -> None:
-        """``record_key`` holds ``match_key`` already (confirmed in Salesforce by an earlier batch or run)."""
-        self._claim(match_key, record_key)
+        """``record_key`` holds ``match_key`` (reserved by an earlier batch or run, and still has it)."""
+        self._owners[match_key] = record_key
+        self._owners.move_to_end(match_key)
 
     def _claim(self, match_key: str, record_key: str) -> str:
         owner = self._owners.setdefault(match_key, record_key)

@@ -14,7 +14,6 @@ top of a newer one that CRMExport already delivered.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import Counter
@@ -180,6 +179,8 @@ def reexport_stream(
             field_types=writer.field_types if writer is not None else None,
         )
         _check_definition(run)
+        if writer is not None:
+            external_ids.fill_once(conn, stream, case_sensitive=writer.external_id_case_sensitive)
         log.info(
             "Re-exporting open errors of stream '%s'%s, at most %d record(s)%s",
             stream.name,
@@ -267,12 +268,6 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
                 error.record_key,
                 stream.name,
             )
-        owners = run.owners(writer)
-        confirmed = [
-            (owners.match_key(record.external_id), record.key)
-            for error, (record, rejection) in zip(present, outcomes, strict=True)
-            if rejection is None and record.external_id is not None
-        ]
         export_errors.record_reexport(
             run.conn,
             claimant=run.claimant,
@@ -281,7 +276,6 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
             source_deleted=[e.id for e in gone],
             dag_id=run.context.dag_id,
             run_id=run.context.run_id,
-            with_it=functools.partial(external_ids.hold, run.conn, stream, confirmed),
         )
         result.resolved += len(resolved)
         result.source_deleted += len(gone)
@@ -296,9 +290,8 @@ def _send_current(
 ) -> list[tuple[SourceRecord, RecordRejected | None]]:
     """Send records; re-send any whose source row changed while it was in flight."""
     final: dict[str, tuple[SourceRecord, RecordRejected | None]] = {}
-    pending = one_record_per_external_id(
-        run.conn, run.stream, records, run.owners(writer), run.column_types, run.field_types
-    )
+    owners = run.owners(writer)
+    pending = one_record_per_external_id(run.conn, run.stream, records, owners, run.column_types, run.field_types)
     for _ in range(MAX_RESENDS):
         if not pending:
             break
@@ -310,7 +303,8 @@ def _send_current(
         if not changed:
             break
         log.info("%d record(s) changed in the source while being re-exported; sending their new version", len(changed))
-        pending = list(_current_records(run, changed).values())
+        again = list(_current_records(run, changed).values())
+        pending = one_record_per_external_id(run.conn, run.stream, again, owners, run.column_types, run.field_types)
     return [final[r.key] for r in records]
 
 

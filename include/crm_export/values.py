@@ -170,10 +170,10 @@ def _as_boolean(value: Any) -> Any:
 
 
 def _as_number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise Unmappable(f"{value!r} is not a number")
     if isinstance(value, str):
         return number_from_text(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise Unmappable(f"{_short(value)!r} is not a number")
     return json_value(value)
 
 
@@ -182,6 +182,10 @@ def _as_text(value: Any) -> Any:
         raise Unmappable(f"{value!r} is true or false; the Salesforce field takes text")
     if isinstance(value, int | Decimal | uuid.UUID):
         return str(value)  # exactly as the source has it
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Unmappable(f"{value} is not a finite number")
+        return repr(value)  # the shortest text that reads back as the same double
     return json_value(value)
 
 

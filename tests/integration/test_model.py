@@ -91,7 +91,8 @@ class ExportModel(RuleBasedStateMachine):
         )
         self.db.execute(
             'TRUNCATE crm_export.stream_watermarks, crm_export."ExportErrors", crm_export.bulk_jobs, '
-            "crm_export.external_ids, crm_export.api_requests, crm_export.export_runs, crm_export.stream_repositions"
+            "crm_export.external_ids, crm_export.external_ids_filled, crm_export.api_requests, "
+            "crm_export.export_runs, crm_export.stream_repositions"
         )
         self.emulator.reset()
         self.ids = itertools.count(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 import pytest
@@ -75,7 +76,7 @@ def _forget_the_stream(db, emulator) -> None:
     emulator.reset()
     db.execute(
         'TRUNCATE crm_export.stream_watermarks, crm_export."ExportErrors", crm_export.bulk_jobs, '
-        "crm_export.export_runs, crm_export.api_requests"
+        "crm_export.export_runs, crm_export.api_requests, crm_export.external_ids, crm_export.external_ids_filled"
     )
 
 
@@ -389,7 +390,7 @@ def test_a_held_record_deleted_with_nothing_after_it_releases_the_hold(db, emula
     db.execute("DELETE FROM crm.contacts WHERE id = 5")
     run = run_dag(streams_file=config)
     assert run.state == "success"
-    assert "was held at record 5, which no longer waits to be exported" in run.log
+    assert "was held at record 5, which is gone from the source; the hold is released" in run.log
     assert watermark(db)[1] is None
     assert db.execute("SELECT held_since FROM crm_export.stream_watermarks").fetchone()[0] is None
 
@@ -433,3 +434,154 @@ def test_the_reexport_stays_within_the_daily_api_budget(db, emulator, run_dag, p
     assert run.state == "success"
     assert "stops here: API budget" in run.log
     assert len(open_errors(db)) == 2  # nothing sent over the budget
+
+
+def test_a_job_salesforce_would_not_abort_is_aborted_before_its_records_go_another_way(db, emulator, run_dag, tmp_path):
+    """Job 1 fails; aborting job 2, which Salesforce is still processing, is refused once. Job 2 must not be
+    forgotten: its older values could land after the next run's newer ones."""
+    import time
+
+    insert_contacts(db, 2000)
+    config = write_streams(
+        tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, bulk_threshold=0, bulk_job_records=1000)}
+    )
+    emulator.set_timing(bulk_records_per_second=100)
+    emulator.fail_next_bulk_job("Contact", after_records=200)  # job 1 fails after its first chunk
+    # PATCH 1 closes job 1, PATCH 2 closes job 2, PATCH 3 aborts job 2: refused.
+    emulator.add_rule(fault="http_503", path="/jobs/ingest", method="PATCH", skip=2, times=1)
+    first = run_dag(streams_file=config, retries=False, conf=BULK)
+    assert first.task_states["export_contacts"] == "failed"
+    assert "It may still be running, so it stays recorded" in first.log
+    states = [s for (s,) in db.execute("SELECT state FROM crm_export.bulk_jobs ORDER BY created_at").fetchall()]
+    assert states == ["failed", "closed"]
+
+    db.execute("UPDATE crm.contacts SET last_name = 'NEW', updated_at = now() - interval '1 second' WHERE id = 2000")
+    second = run_dag(streams_file=config, retries=False, conf=BULK)
+    assert second.state == "success", second.log[-3000:]
+    assert "(left closed by an earlier task); its records are sent again" in second.log
+    emulator.set_timing(bulk_records_per_second=0)
+    time.sleep(1)  # had job 2 been left running, it would land its old row 2000 about now
+    assert salesforce_contacts(emulator)["2000"]["LastName"] == "NEW"
+    assert watermark(db)[0][1] == "2000"
+
+
+def test_a_run_that_sends_nothing_keeps_a_hold_whose_record_still_waits(db, emulator, run_dag, tmp_path):
+    """Stopped by the API budget before sending anything: the held record is still there, so is the hold."""
+    insert_contacts(db, 5)
+    emulator.add_rule(
+        cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "5"}, message="No"
+    )
+    config = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    assert run_dag(streams_file=config, retries=False).task_states["export_contacts"] == "failed"
+    spent = db.execute("SELECT sum(requests) FROM crm_export.api_requests").fetchone()[0]
+    tight = write_streams(
+        tmp_path / "tight.yml", {"contacts": contacts_stream(settle_seconds=0, daily_api_requests=spent)}
+    )
+    run = run_dag(streams_file=tight, retries=False)
+    assert "stops here: API budget" in run.log
+    assert "hold is released" not in run.log
+    assert watermark(db)[1] == "5"
+
+
+def _people(db) -> None:
+    db.execute("CREATE SCHEMA IF NOT EXISTS crm_test")
+    db.execute("DROP TABLE IF EXISTS crm_test.people")
+    db.execute(
+        """CREATE TABLE crm_test.people (id int PRIMARY KEY, ext text, last_name text,
+                                         updated_at timestamptz NOT NULL DEFAULT now() - interval '1 hour')"""
+    )
+
+
+def _reexport_in_the_background(config):
+    return subprocess.Popen(
+        [sys.executable, "-m", "include.crm_export", "reexport", "--stream", "contacts"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(config)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_the_reexport_and_the_export_never_send_one_external_id_from_two_rows(
+    db, emulator, run_dag, pause_variable, tmp_path
+):
+    """Row 1 ('dup') is open in ExportErrors, row 2 ('DUP') is new; the re-export and the export send at the same
+    time. The external id is reserved before sending, so one of them is a rejected record, whichever came first."""
+    pause_variable("false")
+    _people(db)
+    db.execute("INSERT INTO crm_test.people (id, ext, last_name) VALUES (1, 'dup', 'One')")
+    config = write_streams(
+        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
+    )
+    rule = emulator.add_rule(cause="validation_rule", when={"field": "LastName", "op": "eq", "value": "One"})["id"]
+    assert run_dag(streams_file=config).state == "success"
+    emulator.remove_rule(rule)
+
+    db.execute("INSERT INTO crm_test.people (id, ext, last_name, updated_at) VALUES (2, 'DUP', 'Two', now())")
+    emulator.set_timing(latency_ms=4000)
+    reexport = _reexport_in_the_background(config)
+    try:
+        run = run_dag(streams_file=config, retries=False)
+        reexport.communicate(timeout=120)
+    finally:
+        if reexport.poll() is None:
+            reexport.kill()
+        emulator.set_timing(latency_ms=0)
+    assert run.state == "success"
+    (record,) = salesforce_contacts(emulator).values()
+    [error] = open_errors(db)
+    assert error["error_code"] == "CRM_EXPORT_DUPLICATE_EXTERNAL_ID"
+    sent = "1" if record["LastName"] == "One" else "2"
+    assert error["record_key"] != sent  # the other row waits, open, naming both
+
+
+def test_a_row_changed_during_the_reexport_is_sent_again_only_if_its_new_external_id_is_free(
+    db, emulator, run_dag, pause_variable, tmp_path
+):
+    pause_variable("false")
+    _people(db)
+    db.execute("INSERT INTO crm_test.people (id, ext, last_name) VALUES (1, 'a', 'One'), (2, 'b', 'Two')")
+    config = write_streams(
+        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
+    )
+    rule = emulator.add_rule(cause="validation_rule", when={"field": "LastName", "op": "eq", "value": "Two"})["id"]
+    assert run_dag(streams_file=config).state == "success"
+    emulator.remove_rule(rule)
+
+    emulator.set_timing(latency_ms=4000)
+    reexport = _reexport_in_the_background(config)
+    try:
+        deadline = time.monotonic() + 90
+        while (
+            time.monotonic() < deadline
+            and not db.execute(
+                """SELECT claimed_by FROM crm_export."ExportErrors" WHERE record_key = '2' AND claimed_by IS NOT NULL"""
+            ).fetchone()
+        ):
+            time.sleep(0.05)
+        time.sleep(1)  # its request is in flight: row 2 now takes row 1's external id
+        db.execute("UPDATE crm_test.people SET ext = 'A', updated_at = now() WHERE id = 2")
+        reexport.communicate(timeout=120)
+    finally:
+        if reexport.poll() is None:
+            reexport.kill()
+        emulator.set_timing(latency_ms=0)
+    assert salesforce_contacts(emulator)["a"]["LastName"] == "One"  # row 1 keeps its record
+    assert [(e["record_key"], e["error_code"]) for e in open_errors(db)] == [("2", "CRM_EXPORT_DUPLICATE_EXTERNAL_ID")]
+
+
+def test_rows_exported_before_the_upgrade_hold_their_external_ids(db, emulator, run_dag, tmp_path):
+    _people(db)
+    db.execute("INSERT INTO crm_test.people (id, ext, last_name) VALUES (1, 'dup', 'One')")
+    config = write_streams(
+        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
+    )
+    assert run_dag(streams_file=config).state == "success"
+    # As a database exported by 0.1.0 is: no external id recorded anywhere.
+    db.execute("TRUNCATE crm_export.external_ids, crm_export.external_ids_filled")
+
+    db.execute("INSERT INTO crm_test.people (id, ext, last_name, updated_at) VALUES (2, 'DUP', 'Two', now())")
+    run = run_dag(streams_file=config, retries=False)
+    assert "held at record 2" in run.log
+    assert salesforce_contacts(emulator)["dup"]["LastName"] == "One"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import time
+import uuid
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -107,3 +109,18 @@ def test_the_size_cap_refuses_the_row_that_would_pass_it():
     assert data.add(SourceRecord("1", (1,), "e1", {"A": "x" * 200}))  # a job always takes its first row
     assert not data.add(SourceRecord("2", (2,), "e2", {"A": "y"}))
     assert [r.key for r in data.records] == ["1"]
+
+
+def test_a_double_to_a_text_field_is_its_text_on_both_wires():
+    """A double precision column mapped to a text field: JSON would send a number, which a text field refuses
+    for the whole request, while CSV sends text. Both now send the same text."""
+    assert field_value(42.5, "string") == "42.5"
+    assert field_value(1e20, "textarea") == "1e+20"
+    with pytest.raises(Unmappable):
+        field_value(float("nan"), "string")
+
+
+@pytest.mark.parametrize("value", [date(2024, 1, 2), datetime(2024, 1, 2, 3, 4, tzinfo=UTC), uuid.uuid4()])
+def test_what_is_no_number_is_a_rejected_record_for_a_number_field(value):
+    with pytest.raises(Unmappable, match="is not a number"):
+        field_value(value, "double")

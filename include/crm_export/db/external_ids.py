@@ -1,34 +1,85 @@
-"""Which source row holds each external id a stream confirmed in Salesforce (``crm_export.external_ids``)."""
+"""Which source row holds each external id a stream sends to Salesforce (``crm_export.external_ids``).
+
+An external id is reserved for a record before the record is sent, in a
+statement of its own (committed at once), so two runs that send at the same
+time (the export and the re-export) see each other: the one that reserved it
+first holds it, the other's record is a rejected record naming both keys.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
 
 import psycopg
+from psycopg import sql
 
 from include.crm_export.config import Stream
 
+log = logging.getLogger(__name__)
 
-def holders(conn: psycopg.Connection, stream: Stream, match_keys: list[str]) -> dict[str, str]:
-    """The record key holding each of ``match_keys`` (those held at all), through the primary key."""
-    if not match_keys:
+
+def reserve(conn: psycopg.Connection, stream: Stream, wanted: dict[str, str]) -> dict[str, str]:
+    """Reserve each match key for its record key where nobody holds it yet; returns the other holders.
+
+    ``wanted``: match key -> record key. The answer maps each match key some
+    other record holds to that record's key.
+    """
+    if not wanted:
         return {}
     rows = conn.execute(
-        "SELECT match_key, record_key FROM crm_export.external_ids WHERE stream = %s AND match_key = ANY(%s)",
-        (stream.name, match_keys),
+        """WITH wanted (match_key, record_key) AS (SELECT * FROM unnest(%(m)s::text[], %(r)s::text[])),
+                taken AS (
+                    INSERT INTO crm_export.external_ids (stream, match_key, record_key)
+                    SELECT %(stream)s, match_key, record_key FROM wanted
+                    ON CONFLICT (stream, match_key) DO NOTHING
+                    RETURNING match_key)
+           SELECT e.match_key, e.record_key FROM crm_export.external_ids e JOIN wanted w USING (match_key)
+           WHERE e.stream = %(stream)s AND e.record_key <> w.record_key
+             AND e.match_key NOT IN (SELECT match_key FROM taken)""",
+        {"stream": stream.name, "m": list(wanted), "r": list(wanted.values())},
     ).fetchall()
     return dict(rows)
 
 
-def hold(conn: psycopg.Connection, stream: Stream, held: Iterable[tuple[str, str]]) -> None:
-    """Record (match key, record key) pairs confirmed in Salesforce; call in the batch's commit transaction."""
-    pairs = dict(held)
-    if not pairs:
-        return
-    conn.execute(
-        """INSERT INTO crm_export.external_ids (stream, match_key, record_key)
-           SELECT %s, m, r FROM unnest(%s::text[], %s::text[]) AS t(m, r)
-           ON CONFLICT (stream, match_key) DO UPDATE SET record_key = excluded.record_key
-           WHERE crm_export.external_ids.record_key IS DISTINCT FROM excluded.record_key""",
-        (stream.name, list(pairs), list(pairs.values())),
+def hand_over(conn: psycopg.Connection, stream: Stream, match_key: str, *, holder: str, to: str) -> bool:
+    """Give a match key whose holder no longer has it (changed, deleted) to another record; False if someone else
+    took it meanwhile."""
+    taken = conn.execute(
+        """UPDATE crm_export.external_ids SET record_key = %s
+           WHERE stream = %s AND match_key = %s AND record_key = %s""",
+        (to, stream.name, match_key, holder),
     )
+    return taken.rowcount == 1
+
+
+def fill_once(conn: psycopg.Connection, stream: Stream, *, case_sensitive: bool) -> None:
+    """Reserve the external id of every source row once per stream, so rows exported before this table existed
+    (an upgrade) hold theirs too. One pass over the source, on the stream's first run; later runs skip it."""
+    if conn.execute("SELECT 1 FROM crm_export.external_ids_filled WHERE stream = %s", (stream.name,)).fetchone():
+        return
+    match = sql.SQL("{}::text" if case_sensitive else "lower({}::text)").format(
+        sql.Identifier(stream.external_id_column)
+    )
+    with conn.transaction():
+        filled = conn.execute(
+            sql.SQL(
+                """INSERT INTO crm_export.external_ids (stream, match_key, record_key)
+                   SELECT DISTINCT ON (1, 2) %s, {match}, {key}::text FROM {table}
+                   WHERE {ext} IS NOT NULL AND btrim({ext}::text) <> ''
+                   ORDER BY 1, 2, {order}
+                   ON CONFLICT (stream, match_key) DO NOTHING"""
+            ).format(
+                match=match,
+                key=sql.Identifier(stream.key),
+                ext=sql.Identifier(stream.external_id_column),
+                table=sql.Identifier(stream.source_schema, stream.source_table),
+                order=sql.SQL(", ").join(sql.Identifier(column) for column in stream.order_by),
+            ),
+            (stream.name,),
+        ).rowcount
+        conn.execute(
+            "INSERT INTO crm_export.external_ids_filled (stream, rows) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (stream.name, filled),
+        )
+    if filled:
+        log.info("Stream '%s': %d external id(s) of its source rows recorded (once).", stream.name, filled)

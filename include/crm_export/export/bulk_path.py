@@ -40,6 +40,9 @@ from include.crm_export.salesforce import BulkJobs
 
 log = logging.getLogger(__name__)
 
+# What Salesforce answers when asked to abort a job that has already ended (Bulk API 2.0 "Abort a Job" takes
+# only Open, UploadComplete and InProgress jobs).
+_ENDED = "INVALIDJOBSTATE"
 _PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
 _FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
 
@@ -103,7 +106,7 @@ class BulkPath:
         any other is aborted."""
         for left in self.left:
             if self.run.result.held is not None:
-                self._abort(left, f"the stream is held at record {self.run.result.held.record_key}")
+                self._abort(left, f"the stream is held at record {self.run.result.held.record_key}", must=True)
                 continue
             if left.state != "closed" or left.after_position != self.run.session.position:
                 self._abort(
@@ -111,6 +114,7 @@ class BulkPath:
                     "set aside by a reposition"
                     if left.state == "set aside"
                     else f"left {left.state} by an earlier task",
+                    must=True,
                 )
                 continue
             log.warning(
@@ -250,8 +254,12 @@ class BulkPath:
             self.stream.name,
         )
 
-    def _abort(self, job: _Job | bulk_jobs.RecordedJob, because: str) -> None:
-        """Stop a job whose outcome will not be counted; its records are sent again later (upserts)."""
+    def _abort(self, job: _Job | bulk_jobs.RecordedJob, because: str, *, must: bool = False) -> None:
+        """Stop a job whose outcome will not be counted; its records are sent again later (upserts).
+
+        A job Salesforce would not abort may still be running, and its older values could land after newer
+        ones: it stays recorded, so the next run aborts it first. ``must``: then nothing more is sent now.
+        """
         if job.job_id is None:
             return
         log.warning(
@@ -262,8 +270,23 @@ class BulkPath:
         )
         try:
             self.jobs.abort(job.job_id)
+        except NotFound:
+            pass  # Salesforce no longer has it: nothing of it runs
         except RequestFailed as exc:
-            log.warning("Could not abort job %s (%s); it is no longer counted.", job.job_id, exc)
+            if exc.code != _ENDED:  # a job that ended cannot be aborted, and runs no more
+                log.warning(
+                    "Could not abort Bulk API 2.0 job %s (%s). It may still be running, so it stays recorded and "
+                    "the next run aborts it before its records are sent another way.",
+                    job.job_id,
+                    exc,
+                )
+                if must:
+                    raise RequestFailed(
+                        f"Bulk API 2.0 job {job.job_id} of stream '{self.stream.name}' could not be aborted ({exc}) "
+                        "and may still be running; nothing more is sent until it is aborted or done, so an older "
+                        "version of its records never lands last. Airflow retries the task."
+                    ) from None
+                return
         try:
             bulk_jobs.set_state(self.run.session.conn, job.job_id, "aborted")
         except psycopg.Error as exc:  # the next run aborts it again: never hide the run's own outcome
@@ -318,7 +341,7 @@ class BulkPath:
                 f"{info.get('errorMessage') or 'Salesforce gave no reason'}. Nothing of it was recorded and the "
                 "watermark did not move; its records are sent again."
             )
-        matched = match_results(job.records, saved=saved, rejected=failed)
+        matched = match_results(job.records, saved=saved, rejected=failed, case_sensitive=self.jobs.case_sensitive)
         if matched.unprocessed:
             bulk_jobs.set_state(self.run.session.conn, job_id, "failed")
             first = job.records[matched.unprocessed[0]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -71,38 +71,29 @@ def one_record_per_external_id(
     column_types: dict[str, str],
     field_types: dict[str, str] | None,
 ) -> list[SourceRecord]:
-    """The records, each later one whose external id another source row holds made a rejected record.
+    """The records, each one whose external id another source row holds made a rejected record naming both.
 
     Held means: taken by a record read before it in this run (``owners``), or
-    confirmed in Salesforce earlier (``crm_export.external_ids``) by a row that
-    still has that external id now (one that changed or lost it lets go).
+    reserved in ``crm_export.external_ids`` (by any run, the re-export's
+    included) by a row that still has that external id now; one that changed
+    or lost it hands it over. Each record's external id is reserved before it
+    is sent.
     """
-    wanted = {
-        owners.match_key(record.external_id): record.key
-        for record in records
-        if record.payload is not None and record.external_id is not None
-    }
-    held = external_ids.holders(reader, stream, list(wanted))
-    others = {match: key for match, key in held.items() if key != wanted[match]}
+    wanted: dict[str, str] = {}
+    for record in records:
+        if record.payload is not None and record.external_id is not None:
+            wanted.setdefault(owners.match_key(record.external_id), record.key)
+    others = external_ids.reserve(reader, stream, wanted)
     if others:
         now = current_records(reader, stream, sorted(set(others.values())), column_types, field_types)
-        for match, key in others.items():
-            holder = now.get(key)
-            if holder is not None and holder.external_id is not None and owners.match_key(holder.external_id) == match:
-                owners.held_by(match, key)
+        for match, holder in others.items():
+            current = now.get(holder)
+            kept = current.external_id if current is not None else None
+            if kept is not None and owners.match_key(kept) == match:
+                owners.held_by(match, holder)
+            elif not external_ids.hand_over(reader, stream, match, holder=holder, to=wanted[match]):
+                owners.held_by(match, "another row")  # taken meanwhile by another run: the stricter answer
     return owners.check_all(records)
-
-
-def confirmed_external_ids(
-    plan: BatchPlan, outcomes: list[RecordOutcome], owners: ExternalIdOwners
-) -> list[tuple[str, str]]:
-    """(match key, record key) of each record the plan confirms, to be held in ``crm_export.external_ids``."""
-    confirmed = set(plan.confirmed_keys)
-    return [
-        (owners.match_key(o.record.external_id), o.record.key)
-        for o in outcomes
-        if o.record.key in confirmed and o.record.external_id is not None
-    ]
 
 
 @dataclass(frozen=True)
@@ -198,6 +189,8 @@ class StreamExport:
         migrate(conn)
         watermarks.lock_stream(conn, stream)
         export_errors.compact_error_counts(conn)
+        case_sensitive = writer.external_id_case_sensitive if writer is not None else False
+        external_ids.fill_once(conn, stream, case_sensitive=case_sensitive)
         return cls(
             stream,
             conn=conn,
@@ -251,11 +244,10 @@ class StreamExport:
         self,
         plan: BatchPlan,
         *,
-        held_ids: Sequence[tuple[str, str]] = (),
         with_it: Callable[[], None] | None = None,
     ) -> None:
-        """Write the batch's ExportErrors changes, the external ids it confirmed, and advance the watermark, in
-        one transaction (with ``with_it``)."""
+        """Write the batch's ExportErrors changes and advance the watermark, in one transaction (with
+        ``with_it``)."""
         self._has_open_errors = self._has_open_errors or bool(plan.errors)
         with self.conn.transaction():
             if self._has_open_errors:
@@ -268,7 +260,6 @@ class StreamExport:
                 export_errors.resolve_errors(
                     self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id
                 )
-            external_ids.hold(self.conn, self.stream, held_ids)
             watermarks.advance_watermark(
                 self.conn,
                 self.stream,
@@ -292,18 +283,19 @@ class StreamExport:
             return None
 
     def note_idle_run(self) -> None:
-        """A run that committed nothing. A held record it did not even read is no longer waiting (deleted, or
-        changed and not yet due): the hold is released, its ExportErrors row stays open until it is sent."""
+        """A run that committed nothing (caught up, or stopped by its limits or the API budget). A held record
+        whose source row is gone no longer waits: the hold is released (its ExportErrors row is closed as
+        source_deleted by the re-export). A held record still in the source keeps the hold."""
         held = self.watermark.held_record_key
-        if held is not None:
+        gone = held is not None and not source.read_rows_by_key(self.reader, self.stream, [held], self.column_types)
+        if gone:
             log.warning(
-                "Stream '%s' was held at record %s, which no longer waits to be exported (deleted from the source, "
-                "or changed and not yet due); the hold is released.",
+                "Stream '%s' was held at record %s, which is gone from the source; the hold is released.",
                 self.stream.name,
                 held,
             )
         watermarks.note_run(
-            self.conn, self.stream, run_id=self.context.run_id, definition=self.definition, release_hold=True
+            self.conn, self.stream, run_id=self.context.run_id, definition=self.definition, release_hold=gone
         )
 
 
@@ -367,8 +359,7 @@ class ExportRun:
         if self.result.tally.batches:
             self._reread_pause_on_error()
         plan = plan_batch(outcomes, pause_on_error=self.pause)
-        owners = self.session.sent_ids
-        self.session.commit(plan, held_ids=confirmed_external_ids(plan, outcomes, owners), with_it=with_it)
+        self.session.commit(plan, with_it=with_it)
         self.result.add(plan, pause_on_error=self.pause)
         _log_batch(self.stream, plan, self.pause)
         self.result.held = held_record(self.stream, plan)

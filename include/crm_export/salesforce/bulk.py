@@ -67,6 +67,7 @@ class BulkJobs:
         sobject: str,
         external_id_field: str,
         renewer: SessionRenewer | None = None,
+        case_sensitive: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         first_poll_seconds: float = 0.5,
@@ -75,6 +76,7 @@ class BulkJobs:
     ) -> None:
         self.sf = sf
         self.renewer = renewer
+        self.case_sensitive = case_sensitive  # describe's caseSensitive of the external id field
         self.client = getattr(sf.bulk2, sobject)._client
         self.sobject = sobject
         self.external_id_field = external_id_field
@@ -178,9 +180,14 @@ class BulkJobs:
             csv.field_size_limit(sys.maxsize)
             try:
                 with saved.open(encoding="utf-8", newline="") as rows:
-                    saved_ids = bulk_csv.saved_ids(csv.reader(rows), self.external_id_field)
+                    saved_ids = bulk_csv.saved_ids(
+                        csv.reader(rows), self.external_id_field, case_sensitive=self.case_sensitive
+                    )
                 with failed.open(encoding="utf-8", newline="") as rows:
-                    return saved_ids, bulk_csv.rejections(csv.reader(rows), self.external_id_field)
+                    failed_ids = bulk_csv.rejections(
+                        csv.reader(rows), self.external_id_field, case_sensitive=self.case_sensitive
+                    )
+                    return saved_ids, failed_ids
             except (UnicodeDecodeError, csv.Error, ValueError) as exc:
                 raise JobResultsUnreadable(
                     f"The results of job {job_id} cannot be read as UTF-8 CSV: {exc}. Nothing of the job counts; "

@@ -73,5 +73,9 @@ def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trac
 def bulk_jobs_for(stream: Stream, writer: CollectionWriter) -> BulkJobs:
     """Bulk API 2.0 jobs on the writer's connection (the backfill path)."""
     return BulkJobs(
-        writer.sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=writer.renewer
+        writer.sf,
+        sobject=stream.sobject,
+        external_id_field=stream.external_id_field,
+        renewer=writer.renewer,
+        case_sensitive=writer.external_id_case_sensitive,
     )

@@ -13,3 +13,4 @@ CREATE TABLE crm_export.external_ids (
 
 COMMENT ON TABLE crm_export.external_ids IS
     'The source row (record_key) that holds each external id a stream confirmed in Salesforce.';
+
