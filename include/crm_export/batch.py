@@ -10,14 +10,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.crm_export.errors import RecordRejected
+from include.crm_export.errors import RejectedRecord
 from include.crm_export.mapping import SourceRecord
 
 
 @dataclass(frozen=True)
 class RecordOutcome:
     record: SourceRecord
-    rejection: RecordRejected | None  # None: confirmed in Salesforce
+    rejection: RejectedRecord | None  # None: confirmed in Salesforce
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class BatchPlan:
 
     new_position: tuple[Any, ...] | None  # None: the watermark stays where it is
     confirmed_keys: tuple[str, ...]  # their open ExportErrors rows get resolved
-    errors: tuple[tuple[SourceRecord, RecordRejected], ...]  # open (or update) one row each
-    held: tuple[SourceRecord, RecordRejected] | None  # pause on: the record the stream stops at
+    rejected: tuple[tuple[SourceRecord, RejectedRecord], ...]  # rejected records: open (or update) one row each
+    held: tuple[SourceRecord, RejectedRecord] | None  # pause on: the record the stream stops at
 
     @property
     def exported(self) -> int:
@@ -44,13 +44,13 @@ def plan_batch(outcomes: list[RecordOutcome], *, pause_on_error: bool) -> BatchP
                 return BatchPlan(
                     new_position=before[-1].record.position if before else None,
                     confirmed_keys=tuple(o.record.key for o in before),
-                    errors=((outcome.record, outcome.rejection),),
+                    rejected=((outcome.record, outcome.rejection),),
                     held=(outcome.record, outcome.rejection),
                 )
     return BatchPlan(
         new_position=outcomes[-1].record.position,
         confirmed_keys=tuple(o.record.key for o in outcomes if o.rejection is None),
-        errors=tuple((o.record, o.rejection) for o in outcomes if o.rejection is not None),
+        rejected=tuple((o.record, o.rejection) for o in outcomes if o.rejection is not None),
         held=None,
     )
 
@@ -66,7 +66,7 @@ class RunTally:
     def add(self, plan: BatchPlan) -> None:
         self.batches += 1
         self.exported += plan.exported
-        for _, rejection in plan.errors:
+        for _, rejection in plan.rejected:
             self.errors_by_code[rejection.code] += 1
 
     @property

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from include.crm_export.errors import RecordRejected
+from include.crm_export.errors import RejectedRecord
 from include.crm_export.mapping import SourceRecord, external_id_match_key
 from include.crm_export.values import NotInCsv, csv_line, csv_row
 
@@ -31,7 +31,7 @@ class JobRecord:
     key: str
     position: tuple[Any, ...]
     external_id: str | None
-    rejection: RecordRejected | None = None  # the mapping's: the record could not be sent
+    rejection: RejectedRecord | None = None  # the mapping's: the record could not be sent
     # Set only for a record a CSV cannot carry exactly (``values.NotInCsv``): it goes through sObject
     # Collections beside the job, so this payload is what is sent.
     outside_payload: dict[str, Any] | None = None
@@ -85,14 +85,14 @@ class JobData:
         return self._bytes.getvalue().decode("utf-8")
 
 
-def parse_error(text: str) -> RecordRejected:
+def parse_error(text: str) -> RejectedRecord:
     """``sf__Error`` as ``CODE:message:fields`` (fields optional, a trailing `` --`` allowed)."""
     text = text.strip().removesuffix("--").strip()
     code, _, rest = text.partition(":")
     message, _, fields = rest.rpartition(":")
     if not message:  # no fields part
         message, fields = rest, ""
-    return RecordRejected(
+    return RejectedRecord(
         code or "UNKNOWN", message.strip(), tuple(f for f in fields.replace(";", ",").split(",") if f.strip())
     )
 
@@ -120,7 +120,7 @@ def saved_ids(rows: Iterable[list[str]], external_id_field: str, *, case_sensiti
 
 def rejections(
     rows: Iterable[list[str]], external_id_field: str, *, case_sensitive: bool = False
-) -> dict[str, RecordRejected]:
+) -> dict[str, RejectedRecord]:
     """The external ids of "Get Job Failed Record Results" and each one's ``sf__Error``."""
     rows = iter(rows)
     header = next(rows, None)
@@ -140,7 +140,7 @@ class JobResults:
     the mapping's (records that were not sent).
     """
 
-    rejected: dict[int, RecordRejected]
+    rejected: dict[int, RejectedRecord]
     unprocessed: list[int]
 
 
@@ -148,11 +148,11 @@ def match_results(
     records: Sequence[JobRecord],
     *,
     saved: set[str],
-    rejected: dict[str, RecordRejected],
+    rejected: dict[str, RejectedRecord],
     case_sensitive: bool = False,
 ) -> JobResults:
     """Each record's outcome from the successful and failed sets; a sent record in neither was not processed."""
-    by_index: dict[int, RecordRejected] = {}
+    by_index: dict[int, RejectedRecord] = {}
     unprocessed: list[int] = []
     for index, record in enumerate(records):
         if record.rejection is not None:

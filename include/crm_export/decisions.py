@@ -13,7 +13,7 @@ from typing import Any
 
 from include.crm_export.batch import BatchPlan, RunTally
 from include.crm_export.config import Stream, definition_changes
-from include.crm_export.errors import RecordRejected
+from include.crm_export.errors import RejectedRecord
 from include.crm_export.names import (
     EXPORT_DAG_ID,
     EXPORT_ERRORS_TABLE,
@@ -38,7 +38,7 @@ class HeldRecord:
     stream: str
     record_key: str
     external_id: str | None
-    rejection: RecordRejected
+    rejection: RejectedRecord
     sobject: str
     external_id_field: str
 
@@ -187,7 +187,7 @@ class ExportResult:
         """Count a committed batch; remember where the stream is held."""
         self.tally.add(plan)
         if not pause_on_error:
-            self.skipped_with_pause_on_error_off += len(plan.errors)
+            self.skipped_with_pause_on_error_off += len(plan.rejected)
 
 
 def definition_refusal(

@@ -1,6 +1,6 @@
 """The kinds of failure, as types. Code branches on the class, never on message text.
 
-- :class:`RecordRejected` (data): a rejected record. Salesforce (or the
+- :class:`RejectedRecord` (data): a rejected record. Salesforce (or the
   mapping) refused one record; permanent codes go to ``ExportErrors`` and obey
   the pause on error Variable.
 - :class:`RequestFailed` (exception): a request failure. The request failed as
@@ -47,7 +47,7 @@ def storable(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class RecordRejected:
+class RejectedRecord:
     """Salesforce's (or our mapping's) reason for refusing one record."""
 
     code: str

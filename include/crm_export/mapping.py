@@ -2,7 +2,7 @@
 
 What each value becomes is :mod:`values`' decision. A row that cannot be
 turned into a payload (no external id, a value the field cannot take)
-becomes a :class:`RecordRejected` for that record, so one bad row never
+becomes a :class:`RejectedRecord` for that record, so one bad row never
 crashes a batch. Whether a value suits the Salesforce field (type,
 length, required) is Salesforce's call: its answer is the error people need.
 """
@@ -15,7 +15,7 @@ from datetime import date, datetime
 from typing import Any
 
 from include.crm_export.config import Stream
-from include.crm_export.errors import DUPLICATE_EXTERNAL_ID, INVALID_SOURCE_VALUE, MISSING_EXTERNAL_ID, RecordRejected
+from include.crm_export.errors import DUPLICATE_EXTERNAL_ID, INVALID_SOURCE_VALUE, MISSING_EXTERNAL_ID, RejectedRecord
 from include.crm_export.values import Unmappable, field_value
 
 # Every source read also selects the key's PostgreSQL text form under this
@@ -32,9 +32,9 @@ class SourceRecord:
     position: tuple[Any, ...]  # the row's order_by values
     external_id: str | None
     payload: dict[str, Any] | None  # None when the row cannot be mapped
-    rejection: RecordRejected | None = None
+    rejection: RejectedRecord | None = None
 
-    def why_not_sent(self) -> RecordRejected:
+    def why_not_sent(self) -> RejectedRecord:
         """Why a record with no payload cannot be sent (every such record carries its rejection)."""
         if self.rejection is None:
             raise ValueError(f"record {self.key} has a payload; nothing keeps it from being sent")
@@ -62,7 +62,7 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
             position,
             None,
             None,
-            RecordRejected(
+            RejectedRecord(
                 MISSING_EXTERNAL_ID,
                 f"Source column {stream.external_id_column} is empty, so the record has no "
                 f"{stream.external_id_field} to upsert by. Fill it in the source.",
@@ -80,7 +80,7 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
                 position,
                 external_id,
                 None,
-                RecordRejected(INVALID_SOURCE_VALUE, f"Source column {column}: {exc}", (sf_field,)),
+                RejectedRecord(INVALID_SOURCE_VALUE, f"Source column {column}: {exc}", (sf_field,)),
             )
     return SourceRecord(key, position, external_id, payload)
 
@@ -135,7 +135,7 @@ class ExternalIdOwners:
             record.position,
             record.external_id,
             None,
-            RecordRejected(
+            RejectedRecord(
                 DUPLICATE_EXTERNAL_ID,
                 f"Source rows {owner} and {record.key} of {stream.source} both have {stream.external_id_field} = "
                 f"{record.external_id}{'' if self.case_sensitive else ' (Salesforce matches it case-insensitively)'}"

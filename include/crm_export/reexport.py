@@ -30,7 +30,7 @@ from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import age_text, api_budget_stop, definition_refusal
-from include.crm_export.errors import RecordRejected, SettingsError, StreamConfigError
+from include.crm_export.errors import RejectedRecord, SettingsError, StreamConfigError
 from include.crm_export.export import RunContext, current_records, one_record_per_external_id
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
@@ -287,9 +287,9 @@ def _current_records(run: ReexportRun, keys: list[str]) -> dict[str, SourceRecor
 
 def _send_current(
     run: ReexportRun, writer: CollectionWriter, records: list[SourceRecord]
-) -> list[tuple[SourceRecord, RecordRejected | None]]:
+) -> list[tuple[SourceRecord, RejectedRecord | None]]:
     """Send records; re-send any whose source row changed while it was in flight."""
-    final: dict[str, tuple[SourceRecord, RecordRejected | None]] = {}
+    final: dict[str, tuple[SourceRecord, RejectedRecord | None]] = {}
     owners = run.owners(writer)
     pending = one_record_per_external_id(run.conn, run.stream, records, owners, run.column_types, run.field_types)
     for _ in range(MAX_RESENDS):

@@ -22,7 +22,7 @@ from simple_salesforce.exceptions import (
 
 from include.crm_export import exact_json
 from include.crm_export.errors import (
-    RecordRejected,
+    RejectedRecord,
     RequestFailed,
     RequestLimitExceeded,
     RequestRefused,
@@ -76,7 +76,7 @@ def error_body(code: str, message: str = "refused", fields: list[str] | None = N
 def test_per_record_results_in_input_order():
     client = ScriptedClient(lambda records, _: [ok(r) if r["Ext__c"] != "2" else rejected("X") for r in records])
     results = writer(client).upsert(payloads(3))
-    assert [type(r) for r in results] == [Saved, RecordRejected, Saved]
+    assert [type(r) for r in results] == [Saved, RejectedRecord, Saved]
     assert results[1].code == "X"
 
 
@@ -89,7 +89,7 @@ def test_a_request_refused_for_one_record_is_split_until_that_record_is_isolated
     client = ScriptedClient(answer)
     results = writer(client).upsert(payloads(8))
     assert [isinstance(r, Saved) for r in results] == [True] * 4 + [False] + [True] * 3
-    assert results[4] == RecordRejected("JSON_PARSER_ERROR", "bad", ())
+    assert results[4] == RejectedRecord("JSON_PARSER_ERROR", "bad", ())
     assert len(client.requests) <= 2 * 8 - 1
 
 
@@ -117,7 +117,7 @@ def test_two_records_refused_for_different_reasons_are_both_isolated():
         return [ok(r) for r in records]
 
     results = writer(ScriptedClient(answer)).upsert(payloads(200))
-    rejected = {i + 1: r.message for i, r in enumerate(results) if isinstance(r, RecordRejected)}
+    rejected = {i + 1: r.message for i, r in enumerate(results) if isinstance(r, RejectedRecord)}
     assert rejected == {3: "bad 3", 150: "bad 150"}
 
 
@@ -137,7 +137,7 @@ def test_transient_errors_that_outlast_the_retries_count_as_rejections():
     client = ScriptedClient(lambda records, _: [rejected("UNABLE_TO_LOCK_ROW") for _ in records])
     made = writer(client, transient_retries=2)
     (result,) = made.upsert(payloads(1))
-    assert isinstance(result, RecordRejected)
+    assert isinstance(result, RejectedRecord)
     assert result.transient
     assert len(client.requests) == 3
 
@@ -256,7 +256,7 @@ def test_an_answer_with_the_wrong_number_of_results_is_a_request_failure():
 
 
 def test_send_keeps_unmappable_records_out_of_the_request_and_in_order():
-    unmappable = RecordRejected("CRM_EXPORT_INVALID_SOURCE_VALUE", "Source column x: not a number", ("X__c",))
+    unmappable = RejectedRecord("CRM_EXPORT_INVALID_SOURCE_VALUE", "Source column x: not a number", ("X__c",))
     records = [
         SourceRecord("1", (1,), "1", payloads(1)[0]),
         SourceRecord("2", (2,), "2", None, unmappable),
@@ -291,12 +291,12 @@ def test_numerics_go_out_digit_for_digit():
 
 
 def test_a_row_lock_inside_automation_is_transient_under_its_wrapping_code():
-    wrapped = RecordRejected(
+    wrapped = RejectedRecord(
         "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
         "ContactTrigger: execution of AfterUpdate caused by: System.DmlException: Update failed. First exception on "
         "row 0; first error: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access to this record: []",
     )
-    failing_trigger = RecordRejected("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "System.NullPointerException")
+    failing_trigger = RejectedRecord("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "System.NullPointerException")
     assert wrapped.transient
     assert not failing_trigger.transient
 

@@ -13,11 +13,11 @@ from include.crm_export.decisions import (
     pause_on_error_change,
     stop_reason,
 )
-from include.crm_export.errors import RecordRejected
+from include.crm_export.errors import RejectedRecord
 from include.crm_export.mapping import SourceRecord
 
 STREAM = load_streams()["contacts"].model_copy(update=dict(max_records_per_run=450, max_minutes_per_run=2))
-RULE = RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Title must be set", ("Title",))
+RULE = RejectedRecord("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Title must be set", ("Title",))
 
 
 def record(key: int) -> SourceRecord:

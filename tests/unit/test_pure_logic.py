@@ -9,7 +9,7 @@ import pytest
 
 from include.crm_export.batch import RecordOutcome, plan_batch
 from include.crm_export.config import load_streams
-from include.crm_export.errors import RecordRejected, SettingsError
+from include.crm_export.errors import RejectedRecord, SettingsError
 from include.crm_export.mapping import map_row, position_to_json
 from include.crm_export.pause_variable import parse_pause_on_error
 from include.crm_export.values import field_value, json_value
@@ -83,7 +83,7 @@ def outcomes(*codes):
     result = []
     for index, code in enumerate(codes, start=1):
         record = map_row(STREAM, row(id=index))
-        result.append(RecordOutcome(record, RecordRejected(code, "no") if code else None))
+        result.append(RecordOutcome(record, RejectedRecord(code, "no") if code else None))
     return result
 
 
@@ -92,7 +92,7 @@ def test_pause_on_commits_up_to_the_first_rejection_and_holds_it():
     assert plan.confirmed_keys == ("1", "2")
     assert plan.new_position[-1] == 2
     assert plan.held[0].key == "3"
-    assert [r.key for r, _ in plan.errors] == ["3"]  # one row, not one per later failure
+    assert [r.key for r, _ in plan.rejected] == ["3"]  # one row, not one per later failure
 
 
 def test_pause_on_with_the_first_record_rejected_keeps_the_watermark():
@@ -105,18 +105,18 @@ def test_pause_off_moves_past_every_rejection():
     plan = plan_batch(outcomes(None, "A", None, "B"), pause_on_error=False)
     assert plan.new_position[-1] == 4
     assert plan.held is None
-    assert [r.key for r, _ in plan.errors] == ["2", "4"]
+    assert [r.key for r, _ in plan.rejected] == ["2", "4"]
     assert plan.confirmed_keys == ("1", "3")
 
 
 def test_clean_batch():
     plan = plan_batch(outcomes(None, None), pause_on_error=True)
-    assert (plan.held, plan.errors, plan.exported) == (None, (), 2)
+    assert (plan.held, plan.rejected, plan.exported) == (None, (), 2)
 
 
 def test_transient_codes_are_typed():
-    assert RecordRejected("UNABLE_TO_LOCK_ROW", "x").transient
-    assert not RecordRejected("FIELD_CUSTOM_VALIDATION_EXCEPTION", "x").transient
+    assert RejectedRecord("UNABLE_TO_LOCK_ROW", "x").transient
+    assert not RejectedRecord("FIELD_CUSTOM_VALIDATION_EXCEPTION", "x").transient
 
 
 def test_exact_json_keeps_every_digit():

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from include.crm_export import exact_json
 from include.crm_export.config import Stream
 from include.crm_export.db.connection import one_row, one_value
-from include.crm_export.errors import RecordRejected
+from include.crm_export.errors import RejectedRecord
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import EXPORT_ERRORS_TABLE, OPEN, RESOLVED, SCHEMA, SOURCE_DELETED
 
@@ -50,13 +50,13 @@ class StillRejected:
 
     error_id: int
     payload: dict[str, Any] | None
-    rejection: RecordRejected
+    rejection: RejectedRecord
 
 
 def record_rejections(
     conn: psycopg.Connection,
     stream: Stream,
-    rejected: Iterable[tuple[SourceRecord, RecordRejected]],
+    rejected: Iterable[tuple[SourceRecord, RejectedRecord]],
     *,
     dag_id: str,
     run_id: str,

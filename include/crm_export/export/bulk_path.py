@@ -31,7 +31,7 @@ import psycopg
 from include.crm_export.batch import RecordOutcome
 from include.crm_export.bulk_csv import JobData, JobRecord, match_results
 from include.crm_export.db import bulk_jobs
-from include.crm_export.errors import JobResultsUnreadable, NotFound, RecordRejected, RequestFailed
+from include.crm_export.errors import JobResultsUnreadable, NotFound, RejectedRecord, RequestFailed
 from include.crm_export.export.paths import in_flight_already
 from include.crm_export.export.session import ExportRun
 from include.crm_export.mapping import SourceRecord, position_to_json
@@ -321,7 +321,7 @@ class BulkPath:
         done = None if job_id is None else lambda: bulk_jobs.set_state(self.run.session.conn, job_id, "done")
         self.run.commit_outcomes(outcomes, with_it=done)
 
-    def _outcome(self, job: _Job) -> dict[int, RecordRejected]:
+    def _outcome(self, job: _Job) -> dict[int, RejectedRecord]:
         """The rejected records of a finished job, by index; a failed job or unprocessed records raise."""
         assert job.job_id is not None, "a job with nothing sent has no outcome in Salesforce"
         job_id = job.job_id
@@ -353,7 +353,7 @@ class BulkPath:
             )
         return matched.rejected
 
-    def _send_beside_the_job(self, job: _Job, rejected: dict[int, RecordRejected]) -> None:
+    def _send_beside_the_job(self, job: _Job, rejected: dict[int, RejectedRecord]) -> None:
         """Send the records a CSV cannot carry exactly (``values.NotInCsv``) through sObject Collections.
 
         They were read with the job, so no other job or request holds them; they
@@ -368,7 +368,7 @@ class BulkPath:
                 if outcome.rejection is not None:
                     rejected[index] = outcome.rejection
 
-    def _current_rows(self, job: _Job, rejected: dict[int, RecordRejected]) -> dict[str, SourceRecord]:
+    def _current_rows(self, job: _Job, rejected: dict[int, RejectedRecord]) -> dict[str, SourceRecord]:
         """The rows of the records Salesforce rejected, read again by key: their payloads were not kept.
 
         A row unchanged since the job read it maps to exactly the payload sent;
@@ -378,7 +378,7 @@ class BulkPath:
         return self.run.session.records_by_key(keys) if keys else {}
 
     def _retry_transient(
-        self, job: _Job, rejected: dict[int, RecordRejected], current: dict[str, SourceRecord]
+        self, job: _Job, rejected: dict[int, RejectedRecord], current: dict[str, SourceRecord]
     ) -> None:
         """Send the records rejected for a transient reason again through sObject Collections.
 

@@ -248,13 +248,13 @@ class StreamExport:
     ) -> None:
         """Write the batch's ExportErrors changes and advance the watermark, in one transaction (with
         ``with_it``)."""
-        self._has_open_errors = self._has_open_errors or bool(plan.errors)
+        self._has_open_errors = self._has_open_errors or bool(plan.rejected)
         with self.conn.transaction():
             if self._has_open_errors:
-                keys = [*plan.confirmed_keys, *(record.key for record, _ in plan.errors)]
+                keys = [*plan.confirmed_keys, *(record.key for record, _ in plan.rejected)]
                 export_errors.lock_open_rows(self.conn, self.stream, keys)
             export_errors.record_rejections(
-                self.conn, self.stream, plan.errors, dag_id=self.context.dag_id, run_id=self.context.run_id
+                self.conn, self.stream, plan.rejected, dag_id=self.context.dag_id, run_id=self.context.run_id
             )
             if plan.confirmed_keys and self._has_open_errors:
                 export_errors.resolve_errors(
@@ -409,7 +409,7 @@ def warn_horizon(horizon: source.Horizon) -> None:
 
 
 def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
-    for record, rejection in plan.errors[:_MAX_ERROR_LINES_PER_BATCH]:
+    for record, rejection in plan.rejected[:_MAX_ERROR_LINES_PER_BATCH]:
         log.warning(
             "Stream '%s' record %s (%s = %s) rejected: %s%s",
             stream.name,
@@ -419,14 +419,14 @@ def _log_batch(stream: Stream, plan: BatchPlan, pause: bool) -> None:
             rejection.describe(),
             "" if pause else " - skipped (pause on error off), open in ExportErrors",
         )
-    if len(plan.errors) > _MAX_ERROR_LINES_PER_BATCH:
+    if len(plan.rejected) > _MAX_ERROR_LINES_PER_BATCH:
         log.warning(
             "… and %d more rejected record(s) in this batch; all are open in ExportErrors.",
-            len(plan.errors) - _MAX_ERROR_LINES_PER_BATCH,
+            len(plan.rejected) - _MAX_ERROR_LINES_PER_BATCH,
         )
     log.info(
         "Batch committed: %d exported, %d rejected; watermark now %s",
         plan.exported,
-        len(plan.errors),
+        len(plan.rejected),
         position_to_json(plan.new_position) if plan.new_position is not None else "unchanged",
     )

@@ -24,7 +24,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceOperationError
 
 from include.crm_export import bulk_csv
-from include.crm_export.errors import JobResultsUnreadable, RecordRejected, RequestFailed
+from include.crm_export.errors import JobResultsUnreadable, RejectedRecord, RequestFailed
 from include.crm_export.salesforce.refusals import refusal
 from include.crm_export.salesforce.session import SessionRenewer
 
@@ -164,7 +164,7 @@ class BulkJobs:
             last = seen
             self.sleep(pause)
 
-    def results(self, job_id: str) -> tuple[set[str], dict[str, RecordRejected]]:
+    def results(self, job_id: str) -> tuple[set[str], dict[str, RejectedRecord]]:
         """The external ids saved and those rejected (with their errors), read from the two result sets.
 
         Each set is downloaded as bytes and read as UTF-8 (the encoding of Bulk

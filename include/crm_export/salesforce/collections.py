@@ -18,7 +18,7 @@ from include.crm_export.batch import RecordOutcome
 from include.crm_export.concurrency import LOCK_CODES, Concurrency
 from include.crm_export.errors import (
     NotFound,
-    RecordRejected,
+    RejectedRecord,
     RequestFailed,
     RequestRefused,
     ServerBusy,
@@ -46,14 +46,14 @@ class Saved:
     created: bool
 
 
-Result = Saved | RecordRejected
+Result = Saved | RejectedRecord
 
 
 class CollectionWriter:
     """Upserts records by external id through sObject Collections (``allOrNone=false``).
 
     - Results come back per record, in input order: :class:`Saved` or
-      :class:`RecordRejected`.
+      :class:`RejectedRecord`.
     - A request refused as a whole for its content (HTTP 400) is split in
       halves until the offending records are isolated; they become record
       rejections, the rest go through.
@@ -96,7 +96,7 @@ class CollectionWriter:
 
     def _answered(self, seconds: float, results: list[Result]) -> None:
         if self._observer is not None:
-            locks = sum(1 for r in results if isinstance(r, RecordRejected) and r.code in LOCK_CODES)
+            locks = sum(1 for r in results if isinstance(r, RejectedRecord) and r.code in LOCK_CODES)
             with self._lock:
                 self._observer.answered(seconds, records=len(results), lock_errors=locks)
 
@@ -153,7 +153,7 @@ class CollectionWriter:
             reason = ""
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
-                if isinstance(answer, RecordRejected) and answer.transient:
+                if isinstance(answer, RejectedRecord) and answer.transient:
                     retry.append(index)
                     reason = reason or answer.code
             if not retry or attempt == self.transient_retries:
@@ -330,8 +330,8 @@ class _WholeRequestRejected(Exception):
     def same_reason(self, other: _WholeRequestRejected) -> bool:
         return self.as_record_error() == other.as_record_error()
 
-    def as_record_error(self) -> RecordRejected:
-        return RecordRejected(
+    def as_record_error(self) -> RejectedRecord:
+        return RejectedRecord(
             error_code(self.content, default="BAD_REQUEST"),
             str(first_error(self.content).get("message", self.content))[:500],
             tuple(first_error(self.content).get("fields") or ()),
@@ -343,6 +343,6 @@ def _result(item: dict[str, Any]) -> Result:
         return Saved(item["id"], bool(item.get("created")))
     errors = item.get("errors") or [{"statusCode": "UNKNOWN", "message": "Salesforce gave no reason"}]
     first = errors[0]
-    return RecordRejected(
+    return RejectedRecord(
         first.get("statusCode", "UNKNOWN"), first.get("message", ""), tuple(first.get("fields") or ())
     )
