@@ -138,7 +138,7 @@ def test_export_and_reexport_lock_export_errors_in_one_order_and_never_deadlock(
                 run_id="reexport-run",
             )
             wait_until_blocked(db, reexport.info.backend_pid)
-            plan = BatchPlan(new_position=None, confirmed_keys=("1", "2", "3", "4"), errors=(), held=None)
+            plan = BatchPlan(new_position=None, confirmed_keys=("1", "2", "3", "4"), rejected=(), held=None)
             export_done = pool.submit(export.commit, plan)
             wait_until_blocked(db, export.conn.info.backend_pid)
             blocker.commit()
