@@ -73,7 +73,10 @@ def reset_state(conninfo: str, admin) -> None:
     import psycopg
 
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute('TRUNCATE crm_export.stream_watermarks, crm_export."ExportErrors"')
+        conn.execute(
+            'TRUNCATE crm_export.stream_watermarks, crm_export."ExportErrors", crm_export.external_ids, '
+            "crm_export.external_ids_filled"
+        )
     admin.reset()
 
 

@@ -277,6 +277,17 @@ class Stream(RunLimits):
         return f"{REEXPORT_TASK_PREFIX}{self.name}"
 
 
+# Key types whose text forms are unique, case included: a primary key of one of these is one row per
+# external id by itself, whatever Salesforce's case rules (uuid::text is always lower case).
+_UNIQUE_TEXT_KEY_TYPES = ("smallint", "integer", "bigint", "uuid", "numeric")
+
+
+def external_ids_unique_by_key(stream: Stream, column_types: dict[str, str]) -> bool:
+    """Is the external id the key column itself, of a type no two rows can share a text form of? Then no two
+    source rows can be one Salesforce record, and nothing needs checking."""
+    return stream.external_id_column == stream.key and column_types[stream.key].startswith(_UNIQUE_TEXT_KEY_TYPES)
+
+
 def _fail(stream: str, field: str, problem: str) -> StreamConfigError:
     return StreamConfigError(f"Stream config error in stream '{stream}', field '{field}': {problem}")
 

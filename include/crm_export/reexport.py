@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from include.crm_export.config import Stream, stream_definition
+from include.crm_export.config import Stream, external_ids_unique_by_key, stream_definition
 from include.crm_export.db import api_requests, export_errors, external_ids, source, watermarks
 from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
@@ -179,8 +179,13 @@ def reexport_stream(
             field_types=writer.field_types if writer is not None else None,
         )
         _check_definition(run)
-        if writer is not None:
-            external_ids.fill_once(conn, stream, case_sensitive=writer.external_id_case_sensitive)
+        if writer is not None:  # open errors: the stream has exported before
+            external_ids.fill_once(
+                conn,
+                stream,
+                case_sensitive=writer.external_id_case_sensitive,
+                exported_before=not external_ids_unique_by_key(stream, run.column_types),
+            )
         log.info(
             "Re-exporting open errors of stream '%s'%s, at most %d record(s)%s",
             stream.name,

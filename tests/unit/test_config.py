@@ -105,3 +105,14 @@ def test_the_readme_settings_table_is_the_declaration():
     table = readme.split("<!-- settings-table -->\n", 1)[1].split("\n<!-- /settings-table -->", 1)[0]
     assert table == settings_table(), "README.md's settings table is stale: paste config.settings_table() into it"
     assert all(info.description for info in RunLimits.model_fields.values()), "every setting needs its help text"
+
+
+def test_only_a_key_of_a_type_with_unique_text_forms_needs_no_external_id_check():
+    from include.crm_export.config import external_ids_unique_by_key, load_streams
+
+    stream = load_streams()["contacts"]  # external id column = key column (id)
+    assert external_ids_unique_by_key(stream, {"id": "bigint"})
+    assert external_ids_unique_by_key(stream, {"id": "uuid"})
+    assert not external_ids_unique_by_key(stream, {"id": "text"})  # 'abc' and 'ABC' are one Salesforce record
+    assert not external_ids_unique_by_key(stream, {"id": "citext"})
+    assert not external_ids_unique_by_key(stream.model_copy(update={"external_id_column": "email"}), {"id": "bigint"})

@@ -52,10 +52,17 @@ def hand_over(conn: psycopg.Connection, stream: Stream, match_key: str, *, holde
     return taken.rowcount == 1
 
 
-def fill_once(conn: psycopg.Connection, stream: Stream, *, case_sensitive: bool) -> None:
+def fill_once(conn: psycopg.Connection, stream: Stream, *, case_sensitive: bool, exported_before: bool) -> None:
     """Reserve the external id of every source row once per stream, so rows exported before this table existed
-    (an upgrade) hold theirs too. One pass over the source, on the stream's first run; later runs skip it."""
+    (an upgrade) hold theirs too: one pass over the source on the first run after the upgrade. A stream that has
+    exported nothing yet needs no pass (its rows reserve their ids as they are sent)."""
     if conn.execute("SELECT 1 FROM crm_export.external_ids_filled WHERE stream = %s", (stream.name,)).fetchone():
+        return
+    if not exported_before:
+        conn.execute(
+            "INSERT INTO crm_export.external_ids_filled (stream, rows) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+            (stream.name,),
+        )
         return
     match = sql.SQL("{}::text" if case_sensitive else "lower({}::text)").format(
         sql.Identifier(stream.external_id_column)

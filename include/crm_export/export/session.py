@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psycopg
 
 from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
-from include.crm_export.config import Stream, change_column, stream_definition
+from include.crm_export.config import Stream, change_column, external_ids_unique_by_key, stream_definition
 from include.crm_export.db import export_errors, external_ids, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
@@ -79,6 +79,8 @@ def one_record_per_external_id(
     or lost it hands it over. Each record's external id is reserved before it
     is sent.
     """
+    if external_ids_unique_by_key(stream, column_types):
+        return records
     wanted: dict[str, str] = {}
     for record in records:
         if record.payload is not None and record.external_id is not None:
@@ -135,6 +137,13 @@ class StreamExport:
         self.change = change_column(stream, self.column_types[stream.order_by[0]])
         self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
+        external_ids.fill_once(
+            conn,
+            stream,
+            case_sensitive=external_id_case_sensitive,
+            exported_before=self.watermark.exported_before
+            and not external_ids_unique_by_key(stream, self.column_types),
+        )
         self.position = self.watermark.position  # where the watermark is now: moved by each commit
         self.definition = stream_definition(stream, self.column_types)
         self._check_definition()
@@ -189,8 +198,6 @@ class StreamExport:
         migrate(conn)
         watermarks.lock_stream(conn, stream)
         export_errors.compact_error_counts(conn)
-        case_sensitive = writer.external_id_case_sensitive if writer is not None else False
-        external_ids.fill_once(conn, stream, case_sensitive=case_sensitive)
         return cls(
             stream,
             conn=conn,
