@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from devstack.stack import PROJECT_ROOT
 from tests.support.helpers import (
+    cli,
     contacts_stream,
     insert_contacts,
     open_errors,
@@ -178,25 +180,38 @@ def test_a_nul_in_a_salesforce_error_message_is_stored_not_a_failed_commit(
     assert watermark(db)[0][1] == "5"
 
 
+def _people(db, tmp_path) -> Path:
+    """A table of people (id, ext, last_name, updated_at) and a Contact stream over it; returns the streams file."""
+    db.execute("CREATE SCHEMA IF NOT EXISTS crm_test")
+    db.execute("DROP TABLE IF EXISTS crm_test.people")
+    db.execute(
+        """CREATE TABLE crm_test.people (id int PRIMARY KEY, ext text, last_name text,
+                                         updated_at timestamptz NOT NULL DEFAULT now() - interval '1 hour')"""
+    )
+    return write_streams(
+        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
+    )
+
+
+def _exported_with_one_rejected(db, emulator, run_dag, config, *, last_name: str) -> None:
+    """Export the people once, Salesforce rejecting the one named ``last_name`` (open in ExportErrors)."""
+    rule = emulator.add_rule(cause="validation_rule", when={"field": "LastName", "op": "eq", "value": last_name})
+    assert run_dag(streams_file=config).state == "success"
+    emulator.remove_rule(rule["id"])
+
+
 @pytest.mark.parametrize("conf", [None, BULK], ids=["collections", "bulk"])
 def test_two_rows_with_one_external_id_are_one_rejected_record_naming_both_keys(
     conf, db, emulator, run_dag, pause_variable, tmp_path
 ):
     """Salesforce matches a text external id case-insensitively unless the field is case sensitive
     (Field Types, External ID), so 'abc' and 'ABC' are one Salesforce record."""
-    db.execute("CREATE SCHEMA crm_test")
-    db.execute(
-        """CREATE TABLE crm_test.people (id int PRIMARY KEY, ext text NOT NULL, last_name text,
-                                         updated_at timestamptz NOT NULL DEFAULT now() - interval '1 hour')"""
-    )
+    config = _people(db, tmp_path)
     db.execute(
         """INSERT INTO crm_test.people (id, ext, last_name, updated_at) VALUES
            (1, 'one', 'First', now() - interval '50 minutes'), (2, 'abc', 'Lower', now() - interval '40 minutes'),
            (3, 'three', 'Third', now() - interval '30 minutes'), (4, 'ABC', 'Upper', now() - interval '20 minutes'),
            (5, 'five', 'Fifth', now() - interval '10 minutes')"""
-    )
-    config = write_streams(
-        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
     )
 
     held = run_dag(streams_file=config, retries=False, conf=conf)
@@ -259,22 +274,11 @@ def test_a_session_revoked_during_a_bulk_job_is_renewed_for_the_bulk_client_too(
     assert len(salesforce_contacts(emulator)) == 2500
 
 
-def _cli(*args: str, streams) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "include.crm_export", *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(streams)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_a_reposition_sets_a_left_bulk_job_aside_instead_of_counting_it(db, emulator, run_dag, tmp_path):
     insert_contacts(db, 2000)
     config = _bulk_config(tmp_path)
     _a_job_left_by_a_killed_task(db)
-    done = _cli("reposition", "--stream", "contacts", "--from-start", "--yes", streams=config)
+    done = cli("reposition", "--stream", "contacts", "--from-start", "--yes", streams=config)
     assert done.returncode == 0, done.stderr
     assert db.execute("SELECT state FROM crm_export.bulk_jobs").fetchone()[0] == "set aside"
 
@@ -327,7 +331,7 @@ def test_reposition_from_a_change_time_on_local_timestamps_takes_the_writers_zon
     assert emulator.counters()["records_created"] == 2
 
     since = db.execute("SELECT to_char(now() - interval '4 hours', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')").fetchone()[0]
-    done = _cli("reposition", "--stream", "contacts", "--from-change-time", since, "--yes", streams=config)
+    done = cli("reposition", "--stream", "contacts", "--from-change-time", since, "--yes", streams=config)
     assert done.returncode == 0, done.stderr
     assert run_dag(streams_file=config).state == "success"
     assert emulator.counters().get("records_updated", 0) == 1  # row 2 again, row 1 not
@@ -337,7 +341,6 @@ def test_a_lost_database_connection_says_what_happened_and_loses_nothing(
     db, emulator, run_dag, project_conninfo, tmp_path
 ):
     import threading
-    import time
 
     import psycopg
 
@@ -439,8 +442,6 @@ def test_the_reexport_stays_within_the_daily_api_budget(db, emulator, run_dag, p
 def test_a_job_salesforce_would_not_abort_is_aborted_before_its_records_go_another_way(db, emulator, run_dag, tmp_path):
     """Job 1 fails; aborting job 2, which Salesforce is still processing, is refused once. Job 2 must not be
     forgotten: its older values could land after the next run's newer ones."""
-    import time
-
     insert_contacts(db, 2000)
     config = write_streams(
         tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, bulk_threshold=0, bulk_job_records=1000)}
@@ -483,15 +484,6 @@ def test_a_run_that_sends_nothing_keeps_a_hold_whose_record_still_waits(db, emul
     assert watermark(db)[1] == "5"
 
 
-def _people(db) -> None:
-    db.execute("CREATE SCHEMA IF NOT EXISTS crm_test")
-    db.execute("DROP TABLE IF EXISTS crm_test.people")
-    db.execute(
-        """CREATE TABLE crm_test.people (id int PRIMARY KEY, ext text, last_name text,
-                                         updated_at timestamptz NOT NULL DEFAULT now() - interval '1 hour')"""
-    )
-
-
 def _reexport_in_the_background(config):
     return subprocess.Popen(
         [sys.executable, "-m", "include.crm_export", "reexport", "--stream", "contacts"],
@@ -509,14 +501,9 @@ def test_the_reexport_and_the_export_never_send_one_external_id_from_two_rows(
     """Row 1 ('dup') is open in ExportErrors, row 2 ('DUP') is new; the re-export and the export send at the same
     time. The external id is reserved before sending, so one of them is a rejected record, whichever came first."""
     pause_variable("false")
-    _people(db)
+    config = _people(db, tmp_path)
     db.execute("INSERT INTO crm_test.people (id, ext, last_name) VALUES (1, 'dup', 'One')")
-    config = write_streams(
-        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
-    )
-    rule = emulator.add_rule(cause="validation_rule", when={"field": "LastName", "op": "eq", "value": "One"})["id"]
-    assert run_dag(streams_file=config).state == "success"
-    emulator.remove_rule(rule)
+    _exported_with_one_rejected(db, emulator, run_dag, config, last_name="One")
 
     db.execute("INSERT INTO crm_test.people (id, ext, last_name, updated_at) VALUES (2, 'DUP', 'Two', now())")
     emulator.set_timing(latency_ms=4000)
@@ -540,14 +527,9 @@ def test_a_row_changed_during_the_reexport_is_sent_again_only_if_its_new_externa
     db, emulator, run_dag, pause_variable, tmp_path
 ):
     pause_variable("false")
-    _people(db)
+    config = _people(db, tmp_path)
     db.execute("INSERT INTO crm_test.people (id, ext, last_name) VALUES (1, 'a', 'One'), (2, 'b', 'Two')")
-    config = write_streams(
-        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
-    )
-    rule = emulator.add_rule(cause="validation_rule", when={"field": "LastName", "op": "eq", "value": "Two"})["id"]
-    assert run_dag(streams_file=config).state == "success"
-    emulator.remove_rule(rule)
+    _exported_with_one_rejected(db, emulator, run_dag, config, last_name="Two")
 
     emulator.set_timing(latency_ms=4000)
     reexport = _reexport_in_the_background(config)
@@ -572,11 +554,8 @@ def test_a_row_changed_during_the_reexport_is_sent_again_only_if_its_new_externa
 
 
 def test_rows_exported_before_the_upgrade_hold_their_external_ids(db, emulator, run_dag, tmp_path):
-    _people(db)
+    config = _people(db, tmp_path)
     db.execute("INSERT INTO crm_test.people (id, ext, last_name) VALUES (1, 'dup', 'One')")
-    config = write_streams(
-        tmp_path / "s.yml", {"contacts": table_stream("crm_test.people", key="id", change="updated_at")}
-    )
     assert run_dag(streams_file=config).state == "success"
     # As a database exported by 0.1.0 is: no external id recorded anywhere.
     db.execute("TRUNCATE crm_export.external_ids, crm_export.external_ids_filled")

@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from devstack.stack import PROJECT_ROOT
-from tests.support.helpers import contacts_stream, insert_contacts, salesforce_contacts, watermark, write_streams
-
-
-def cli(*args: str, streams) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "include.crm_export", *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(streams)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.support.helpers import cli, contacts_stream, insert_contacts, salesforce_contacts, watermark, write_streams
 
 
 def test_a_changed_order_is_refused_until_the_stream_is_repositioned(db, emulator, run_dag, tmp_path):

@@ -82,6 +82,34 @@ def table_stream(source: str, *, key: str, change: str, **overrides: Any) -> dic
     }
 
 
+def subscriptions_stream(**overrides: Any) -> dict[str, Any]:
+    """A subscriptions stream (Subscription__c by CRM_Subscription_Id__c), with overrides."""
+    return {
+        "source": "crm.subscriptions",
+        "key": "id",
+        "order_by": ["updated_at", "id"],
+        "sobject": "Subscription__c",
+        "external_id": {"field": "CRM_Subscription_Id__c", "column": "id"},
+        "fields": {"Name": "name", "Plan__c": "plan", "Seats__c": "seats", "Monthly_Amount__c": "monthly_amount"},
+        "settle_seconds": 0,
+        **overrides,
+    }
+
+
+def cli(
+    *args: str, streams: Path, code: Path = PROJECT_ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m include.crm_export ARGS`` of the code in ``code`` with the streams file ``streams``; its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "include.crm_export", *args],
+        cwd=code,
+        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(streams), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def contacts_stream(**overrides: Any) -> dict[str, Any]:
     """A contacts stream like the shipped one, with overrides."""
     return {

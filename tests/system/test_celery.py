@@ -28,23 +28,11 @@ from tests.support.helpers import (
     insert_contacts,
     open_errors,
     salesforce_contacts,
+    subscriptions_stream,
     write_streams,
 )
 
 WORKERS = ("worker-a", "worker-b")
-
-
-def subscriptions_stream() -> dict:
-    return {
-        "source": "crm.subscriptions",
-        "key": "id",
-        "order_by": ["updated_at", "id"],
-        "sobject": "Subscription__c",
-        "external_id": {"field": "CRM_Subscription_Id__c", "column": "id"},
-        "fields": {"Name": "name", "Plan__c": "plan", "Seats__c": "seats", "Monthly_Amount__c": "monthly_amount"},
-        "settle_seconds": 0,
-        "in_flight": 2,
-    }
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -80,7 +68,10 @@ def celery_airflow(stack, project_conninfo, tmp_path_factory):
     auth = f"{info['user']}:{info['password']}@{info.get('host', 'localhost')}:{info.get('port', 5432)}"
     streams = write_streams(
         root / "streams.yml",
-        {"contacts": contacts_stream(settle_seconds=0, in_flight=2), "subscriptions": subscriptions_stream()},
+        {
+            "contacts": contacts_stream(settle_seconds=0, in_flight=2),
+            "subscriptions": subscriptions_stream(in_flight=2),
+        },
     )
     broker_port, api_port = free_port(), free_port()
     (root / "passwords.json").write_text(json.dumps({"admin": "admin"}))

@@ -26,10 +26,12 @@ from devstack.stack import PROJECT_ROOT
 from tests.support.fixtures import SOURCE_SCHEMA_SQL
 from tests.support.helpers import (
     assert_salesforce_matches_source,
+    cli,
     contacts_stream,
     insert_contacts,
     kill_when,
     open_errors,
+    subscriptions_stream,
     watermark,
     write_streams,
 )
@@ -44,33 +46,13 @@ def previous_release(into: Path) -> tuple[str, Path]:
     return version, into
 
 
-def subscriptions_stream() -> dict:
-    return {
-        "source": "crm.subscriptions",
-        "key": "id",
-        "order_by": ["updated_at", "id"],
-        "sobject": "Subscription__c",
-        "external_id": {"field": "CRM_Subscription_Id__c", "column": "id"},
-        "fields": {"Name": "name", "Plan__c": "plan", "Seats__c": "seats"},
-        "settle_seconds": 0,
-        "bulk_threshold": 500,
-        "bulk_job_records": 500,
-    }
+EXPORT = ("export", "--pause-on-error", "true", "--stream")
 
 
-def cli(code: Path, *args: str, streams: Path, database: str, wait: bool = True):
-    """A command of the release in ``code``, on the database ``database`` (and the test session's emulator)."""
-    command = [sys.executable, "-m", "include.crm_export", *args]
+def on(database: str, code: Path) -> dict[str, str]:
+    """The environment for the release in ``code`` on the database ``database`` (and the session's emulator)."""
     connection = {**json.loads(os.environ["AIRFLOW_CONN_CRM_EXPORT_POSTGRES"]), "schema": database}
-    env = {
-        **os.environ,
-        "CRM_EXPORT_STREAMS_FILE": str(streams),
-        "PYTHONPATH": str(code),
-        "AIRFLOW_CONN_CRM_EXPORT_POSTGRES": json.dumps(connection),
-    }
-    if not wait:
-        return subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(command, cwd=code, env=env, capture_output=True, text=True, timeout=300)
+    return {"PYTHONPATH": str(code), "AIRFLOW_CONN_CRM_EXPORT_POSTGRES": json.dumps(connection)}
 
 
 def state(db) -> dict:
@@ -93,7 +75,10 @@ def test_the_current_code_carries_on_from_what_the_previous_release_left(scratch
     db.execute(SOURCE_SCHEMA_SQL.read_text())
     streams = write_streams(
         tmp_path / "streams.yml",
-        {"contacts": contacts_stream(settle_seconds=0), "subscriptions": subscriptions_stream()},
+        {
+            "contacts": contacts_stream(settle_seconds=0),
+            "subscriptions": subscriptions_stream(bulk_threshold=500, bulk_job_records=500),
+        },
     )
     insert_contacts(db, 300)
     db.execute(
@@ -105,19 +90,16 @@ def test_the_current_code_carries_on_from_what_the_previous_release_left(scratch
         cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "137"}, message="No"
     )["id"]
 
-    held = cli(old, "export", "--stream", "contacts", "--pause-on-error", "true", streams=streams, database=database)
+    before, after = on(database, old), on(database, PROJECT_ROOT)
+    held = cli(*EXPORT, "contacts", streams=streams, code=old, env=before)
     assert held.returncode == 2, held.stdout + held.stderr
     emulator.set_timing(bulk_records_per_second=400)  # the job is still running when the task is killed
-    worker = cli(
-        old,
-        "export",
-        "--stream",
-        "subscriptions",
-        "--pause-on-error",
-        "true",
-        streams=streams,
-        database=database,
-        wait=False,
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "include.crm_export", *EXPORT, "subscriptions"],
+        cwd=old,
+        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(streams), **before},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     kill_when(
         worker,
@@ -135,28 +117,17 @@ def test_the_current_code_carries_on_from_what_the_previous_release_left(scratch
     uploaded_before = emulator.counters()["bulk.records_uploaded"]
     updates_before = emulator.counters().get("records_updated", 0)
 
-    migrated = cli(PROJECT_ROOT, "migrate", streams=streams, database=database)
+    migrated = cli("migrate", streams=streams, env=after)
     assert migrated.returncode == 0, migrated.stderr
     assert state(db) == left  # every stream keeps its state through the upgrade
 
-    still_held = cli(
-        PROJECT_ROOT, "export", "--stream", "contacts", "--pause-on-error", "true", streams=streams, database=database
-    )
+    still_held = cli(*EXPORT, "contacts", streams=streams, env=after)
     assert still_held.returncode == 2, still_held.stdout + still_held.stderr
     assert "is held at record 137" in still_held.stdout
     [error] = open_errors(db)
     assert (error["record_key"], error["attempts"]) == ("137", 2)
 
-    resumed = cli(
-        PROJECT_ROOT,
-        "export",
-        "--stream",
-        "subscriptions",
-        "--pause-on-error",
-        "true",
-        streams=streams,
-        database=database,
-    )
+    resumed = cli(*EXPORT, "subscriptions", streams=streams, env=after)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resuming Bulk API 2.0 job" in resumed.stderr + resumed.stdout
     # The left job is polled, not uploaded again: only the records after it go up.
@@ -167,19 +138,7 @@ def test_the_current_code_carries_on_from_what_the_previous_release_left(scratch
     assert emulator.counters()["bulk.records_uploaded"] - uploaded_before == 1500 - left_records
 
     emulator.remove_rule(rule)
-    assert (
-        cli(
-            PROJECT_ROOT,
-            "export",
-            "--stream",
-            "contacts",
-            "--pause-on-error",
-            "true",
-            streams=streams,
-            database=database,
-        ).returncode
-        == 0
-    )
+    assert cli(*EXPORT, "contacts", streams=streams, env=after).returncode == 0
     os.environ["CRM_EXPORT_STREAMS_FILE"] = str(streams)
     try:
         assert_salesforce_matches_source(db, emulator, "contacts")

@@ -9,7 +9,7 @@ writes each batch's outcome in one transaction (:func:`record_reexport`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -216,9 +216,8 @@ def record_reexport(
     source_deleted: list[int],
     dag_id: str,
     run_id: str,
-    with_it: Callable[[], None] | None = None,
 ) -> None:
-    """Write a re-export batch's outcome in one transaction (with ``with_it``) and release its claims.
+    """Write a re-export batch's outcome in one transaction and release its claims.
 
     Only rows still open and still claimed by this run change: a row that
     CRMExport resolved meanwhile stays resolved.
@@ -264,8 +263,6 @@ def record_reexport(
                         for failure in still_rejected
                     ],
                 )
-        if with_it is not None:
-            with_it()
 
 
 def release_claims(conn: psycopg.Connection, *, claimant: str) -> None:

@@ -33,7 +33,7 @@ from include.crm_export.bulk_csv import JobData, JobRecord, match_results
 from include.crm_export.db import bulk_jobs
 from include.crm_export.errors import JobResultsUnreadable, NotFound, RejectedRecord, RequestFailed
 from include.crm_export.export.paths import in_flight_already
-from include.crm_export.export.session import ExportRun
+from include.crm_export.export.session import BULK_PAGE_ROWS, ExportRun
 from include.crm_export.mapping import SourceRecord, position_to_json
 from include.crm_export.names import MAX_BATCH_SIZE
 from include.crm_export.salesforce import BulkJobs
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # What Salesforce answers when asked to abort a job that has already ended (Bulk API 2.0 "Abort a Job" takes
 # only Open, UploadComplete and InProgress jobs).
 _ENDED = "INVALIDJOBSTATE"
-_PAGE_ROWS = 5_000  # source rows read at a time while a job's CSV is written
 _FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
 
 
@@ -220,7 +219,7 @@ class BulkPath:
             position = position_to_json(records[-1].position)
             # The next page as large as the bytes left allow, at this job's average row so far.
             per_row = max(1, data.size // len(data.records))
-            page = max(1, min(_PAGE_ROWS, limit - len(data.records), (self.max_job_bytes - data.size) // per_row))
+            page = max(1, min(BULK_PAGE_ROWS, limit - len(data.records), (self.max_job_bytes - data.size) // per_row))
         return _Job(after, data.records, data.csv() if data.sent else None)
 
     def _launch(self, job: _Job) -> None:

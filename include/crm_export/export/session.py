@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 HORIZON_REFRESH_SECONDS = 1.0
 _MAX_ERROR_LINES_PER_BATCH = 20
 _KEYS_PER_LOOKUP = 1000
-# Records that can be in flight at once on the Bulk API 2.0 path: two jobs (see bulk_path.py) and a page.
-_BULK_IN_FLIGHT_PAGE = 5_000
+# Source rows the Bulk API 2.0 path reads at a time into a job's CSV (bulk_path.py); records that can be in
+# flight at once on that path are two jobs and a page.
+BULK_PAGE_ROWS = 5_000
 
 
 def current_records(
@@ -128,7 +129,7 @@ class StreamExport:
         self.sent_ids = ExternalIdOwners(
             stream,
             case_sensitive=external_id_case_sensitive,
-            remember=max(20_000, 2 * stream.bulk_job_records + _BULK_IN_FLIGHT_PAGE),
+            remember=max(20_000, 2 * stream.bulk_job_records + BULK_PAGE_ROWS),
         )
         self.conn = conn  # commits (watermark, ExportErrors) and holds the stream's lock
         self.reader = reader  # reads the source, so a read never waits for a commit

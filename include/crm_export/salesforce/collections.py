@@ -22,13 +22,12 @@ from include.crm_export.errors import (
     RequestFailed,
     RequestRefused,
     ServerBusy,
-    SessionExpired,
     StreamConfigError,
 )
 from include.crm_export.http import SalesforceSession
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.names import MAX_BATCH_SIZE
-from include.crm_export.salesforce.refusals import EXPIRED_MESSAGE, error_code, error_message, first_error, refusal
+from include.crm_export.salesforce.refusals import error_code, error_message, first_error, refusal
 from include.crm_export.salesforce.session import SessionRenewer
 
 log = logging.getLogger(__name__)
@@ -287,7 +286,7 @@ class CollectionWriter:
                 log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
                 self.renewer.renew(self.sf)
                 return self._send(payloads, renewed=True)
-            raise SessionExpired(EXPIRED_MESSAGE, status=401, code="INVALID_SESSION_ID")
+            raise refusal(exc, doing="upsert through sObject Collections")
         failure = refusal(exc, doing="upsert through sObject Collections")
         if isinstance(failure, NotFound):
             raise StreamConfigError(
