@@ -21,6 +21,7 @@ from include.crm_export.names import (
     REEXPORT_DAG_ID,
     SCHEMA,
 )
+from include.crm_export.quoting import one_line, shown, sql_literal
 
 CAUGHT_UP = "caught up"
 HELD = "held at a rejected record (pause on error)"
@@ -45,14 +46,15 @@ class HeldRecord:
     def message(self) -> str:
         """The failed task's message: what stopped, where, why, and what to do."""
         return (
-            f"Export of stream '{self.stream}' is held at record {self.record_key} "
-            f"({self.sobject}.{self.external_id_field} = {self.external_id or 'none'}): Salesforce rejected it with "
+            f"Export of stream '{self.stream}' is held at record {shown(self.record_key)} "
+            f"({self.sobject}.{self.external_id_field} = {shown(self.external_id or None)}): "
+            "Salesforce rejected it with "
             f"{self.rejection.describe()}. Records before it are exported; the watermark stays on it, so nothing "
             "after it is skipped. Fix the cause in Salesforce or in the source row, then clear this task (or wait "
             f"for the next run) to retry it first. To skip it for now instead, set the Variable "
             f"{PAUSE_ON_ERROR_VARIABLE} to false (Salesforce stays incomplete until it is re-exported). Details: "
-            f"SELECT * FROM {SCHEMA}.\"{EXPORT_ERRORS_TABLE}\" WHERE stream = '{self.stream}' "
-            f"AND record_key = '{self.record_key}' AND status = 'open';"
+            f'SELECT * FROM {SCHEMA}."{EXPORT_ERRORS_TABLE}" WHERE stream = {sql_literal(self.stream)} '
+            f"AND record_key = {sql_literal(self.record_key)} AND status = 'open';"
         )
 
 
@@ -166,7 +168,7 @@ class ExportResult:
             f"rejected records: {self.tally.errors} ({self.tally.errors_text()}); stopped: {self.stopped_because}."
         )
         if self.held:
-            text += f" HELD at record {self.held.record_key} ({self.held.rejection.code})."
+            text += f" HELD at record {shown(self.held.record_key)} ({self.held.rejection.code})."
         if self.lag:
             text += f" Lag: {self.lag.describe()}."
         if self.in_flight_text:
@@ -236,8 +238,11 @@ class Alert:
     """One notification: a stream changed state."""
 
     state: str  # the state it announces (stored, so the next run does not say it again)
-    subject: str
+    subject: str  # one line, whatever the record key holds: it becomes a mail header
     body: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", one_line(self.subject))
 
 
 def stream_state(result: ExportResult, stream: Stream) -> str:
@@ -258,7 +263,7 @@ def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | No
     name = f"stream '{stream.name}'"
     if result.held is not None:
         return Alert(
-            state, f"{EXPORT_DAG_ID}: {name} is held at record {result.held.record_key}", result.held.message()
+            state, f"{EXPORT_DAG_ID}: {name} is held at record {shown(result.held.record_key)}", result.held.message()
         )
     if state == REJECTING:
         sent = result.tally.exported + result.tally.errors
@@ -273,8 +278,8 @@ def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | No
         return Alert(
             state,
             f"{EXPORT_DAG_ID}: {name} recovered",
-            f"The {name} is no longer held at record {previous.removeprefix('held:')} (it went through, or left the "
-            "source); the export carries on. " + result.summary(),
+            f"The {name} is no longer held at record {shown(previous.removeprefix('held:'))} (it went through, or "
+            "left the source); the export carries on. " + result.summary(),
         )
     return Alert(
         state, f"{EXPORT_DAG_ID}: {name} recovered", f"Rejections are back below the threshold. {result.summary()}"

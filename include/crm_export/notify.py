@@ -56,10 +56,15 @@ def _send_email(connection: Any, alert: Alert) -> None:
 
 
 def slack_text(alert: Alert) -> str:
-    """The alert as Slack mrkdwn: bold subject, the body as a code block (Slack wants &, < and > escaped)."""
+    """The alert as Slack mrkdwn: bold subject, the body as a code block.
+
+    Slack wants &, < and > escaped (so no text becomes a link or a mention);
+    a run of backticks in a record key must not close the code block, so a
+    zero-width space goes between them (mrkdwn has no escape for backticks).
+    """
 
     def escape(text: str) -> str:
-        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "`\u200b")
 
     return f"*{escape(alert.subject)}*\n```{escape(alert.body)}```"
 

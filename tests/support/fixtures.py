@@ -10,11 +10,15 @@ or CRMExport_ExportError run through a real DagBag and ``dag.test()``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import pytest
 from devstack.stack import PROJECT_ROOT, LocalStack
 from include.crm_export.db.migrate import migrate
 from tests.support import services
+from tests.support.helpers import free_port
 
 SOURCE_SCHEMA_SQL = PROJECT_ROOT / "devstack" / "source_schema.sql"
 
@@ -173,3 +178,73 @@ def run_crm_export(airflow_db, pause_variable, capfd, caplog, emulator, monkeypa
         )
 
     return run
+
+
+@pytest.fixture
+def mailbox(monkeypatch):
+    """An SMTP server on loopback, and crm_export_email pointing at it; yields the messages received."""
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Keep:
+        async def handle_DATA(self, server, session, envelope):
+            received.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
+            return "250 OK"
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    connection = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": controller.port,
+        "extra": {
+            "to": "oncall@example.com, data@example.com",
+            "from_email": "crm-export@example.com",
+            "disable_ssl": True,
+            "disable_tls": True,
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_EXPORT_EMAIL", json.dumps(connection))
+    try:
+        yield received
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    """An HTTP server shaped like a Slack Incoming Webhook, and crm_export_slack pointing at it.
+
+    Yields the JSON payloads received; ``slack.status`` sets what it answers (Slack answers 200 "ok").
+    """
+
+    class Webhook(list):
+        status = 200
+
+    received = Webhook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = b"ok" if received.status == 200 else b"no_service"
+            if received.status == 200:
+                received.append((self.path, payload))
+            self.send_response(received.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/services/T0001/B0001/secret"
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_EXPORT_SLACK", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    try:
+        yield received
+    finally:
+        server.shutdown()
+        server.server_close()
