@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def airflow_environment(stack_env: dict[str, str], *, port: int, root: Path) -> 
     passwords = airflow_home / "simple_auth_manager_passwords.json"
     if not passwords.exists():
         passwords.write_text(json.dumps({"admin": "admin"}))
+    base_url = os.environ.get("AIRFLOW__API__BASE_URL", f"http://localhost:{port}")
+    prefix = urllib.parse.urlsplit(base_url).path.rstrip("/")  # Airflow serves everything under it
     return {
         **os.environ,
         **stack_env,
@@ -49,8 +52,9 @@ def airflow_environment(stack_env: dict[str, str], *, port: int, root: Path) -> 
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        # Where the UI is reached, and the CRM Export page reaches Airflow's REST API (a proxy's URL, if any).
+        "AIRFLOW__API__BASE_URL": base_url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}{prefix}/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET": _stable_secret(root / "jwt_secret"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
@@ -131,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         info = stack.emulator_info
         if first_start:
             demo.seed_salesforce(EmulatorAdmin(info))
-        api = AirflowApi(f"http://localhost:{args.port}")
+        # Airflow serves its API and login under [api] base_url's path prefix, if it has one.
+        prefix = urllib.parse.urlsplit(env["AIRFLOW__API__BASE_URL"]).path.rstrip("/")
+        api = AirflowApi(f"http://localhost:{args.port}{prefix}")
         api.login()
         demo.configure_airflow(api)
         elapsed = time.monotonic() - started

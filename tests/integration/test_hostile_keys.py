@@ -63,7 +63,8 @@ def test_a_hostile_key_is_quoted_for_psql_the_mail_header_and_slack(
 
     ((_, message),) = mailbox
     assert message["Subject"] == f"CRMExport: stream 'tickets' is held at record {shown(key)}"
-    assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
+    assert "\n" not in message["Subject"]
+    assert "\r" not in message["Subject"]
     assert message["Bcc"] is None
     assert [m["To"] for _, m in mailbox] == ["oncall@example.com, data@example.com"]
 

@@ -82,8 +82,10 @@ def record_run(
         )
 
 
-def recent_runs(conn: psycopg.Connection, *, days: int, stream: str | None, limit: int) -> list[dict[str, Any]]:
-    """The newest runs of the last ``days`` days, newest first."""
+def recent_runs(
+    conn: psycopg.Connection, *, days: int, stream: str | None, limit: int, dag_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The newest runs of the last ``days`` days by the DAGs ``dag_ids``, newest first."""
     query = sql.SQL(
         """SELECT id, stream, dag_id, run_id, started_at, finished_at,
                   extract(epoch FROM finished_at - started_at)::float8 AS seconds,
@@ -92,10 +94,11 @@ def recent_runs(conn: psycopg.Connection, *, days: int, stream: str | None, limi
            FROM {}
            WHERE finished_at > now() - make_interval(days => %(days)s)
              AND (%(stream)s::text IS NULL OR stream = %(stream)s)
+             AND dag_id = ANY(%(dag_ids)s)
            ORDER BY finished_at DESC, id DESC
            LIMIT %(limit)s"""
     ).format(EXPORT_RUNS)
-    return dict_rows(conn, query, {"days": days, "stream": stream, "limit": limit})
+    return dict_rows(conn, query, {"days": days, "stream": stream, "limit": limit, "dag_ids": dag_ids})
 
 
 def open_errors_by_day(conn: psycopg.Connection, *, days: int, stream: str | None) -> list[dict[str, Any]]:

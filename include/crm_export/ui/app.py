@@ -1,25 +1,30 @@
 """The CRM Export page and its API, mounted in Airflow's API server at /crm-export.
 
-Every route needs a signed-in Airflow user (Airflow's own token, from the UI's
-cookie or a Bearer header). Changes go through Airflow's REST API *with the
-caller's token*, so Airflow checks the same permissions it checks for Admin >
-Variables and for triggering a DAG, and writes its own audit log entry; this
-app logs who did what as well.
+Every route is authorized by Airflow's auth manager for the signed-in user
+(Airflow's own token, from the UI's cookie or a Bearer header), as Airflow
+authorizes the same data: a route declares what it needs with ``@needs``,
+and a route that declares nothing is refused (deny by default). Changes go
+through Airflow's REST API *with the caller's token*, so Airflow checks the
+same permissions again and writes its own audit log entry; that API is
+reached at ``[api] base_url`` (its path prefix included), never at the host
+a request names. SECURITY.md states the whole model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
 import psycopg
 import requests
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import BaseModel
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
 
 from include.crm_export import __version__
 from include.crm_export.config import load_streams, stream_definition
@@ -30,12 +35,126 @@ from include.crm_export.decisions import Lag
 from include.crm_export.errors import SettingsError, StreamBusy, StreamConfigError, StreamStuck
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
 from include.crm_export.pause_variable import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
+from include.crm_export.quoting import one_line, url_segment
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
 
-app = FastAPI(title="CRM Export", docs_url=None, redoc_url=None, openapi_url=None)
+# Bounds of what the page API takes: a reason is a sentence or a ticket, a code is Salesforce's or ours.
+REASON_MAX_CHARS = 2_000
+NAME_MAX_CHARS = 200
+ERROR_CODE_PATTERN = r"^[A-Za-z0-9_]{1,100}$"
+AIRFLOW_API_TIMEOUT = (3.05, 15)  # seconds to connect, to answer
+
+
+class NotSignedIn(Exception):
+    """No Airflow token, or one Airflow does not accept."""
+
+
+async def _authorize(request: Request) -> None:
+    """Every route's first step: who is asking, and does Airflow let them do what the route declares."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+
+    token = _token(request)
+    if not token:
+        raise NotSignedIn
+    try:
+        user = await resolve_user_from_token(token)
+    except HTTPException as exc:
+        raise NotSignedIn from exc
+    access: Access | None = getattr(request.scope.get("endpoint"), "crm_export_access", None)
+    if access is None:
+        raise HTTPException(status_code=403, detail="This route declares no permission check, so it is refused.")
+    if not access.allowed(get_auth_manager(), user):
+        raise HTTPException(status_code=403, detail=f"Airflow does not allow you to {access.needs}.")
+    request.state.user = user
+
+
+app = FastAPI(
+    title="CRM Export",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+    dependencies=[Depends(_authorize)],
+)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a route needs, asked of Airflow's auth manager for the signed-in user."""
+
+    needs: str  # for the refusal: "Airflow does not allow you to <needs>."
+    allowed: Callable[[Any, Any], bool]  # (auth manager, user) -> bool
+
+
+def dag_access(method: str, dag_id: str, entity: str | None = None) -> Access:
+    """Access to a DAG, or to its runs (``entity="RUN"``), as Airflow's own pages ask for it."""
+
+    def allowed(manager: Any, user: Any) -> bool:
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+        return bool(
+            manager.is_authorized_dag(
+                method=method,
+                user=user,
+                access_entity=DagAccessEntity[entity] if entity else None,
+                details=DagDetails(id=dag_id),
+            )
+        )
+
+    return Access(f"{'read' if method == 'GET' else 'change'} {'runs of ' if entity else ''}the DAG {dag_id}", allowed)
+
+
+def variable_access(method: str, key: str) -> Access:
+    def allowed(manager: Any, user: Any) -> bool:
+        from airflow.api_fastapi.auth.managers.models.resource_details import VariableDetails
+
+        return bool(manager.is_authorized_variable(method=method, user=user, details=VariableDetails(key=key)))
+
+    return Access(f"{'read' if method == 'GET' else 'change'} the Variable {key}", allowed)
+
+
+READ_EXPORT = dag_access("GET", EXPORT_DAG_ID)
+READ_EXPORT_RUNS = dag_access("GET", EXPORT_DAG_ID, "RUN")
+READ_REEXPORT_RUNS = dag_access("GET", REEXPORT_DAG_ID, "RUN")
+REPOSITION = dag_access("PUT", EXPORT_DAG_ID, "RUN")
+TRIGGER_REEXPORT = dag_access("POST", REEXPORT_DAG_ID, "RUN")
+READ_PAUSE = variable_access("GET", PAUSE_ON_ERROR_VARIABLE)
+CHANGE_PAUSE = variable_access("PUT", PAUSE_ON_ERROR_VARIABLE)
+
+
+def needs(access: Access) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a route's permission; put it under the route decorator."""
+
+    def declare(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        endpoint.crm_export_access = access  # type: ignore[attr-defined]
+        return endpoint
+
+    return declare
+
+
+def _current_user(request: Request) -> Any:
+    return request.state.user
+
+
+User = Annotated[Any, Depends(_current_user)]
+
+
+@app.exception_handler(NotSignedIn)
+async def _sign_in_first(request: Request, exc: NotSignedIn) -> Response:
+    if request.scope.get("endpoint") is page:
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
+    return JSONResponse({"detail": "Sign in to Airflow first."}, status_code=401)
+
+
+@app.exception_handler(StreamConfigError)
+async def _stream_config_error(request: Request, exc: StreamConfigError) -> Response:
+    """The stream file or a source table is not as a stream says: the message says what to fix."""
+    return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
 def _token(request: Request) -> str | None:
@@ -45,42 +164,64 @@ def _token(request: Request) -> str | None:
     return request.cookies.get("_token")
 
 
-async def signed_in_user(request: Request) -> Any:
-    from airflow.api_fastapi.core_api.security import resolve_user_from_token
-
-    token = _token(request)
-    if not token:
-        raise HTTPException(status_code=401, detail="Sign in to Airflow first.")
-    return await resolve_user_from_token(token)
-
-
-User = Annotated[Any, Depends(signed_in_user)]
-
-
 def _user_name(user: Any) -> str:
-    return getattr(user, "get_name", lambda: str(user))()
+    return one_line(str(getattr(user, "get_name", lambda: str(user))()))
 
 
-def _airflow(request: Request, method: str, path: str, **kwargs: Any) -> requests.Response:
+def airflow_base_url() -> str:
+    """This API server's own URL as configured: ``[api] base_url`` (path prefix kept), else its port on loopback.
+
+    Never the URL of the request: its Host header is the caller's to choose.
+    """
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").strip()
+    if not base:
+        host = conf.get("api", "host", fallback="") or ""
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        base = f"http://{host}:{conf.getint('api', 'port', fallback=8080)}"
+    return base.rstrip("/")
+
+
+def airflow_link(*segments: str) -> str:
+    """A link into Airflow's UI (its path prefix included), every segment URL-encoded."""
+    prefix = urlsplit(airflow_base_url()).path.rstrip("/")
+    return prefix + "/" + "/".join(url_segment(segment) for segment in segments)
+
+
+def _airflow(request: Request, method: str, path: str, doing: str, **kwargs: Any) -> requests.Response:
     """Call Airflow's REST API as the caller (their token, their permissions)."""
-    base = f"{request.url.scheme}://{request.url.netloc}"
+    base = airflow_base_url()
     session = requests.Session()
     session.trust_env = False
-    return session.request(
-        method,
-        f"{base}/api/v2/{path}",
-        headers={"Authorization": f"Bearer {_token(request)}"},
-        timeout=30,
-        **kwargs,
-    )
+    try:
+        return session.request(
+            method,
+            f"{base}/api/v2/{path}",
+            headers={"Authorization": f"Bearer {_token(request)}"},
+            timeout=AIRFLOW_API_TIMEOUT,
+            allow_redirects=False,
+            **kwargs,
+        )
+    except requests.RequestException as exc:
+        log.warning("CRM Export page: Airflow's REST API at %s did not answer: %s", base, exc)
+        raise HTTPException(
+            status_code=502,
+            detail=f"Airflow's REST API did not answer at {base}/api/v2 to {doing} ({type(exc).__name__}). "
+            "Set [api] base_url to the URL this API server is reached at.",
+        ) from None
 
 
 def _refused(response: requests.Response, doing: str) -> HTTPException:
     if response.status_code in (401, 403):
         return HTTPException(status_code=403, detail=f"Airflow does not allow you to {doing}.")
-    return HTTPException(
-        status_code=502, detail=f"Airflow answered {response.status_code} to {doing}: {response.text[:300]}"
-    )
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    said = f": {one_line(detail)[:300]}" if isinstance(detail, str) else ""
+    return HTTPException(status_code=502, detail=f"Airflow answered {response.status_code} to {doing}{said}")
 
 
 _migrated = False
@@ -96,23 +237,14 @@ def _db() -> psycopg.Connection:
 
 
 @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def page(request: Request) -> Any:
-    from airflow.api_fastapi.core_api.security import resolve_user_from_token
-
-    token = _token(request)
-    try:
-        if not token:
-            raise HTTPException(status_code=401)
-        await resolve_user_from_token(token)
-    except HTTPException:
-        from airflow.api_fastapi.app import get_auth_manager
-
-        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
+@needs(READ_EXPORT)
+def page() -> Any:
     return HTMLResponse(PAGE.read_text().replace("{{CRM_EXPORT_VERSION}}", __version__))
 
 
 @app.get("/api/streams")
-def streams(user: User) -> list[dict[str, Any]]:
+@needs(READ_EXPORT)
+def streams() -> list[dict[str, Any]]:
     configured = load_streams()
     with _db() as conn:
         rows = {row["stream"]: row for row in page_queries.stream_status(conn)}
@@ -145,7 +277,7 @@ def streams(user: User) -> list[dict[str, Any]]:
                 "held_error_code": row.get("held_error_code"),
                 "held_error_message": row.get("held_error_message"),
                 "held_task_url": (
-                    f"/dags/{EXPORT_DAG_ID}/runs/{row['last_run_id']}/tasks/{stream.task_id}"
+                    airflow_link("dags", EXPORT_DAG_ID, "runs", row["last_run_id"], "tasks", stream.task_id)
                     if held and row.get("last_run_id")
                     else None
                 ),
@@ -154,22 +286,35 @@ def streams(user: User) -> list[dict[str, Any]]:
     return result
 
 
+StreamFilter = Annotated[str | None, Query(max_length=NAME_MAX_CHARS)]
+ErrorCodeFilter = Annotated[str | None, Query(pattern=ERROR_CODE_PATTERN)]
+
+
 @app.get("/api/runs")
+@needs(READ_EXPORT_RUNS)
 def runs(
     user: User,
     days: Annotated[int, Query(ge=1, le=366)] = 14,
-    stream: Annotated[str | None, Query()] = None,
+    stream: StreamFilter = None,
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> dict[str, Any]:
-    """Run history for the charts and the table: the newest runs, and open errors by code per stream and day."""
+    """Run history for the charts and the table: the newest runs, and open errors by code per stream and day.
+
+    Runs of CRMExport_ExportError are listed to those Airflow lets read them.
+    """
+    from airflow.api_fastapi.app import get_auth_manager
+
+    dag_ids = [EXPORT_DAG_ID]
+    if READ_REEXPORT_RUNS.allowed(get_auth_manager(), user):
+        dag_ids.append(REEXPORT_DAG_ID)
     configured = load_streams()
     with _db() as conn:
-        recent = run_history.recent_runs(conn, days=days, stream=stream or None, limit=limit)
+        recent = run_history.recent_runs(conn, days=days, stream=stream or None, limit=limit, dag_ids=dag_ids)
         by_day = run_history.open_errors_by_day(conn, days=days, stream=stream or None)
     for run in recent:
         known = configured.get(run["stream"])
         run["task_url"] = (
-            f"/dags/{EXPORT_DAG_ID}/runs/{quote(run['run_id'], safe='')}/tasks/{known.task_id}"
+            airflow_link("dags", EXPORT_DAG_ID, "runs", run["run_id"], "tasks", known.task_id)
             if known is not None and run["dag_id"] == EXPORT_DAG_ID
             else None
         )
@@ -177,7 +322,8 @@ def runs(
 
 
 @app.get("/api/late-rows")
-def late_rows(user: User) -> dict[str, Any]:
+@needs(READ_EXPORT)
+def late_rows() -> dict[str, Any]:
     """Whether the export's database user can see every writer (README, "Late rows"); the remedy if not."""
     with _db() as conn:
         return {"warning": source.activity_blind_spot(conn)}
@@ -193,19 +339,20 @@ def _lag(conn: psycopg.Connection, stream: Any, position: list[str] | None) -> L
 
 
 @app.get("/api/error-counts")
-def error_counts(user: User) -> list[dict[str, Any]]:
+@needs(READ_EXPORT)
+def error_counts() -> list[dict[str, Any]]:
     with _db() as conn:
         return page_queries.error_counts(conn)
 
 
 @app.get("/api/errors")
+@needs(READ_EXPORT)
 def errors(
-    user: User,
-    status: Annotated[str, Query()] = "open",
-    stream: Annotated[str | None, Query()] = None,
-    error_code: Annotated[str | None, Query()] = None,
+    status: Annotated[str, Query(max_length=NAME_MAX_CHARS)] = "open",
+    stream: StreamFilter = None,
+    error_code: ErrorCodeFilter = None,
     after_at: Annotated[datetime | None, Query()] = None,
-    after_id: Annotated[int | None, Query()] = None,
+    after_id: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     if status not in ERROR_STATUSES:
@@ -220,12 +367,14 @@ def errors(
 
 
 @app.get("/api/pause-on-error")
-def get_pause_on_error(request: Request, user: User) -> dict[str, Any]:
-    response = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}")
+@needs(READ_PAUSE)
+def get_pause_on_error(request: Request) -> dict[str, Any]:
+    doing = f"read the Variable {PAUSE_ON_ERROR_VARIABLE}"
+    response = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}", doing)
     if response.status_code == 404:
         return {"variable": PAUSE_ON_ERROR_VARIABLE, "value": None, "pause_on_error": True, "readable": True}
     if response.status_code != 200:
-        raise _refused(response, f"read the Variable {PAUSE_ON_ERROR_VARIABLE}")
+        raise _refused(response, doing)
     value = response.json()["value"]
     try:
         return {
@@ -249,23 +398,27 @@ class PauseOnErrorRequest(BaseModel):
 
 
 @app.put("/api/pause-on-error")
+@needs(CHANGE_PAUSE)
 def set_pause_on_error(request: Request, change: PauseOnErrorRequest, user: User) -> dict[str, Any]:
     value = "true" if change.pause_on_error else "false"
-    current = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}")
+    reading = f"read the Variable {PAUSE_ON_ERROR_VARIABLE}"
+    changing = f"change the Variable {PAUSE_ON_ERROR_VARIABLE}"
+    current = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}", reading)
     if current.status_code == 404:
         response = _airflow(
             request,
             "POST",
             "variables",
+            changing,
             json={"key": PAUSE_ON_ERROR_VARIABLE, "value": value, "description": PAUSE_ON_ERROR_DESCRIPTION},
         )
     elif current.status_code == 200:
         body = {"key": PAUSE_ON_ERROR_VARIABLE, "value": value, "description": current.json().get("description")}
-        response = _airflow(request, "PATCH", f"variables/{PAUSE_ON_ERROR_VARIABLE}", json=body)
+        response = _airflow(request, "PATCH", f"variables/{PAUSE_ON_ERROR_VARIABLE}", changing, json=body)
     else:
-        raise _refused(current, f"read the Variable {PAUSE_ON_ERROR_VARIABLE}")
+        raise _refused(current, reading)
     if response.status_code not in (200, 201):
-        raise _refused(response, f"change the Variable {PAUSE_ON_ERROR_VARIABLE}")
+        raise _refused(response, changing)
     log.warning(
         "CRM Export page: %s set %s to %s%s",
         _user_name(user),
@@ -284,25 +437,18 @@ def set_pause_on_error(request: Request, change: PauseOnErrorRequest, user: User
 class RepositionRequest(BaseModel):
     confirm: bool = False
     from_change_time: datetime | None = None
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 @app.post("/api/streams/{stream_name}/reposition")
+@needs(REPOSITION)
 def reposition_stream(stream_name: str, ask: RepositionRequest, user: User) -> dict[str, Any]:
     """Re-export a stream from the start or from a change time: a confirmed, recorded act."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
-
     stream = load_streams().get(stream_name)
     if stream is None:
-        raise HTTPException(status_code=404, detail=f"Unknown stream {stream_name!r}")
+        raise HTTPException(status_code=404, detail=f"Unknown stream {stream_name[:NAME_MAX_CHARS]!r}")
     if not ask.confirm:
         raise HTTPException(status_code=400, detail="Re-positioning re-exports records: confirm it.")
-    allowed = get_auth_manager().is_authorized_dag(
-        method="PUT", user=user, access_entity=DagAccessEntity.RUN, details=DagDetails(id=EXPORT_DAG_ID)
-    )
-    if not allowed:
-        raise HTTPException(status_code=403, detail=f"Airflow does not allow you to change runs of {EXPORT_DAG_ID}.")
     by = f"ui:{_user_name(user)}"
     with _db() as conn:
         try:
@@ -321,11 +467,12 @@ def reposition_stream(stream_name: str, ask: RepositionRequest, user: User) -> d
 
 
 class ReexportRequest(BaseModel):
-    stream: str | None = None
-    error_code: str | None = None
+    stream: str | None = Field(default=None, max_length=NAME_MAX_CHARS)
+    error_code: str | None = Field(default=None, pattern=ERROR_CODE_PATTERN)
 
 
 @app.post("/api/reexport")
+@needs(TRIGGER_REEXPORT)
 def reexport_now(request: Request, ask: ReexportRequest, user: User) -> dict[str, Any]:
     conf: dict[str, Any] = {}
     if ask.stream:
@@ -334,17 +481,20 @@ def reexport_now(request: Request, ask: ReexportRequest, user: User) -> dict[str
         conf["streams"] = [ask.stream]
     if ask.error_code:
         conf["error_codes"] = [ask.error_code]
-    response = _airflow(request, "POST", f"dags/{REEXPORT_DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+    doing = f"trigger {REEXPORT_DAG_ID}"
+    response = _airflow(
+        request, "POST", f"dags/{REEXPORT_DAG_ID}/dagRuns", doing, json={"logical_date": None, "conf": conf}
+    )
     if response.status_code not in (200, 201):
-        raise _refused(response, f"trigger {REEXPORT_DAG_ID}")
+        raise _refused(response, doing)
     run_id = response.json()["dag_run_id"]
     log.warning("CRM Export page: %s triggered %s %s with %s", _user_name(user), REEXPORT_DAG_ID, run_id, conf)
-    dag = _airflow(request, "GET", f"dags/{REEXPORT_DAG_ID}")
+    dag = _airflow(request, "GET", f"dags/{REEXPORT_DAG_ID}", f"read the DAG {REEXPORT_DAG_ID}")
     paused = dag.status_code == 200 and dag.json().get("is_paused")
     return {
         "dag_id": REEXPORT_DAG_ID,
         "dag_run_id": run_id,
         "conf": conf,
-        "url": f"/dags/{REEXPORT_DAG_ID}/runs/{run_id}",
+        "url": airflow_link("dags", REEXPORT_DAG_ID, "runs", run_id),
         "note": f"{REEXPORT_DAG_ID} is paused: the run waits until you switch the DAG on." if paused else "",
     }
