@@ -78,6 +78,7 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def _timed(request: Request, org: Org, method: str, path: str) -> Response:
         org.counters["api_requests"] += 1
+        org.counters[f"clients.{_call_options_client(request.headers.get('sforce-call-options'))}"] += 1
         before, after = org.timing.split()
         if before:
             await asyncio.sleep(before)
@@ -113,6 +114,19 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         return JSONResponse(result)
 
     return endpoint
+
+
+def _call_options_client(header: str | None) -> str:
+    """The ``client`` of a Sforce-Call-Options header ("client=name; defaultNamespace=ns"), or "none".
+
+    Counted per client, as the org's event log files attribute calls ("Call Options Header", REST API
+    Developer Guide). The guide's examples separate options with ";" (older ones with ","); both are read.
+    """
+    for option in (header or "").replace(",", ";").split(";"):
+        name, _, value = option.strip().partition("=")
+        if name.strip() == "client" and value.strip():
+            return value.strip()
+    return "none"
 
 
 async def _json_body(request: Request) -> Any:
