@@ -282,7 +282,7 @@ async def oauth_token(request: Request) -> Response:
             {"error": "invalid_client", "error_description": "invalid client credentials"}, status_code=400
         )
     base = str(request.base_url).rstrip("/")
-    identity = f"{base}/id/00D000000000001AAA/005000000000001AAA"
+    identity = f"{base}/id/{org.org_id}/005000000000001AAA"
     issued_at = str(int(time.time() * 1000))
     signature = base64.b64encode(
         hmac.new(org.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
@@ -366,6 +366,17 @@ async def admin_limits(request: Request) -> Response:
     return JSONResponse({"limit_info": org.limit_info()})
 
 
+async def admin_org(request: Request) -> Response:
+    """Which org this is: {"org_id": "00D…"} (15 or 18 characters), as after a sandbox refresh."""
+    raw = await request.json()
+    org_id = str(raw.get("org_id", ""))
+    if not (org_id.startswith("00D") and len(org_id) in (15, 18) and org_id.isalnum()):
+        return JSONResponse({"error": "org_id must be a 15- or 18-character id starting with 00D"}, status_code=400)
+    org: Org = request.app.state.org
+    org.org_id = org_id
+    return JSONResponse({"org_id": org.org_id})
+
+
 async def admin_timing(request: Request) -> Response:
     """How long requests take: {"latency_ms", "per_record_ms", "jitter_ms", "long_running_seconds",
     "long_running_limit", "seed"} (see timing.py); GET answers the settings and the peak of requests in flight."""
@@ -436,6 +447,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/field-access", admin_field_access, methods=["POST"]),
         Route("/__emulator__/limits", admin_limits, methods=["POST"]),
         Route("/__emulator__/timing", admin_timing, methods=["GET", "POST"]),
+        Route("/__emulator__/org", admin_org, methods=["POST"]),
         Route("/__emulator__/bulk", admin_bulk, methods=["POST"]),
     ]
 

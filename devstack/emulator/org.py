@@ -21,6 +21,7 @@ from devstack.emulator.timing import Timing
 MAX_COLLECTION_RECORDS = 200
 QUERY_BATCH_SIZE = 2000
 DAILY_API_REQUESTS = 1_000_000
+DEFAULT_ORG_ID = "00D000000000001AAA"
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 ROLLED_BACK = RecordError(
@@ -52,6 +53,7 @@ class Org:
         self.cursors: dict[str, tuple[str, list[str], list[dict[str, Any]]]] = {}
         self._sequence = 0
         self.daily_api_requests = DAILY_API_REQUESTS
+        self.org_id = DEFAULT_ORG_ID  # a sandbox refresh gives the same URL a new org (admin: set_org_id)
         self.api_used_elsewhere = 0
         self.pending_access: list[list[Any]] = []  # [upserts still to serve, schema, field, visible]
         self.timing = Timing()  # how long requests take (none by default)
@@ -253,6 +255,11 @@ class Org:
 
     def query(self, text: str, version: str) -> dict[str, Any]:
         parsed = soql.parse(text)
+        if parsed.object.lower() == "organization":
+            # One read-only row in every org ("Organization", Object Reference); only its Id is modelled.
+            if any(field.lower() != "id" for field in parsed.fields):
+                raise RequestRejected(400, "INVALID_FIELD", "The emulator's Organization has only the field Id")
+            return self._page("Organization", ["Id"], [{"Id": self.org_id}], version, total=1)
         schema = self.schema(parsed.object)
         names = {name.lower(): name for name in schema.fields}
         rows = soql.run(parsed, list(self.records[parsed.object].values()), names)

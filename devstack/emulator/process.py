@@ -236,5 +236,9 @@ class EmulatorAdmin:
         """The timing in force and the most requests served at once since it was set."""
         return self._call("GET", "timing")
 
+    def set_org_id(self, org_id: str) -> None:
+        """Become another org at the same URL (a sandbox refresh); reset() makes it the default org again."""
+        self._call("POST", "org", json={"org_id": org_id})
+
     def expire_sessions(self) -> None:
         self._call("POST", "sessions/expire")

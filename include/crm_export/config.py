@@ -25,6 +25,7 @@ from include.crm_export.names import (
     MAX_BATCH_SIZE,
     MAX_IN_FLIGHT,
     REEXPORT_TASK_PREFIX,
+    SALESFORCE_CONN_ID,
     STREAMS_FILE_ENV,
 )
 
@@ -135,6 +136,13 @@ class RunLimits(BaseModel):
         WholeNumber,
         Field(ge=1, le=100, description="A Bulk API 2.0 job takes no row past this many megabytes of CSV."),
     ] = 100
+    connection: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_.\-]{1,250}$",
+            description="The Airflow connection (type Salesforce) of the org the stream writes to.",
+        ),
+    ] = SALESFORCE_CONN_ID
 
 
 def settings_table() -> str:
@@ -452,9 +460,14 @@ def load_streams(path: Path | None = None) -> dict[str, Stream]:
     return parse_config(raw, origin=str(path))
 
 
-def stream_definition(stream: Stream, column_types: dict[str, str]) -> dict[str, Any]:
-    """What a stream's watermark is a position in: change any of it and the position means something else."""
-    return {
+def stream_definition(stream: Stream, column_types: dict[str, str], *, org_id: str | None = None) -> dict[str, Any]:
+    """What a stream's watermark is a position in: change any of it and the position means something else.
+
+    ``org_id``: the Salesforce org the stream's connection reaches (when the
+    caller has asked the org): a watermark from one org never goes on in
+    another (a sandbox refresh, a connection pointed elsewhere).
+    """
+    definition = {
         "source": stream.source,
         "key": [stream.key, column_types[stream.key]],
         "order_by": [[column, column_types[column]] for column in stream.order_by],
@@ -463,6 +476,9 @@ def stream_definition(stream: Stream, column_types: dict[str, str]) -> dict[str,
         # The mapping: records exported under another one carry it in Salesforce.
         "fields": [[field, column] for field, column in sorted(stream.fields)],
     }
+    if org_id is not None:
+        definition["org"] = org_id
+    return definition
 
 
 def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -477,9 +493,14 @@ def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             return " ".join(str(part) for part in value)
         return str(value)
 
-    # A part the old definition lacks was not recorded by the release that wrote it: nothing to compare.
-    return [
-        f"{part} was {text(old[part], part)} and is now {text(new[part], part)}"
-        for part in new
-        if part in old and old[part] != new[part]
-    ]
+    def change(part: str) -> str:
+        if part == "org":
+            return (
+                f"its connection now reaches Salesforce org {new[part]}, not org {old[part]} where the watermark "
+                "was set (a sandbox refresh, or the connection pointed at another org)"
+            )
+        return f"{part} was {text(old[part], part)} and is now {text(new[part], part)}"
+
+    # A part one side lacks was not recorded by the release that wrote it, or not asked this time (the org,
+    # on a dry run): nothing to compare.
+    return [change(part) for part in new if part in old and old[part] != new[part]]

@@ -178,7 +178,7 @@ def reexport_stream(
             column_types=source.column_types(conn, stream),
             field_types=writer.field_types if writer is not None else None,
         )
-        _check_definition(run)
+        _check_definition(run, org_id=writer.org_id if writer is not None else None)
         if writer is not None:  # open errors: the stream has exported before
             external_ids.fill_once(
                 conn,
@@ -208,12 +208,12 @@ def reexport_stream(
     return run.result
 
 
-def _check_definition(run: ReexportRun) -> None:
+def _check_definition(run: ReexportRun, *, org_id: str | None) -> None:
     """The export's own rule: records never go out under a definition its watermark does not belong to."""
     stored = watermarks.load_watermark(run.conn, run.stream)
     refused = definition_refusal(
         run.stream.name,
-        current=stream_definition(run.stream, run.column_types),
+        current=stream_definition(run.stream, run.column_types, org_id=org_id),
         stored=stored.definition,
         exported_before=stored.exported_before,
     )

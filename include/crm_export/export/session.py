@@ -121,6 +121,7 @@ class StreamExport:
         context: RunContext,
         field_types: dict[str, str] | None = None,
         external_id_case_sensitive: bool = False,
+        org_id: str | None = None,
     ):
         self.stream = stream
         self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
@@ -146,7 +147,10 @@ class StreamExport:
             and not external_ids_unique_by_key(stream, self.column_types),
         )
         self.position = self.watermark.position  # where the watermark is now: moved by each commit
-        self.definition = stream_definition(stream, self.column_types)
+        self.definition = stream_definition(stream, self.column_types, org_id=org_id)
+        stored = self.watermark.definition or {}
+        if org_id is None and "org" in stored:  # not asked this time (no writer): the org stays as recorded
+            self.definition["org"] = stored["org"]
         self._check_definition()
         if source.is_view(conn, stream):
             self._check_every_row_has_a_place()
@@ -206,6 +210,7 @@ class StreamExport:
             context=context,
             field_types=writer.field_types if writer is not None else None,
             external_id_case_sensitive=writer.external_id_case_sensitive if writer is not None else False,
+            org_id=writer.org_id if writer is not None else None,
         )
 
     def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:

@@ -84,6 +84,7 @@ class CollectionWriter:
         self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
         self.field_types: dict[str, str] | None = None  # mapped field -> Salesforce type, from describe
         self.external_id_case_sensitive = False  # describe's caseSensitive of the external id field
+        self.org_id: str | None = None  # the org the connection reaches, when asked (writer_for)
         self.request_retries = request_retries
         self._lock = threading.Lock()  # the writer is shared by the threads of requests in flight
         self._local = threading.local()

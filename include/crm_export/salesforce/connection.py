@@ -54,11 +54,12 @@ def _client(connection: Any, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT) 
     return hook.get_conn()
 
 
-def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trace | None = None) -> CollectionWriter:
-    """The writer a task (and the CLI) uses for ``stream``: connected, session renewal wired, mapping checked."""
+def writer_for(stream: Stream, *, trace: Trace | None = None) -> CollectionWriter:
+    """The writer a task (and the CLI) uses for ``stream``: on the stream's connection, session renewal wired,
+    mapping checked, and the org it reaches known (``writer.org_id``)."""
     from airflow.sdk import BaseHook
 
-    connection = BaseHook.get_connection(conn_id)
+    connection = BaseHook.get_connection(stream.connection)
     sf = _client(connection)
     renewer = renewer_for(connection.extra_dejson, sf.session)  # type: ignore[arg-type]  # a SalesforceSession (_client)
     described = check_stream_against_describe(sf, stream, renewer=renewer)
@@ -67,6 +68,7 @@ def writer_for(stream: Stream, conn_id: str = SALESFORCE_CONN_ID, *, trace: Trac
     )
     writer.external_id_case_sensitive = described.external_id_case_sensitive
     writer.field_types = described.field_types
+    writer.org_id = described.org_id
     return writer
 
 

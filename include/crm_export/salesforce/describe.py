@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
@@ -23,23 +25,12 @@ def check_stream_against_describe(
     mapping uses to send only values the org takes.
     """
     try:
-        try:
-            describe = getattr(sf, stream.sobject).describe()
-        except SalesforceExpiredSession:
-            if renewer is None:
-                raise
-            renewer.renew(sf)
-            describe = getattr(sf, stream.sobject).describe()
-    except SalesforceError as exc:
-        failure = refusal(exc, doing=f"describe {stream.sobject}")
-        if isinstance(failure, NotFound):
-            raise StreamConfigError(
-                f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
-                f"{stream.sobject} (or the integration user cannot see it)."
-            ) from None
-        raise failure from None
-    except requests.exceptions.RequestException as exc:
-        raise RequestFailed(f"Could not reach Salesforce to describe {stream.sobject}: {type(exc).__name__}") from None
+        describe = _ask(sf, renewer, lambda: getattr(sf, stream.sobject).describe(), f"describe {stream.sobject}")
+    except NotFound:
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'sobject': Salesforce has no object "
+            f"{stream.sobject} (or the integration user cannot see it)."
+        ) from None
     fields = {f["name"].lower(): f for f in describe["fields"]}
     external = fields.get(stream.external_id_field.lower())
     if external is None or not external.get("externalId"):
@@ -62,7 +53,38 @@ def check_stream_against_describe(
     return Described(
         {sf_field: fields[sf_field.lower()].get("type", "") for sf_field, _column in stream.fields},
         external_id_case_sensitive=bool(external.get("caseSensitive")),
+        org_id=organization_id(sf, renewer=renewer),
     )
+
+
+def organization_id(sf: Salesforce, *, renewer: SessionRenewer | None = None) -> str:
+    """The id of the org the connection reaches (``Organization``, one row in every org; one API request).
+
+    A SOQL query rather than the identity URL: it needs only the ``api`` scope the export has anyway, where
+    the UserInfo endpoint wants ``openid`` or ``profile`` too ("UserInfo Endpoint", Salesforce Help).
+    """
+    answer = _ask(sf, renewer, lambda: sf.query("SELECT Id FROM Organization"), "read the org's id")
+    records = answer.get("records") or []
+    if not records or not records[0].get("Id"):
+        raise RequestFailed("Salesforce answered no Organization record: cannot tell which org this connection reaches")
+    org_id: str = records[0]["Id"][:15]  # the 15-character form names the org whichever form the org sends
+    return org_id
+
+
+def _ask(sf: Salesforce, renewer: SessionRenewer | None, call: Callable[[], Any], doing: str) -> Any:
+    """One request at the start of a run, its session renewed once if it expired; refusals as everywhere."""
+    try:
+        try:
+            return call()
+        except SalesforceExpiredSession:
+            if renewer is None:
+                raise
+            renewer.renew(sf)
+            return call()
+    except SalesforceError as exc:
+        raise refusal(exc, doing=doing) from None
+    except requests.exceptions.RequestException as exc:
+        raise RequestFailed(f"Could not reach Salesforce to {doing}: {type(exc).__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -71,3 +93,4 @@ class Described:
 
     field_types: dict[str, str]
     external_id_case_sensitive: bool
+    org_id: str  # the org the connection reaches, 15 characters
