@@ -49,9 +49,9 @@ class HeldRecord:
             f"Export of stream '{self.stream}' is held at record {shown(self.record_key)} "
             f"({self.sobject}.{self.external_id_field} = {shown(self.external_id or None)}): "
             "Salesforce rejected it with "
-            f"{self.rejection.describe()}. Records before it are exported; the watermark stays on it, so nothing "
-            "after it is skipped. Fix the cause in Salesforce or in the source row, then clear this task (or wait "
-            f"for the next run) to retry it first. To skip it for now instead, set the Variable "
+            f"{one_line(self.rejection.describe())}. Records before it are exported; the watermark stays on it, so "
+            "nothing after it is skipped. Fix the cause in Salesforce or in the source row, then clear this task "
+            f"(or wait for the next run) to retry it first. To skip it for now instead, set the Variable "
             f"{PAUSE_ON_ERROR_VARIABLE} to false (Salesforce stays incomplete until it is re-exported). Details: "
             f'SELECT * FROM {SCHEMA}."{EXPORT_ERRORS_TABLE}" WHERE stream = {sql_literal(self.stream)} '
             f"AND record_key = {sql_literal(self.record_key)} AND status = 'open';"

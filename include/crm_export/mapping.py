@@ -16,6 +16,7 @@ from typing import Any
 
 from include.crm_export.config import Stream
 from include.crm_export.errors import DUPLICATE_EXTERNAL_ID, INVALID_SOURCE_VALUE, MISSING_EXTERNAL_ID, RejectedRecord
+from include.crm_export.quoting import shown
 from include.crm_export.values import Unmappable, field_value
 
 # Every source read also selects the key's PostgreSQL text form under this
@@ -137,10 +138,11 @@ class ExternalIdOwners:
             None,
             RejectedRecord(
                 DUPLICATE_EXTERNAL_ID,
-                f"Source rows {owner} and {record.key} of {stream.source} both have {stream.external_id_field} = "
-                f"{record.external_id}{'' if self.case_sensitive else ' (Salesforce matches it case-insensitively)'}"
-                f", so they are one Salesforce record and would overwrite each other. Row {owner} holds it; give "
-                f"row {record.key} its own value in {stream.external_id_column} (or remove one of them).",
+                f"Source rows {shown(owner)} and {shown(record.key)} of {stream.source} both have "
+                f"{stream.external_id_field} = {shown(record.external_id)}"
+                f"{'' if self.case_sensitive else ' (Salesforce matches it case-insensitively)'}"
+                f", so they are one Salesforce record and would overwrite each other. Row {shown(owner)} holds it; "
+                f"give row {shown(record.key)} its own value in {stream.external_id_column} (or remove one of them).",
                 (stream.external_id_field,),
             ),
         )

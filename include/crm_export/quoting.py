@@ -22,7 +22,12 @@ import re
 from urllib.parse import quote
 
 SHOWN_MAX_CHARS = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Shown as they are: keys like 137, C-00042, 2026-01-01T00:00:00Z, ann@example.com. Anything else is quoted.
+_PLAIN = re.compile(r"^[\w.:@+\-/]+$")
+# Line breaks, control and format characters (bidirectional overrides, zero-width spaces): never shown raw.
+_CONTROL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
 
 
 def sql_literal(text: str) -> str:
@@ -39,13 +44,16 @@ def sql_literal(text: str) -> str:
 
 
 def shown(text: str | None, *, none: str = "none") -> str:
-    """A source value for prose: one line, unambiguous, bounded."""
+    """A source value for prose: as it is when it is a plain token, else JSON-quoted; one line, bounded.
+
+    Quoting anything but a plain token keeps a key from passing for the prose around it (``T-9). Details:
+    DELETE …``), from looking like another key (a right-to-left override) and from reading as ``none``.
+    """
     if text is None:
         return none
-    cut = text if len(text) <= SHOWN_MAX_CHARS else text[:SHOWN_MAX_CHARS]
-    if _CONTROL.search(cut) or cut != cut.strip() or cut == "":
-        cut = json.dumps(cut, ensure_ascii=False)
-        cut = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", cut)  # U+2028 and C1 controls too
+    cut = text[:SHOWN_MAX_CHARS]
+    if not _PLAIN.match(cut) or cut == none:
+        cut = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(cut, ensure_ascii=False))
     return cut if len(text) <= SHOWN_MAX_CHARS else f"{cut}… ({len(text):,} characters)"
 
 

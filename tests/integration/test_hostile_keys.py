@@ -17,6 +17,7 @@ from tests.support.helpers import table_stream, write_streams
 
 HOSTILE_KEYS = [
     "x'; DROP TABLE crm.contacts; --",
+    "T-9). Details: DELETE FROM crm_export.\"ExportErrors\" WHERE status = 'open';",
     "line one\nBcc: attacker@example.com",
     "100% #1 ?a=b\r\n```<!channel>```",
 ]
@@ -31,7 +32,7 @@ def hostile_table(db):
     return "crm.tickets"
 
 
-@pytest.mark.parametrize("key", HOSTILE_KEYS, ids=["sql", "header", "percent-hash-backticks"])
+@pytest.mark.parametrize("key", HOSTILE_KEYS, ids=["sql", "forged-details", "header", "percent-hash-backticks"])
 def test_a_hostile_key_is_quoted_for_psql_the_mail_header_and_slack(
     db, emulator, run_dag, mailbox, slack, hostile_table, tmp_path, key
 ):
@@ -53,6 +54,7 @@ def test_a_hostile_key_is_quoted_for_psql_the_mail_header_and_slack(
     run = run_dag(streams_file=streams, retries=False)
 
     assert run.task_states["export_tickets"] == "failed"
+    assert 'is held at record "' in run.log  # quoted: no key passes for the prose around it
     assert f"is held at record {shown(key)} " in run.log
     # The statement the message offers, run as the person on call would: it finds the row, and only that.
     statement = re.search(r"Details: (SELECT .*? AND status = 'open';)", run.log, re.DOTALL).group(1)
@@ -83,3 +85,18 @@ def test_sql_literal_round_trips_through_postgresql(db, conforming):
             assert db.execute(f"SELECT {sql_literal(text)}").fetchone()[0] == text
     finally:
         db.execute("RESET standard_conforming_strings")
+
+
+def test_plain_keys_are_shown_as_they_are_and_anything_else_quoted():
+    assert [shown(key) for key in ("137", "C-00042", "ann@example.com", "2026-01-01T00:00:00Z", "été")] == [
+        "137",
+        "C-00042",
+        "ann@example.com",
+        "2026-01-01T00:00:00Z",
+        "été",
+    ]
+    assert shown("none") == '"none"'  # never mistaken for a missing value
+    assert shown(None) == "none"
+    assert shown("137\u202e741") == '"137\\u202e741"'  # a right-to-left override cannot disguise a key
+    assert shown("a\u200bb") == '"a\\u200bb"'
+    assert shown("x" * 500).endswith("… (500 characters)")

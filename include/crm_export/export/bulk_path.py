@@ -36,6 +36,7 @@ from include.crm_export.export.paths import in_flight_already
 from include.crm_export.export.session import BULK_PAGE_ROWS, ExportRun
 from include.crm_export.mapping import SourceRecord, position_to_json
 from include.crm_export.names import MAX_BATCH_SIZE
+from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class BulkPath:
         any other is aborted."""
         for left in self.left:
             if self.run.result.held is not None:
-                self._abort(left, f"the stream is held at record {self.run.result.held.record_key}", must=True)
+                self._abort(left, f"the stream is held at record {shown(self.run.result.held.record_key)}", must=True)
                 continue
             if left.state != "closed" or left.after_position != self.run.session.position:
                 self._abort(
@@ -346,9 +347,9 @@ class BulkPath:
             first = job.records[matched.unprocessed[0]]
             raise RequestFailed(
                 f"Bulk API 2.0 job {job.job_id} of stream '{self.stream.name}' left {len(matched.unprocessed)} "
-                f"record(s) unprocessed (the first: record {first.key}, {self.stream.external_id_field} = "
-                f"{first.external_id}). Nothing of it was recorded and the watermark did not move; its records are "
-                "sent again."
+                f"record(s) unprocessed (the first: record {shown(first.key)}, {self.stream.external_id_field} = "
+                f"{shown(first.external_id)}). Nothing of it was recorded and the watermark did not move; its records "
+                "are sent again."
             )
         return matched.rejected
 

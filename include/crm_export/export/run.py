@@ -33,6 +33,7 @@ from include.crm_export.export.collections_path import CollectionsPath
 from include.crm_export.export.paths import DeliveryPath
 from include.crm_export.export.session import ExportRun, RunContext, StreamExport
 from include.crm_export.mapping import SourceRecord
+from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs, CollectionWriter
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _deliver(run: ExportRun, path: DeliveryPath) -> None:
         if not run.held:
             path.wait()
     if run.result.held is not None:
-        path.drop_in_flight(f"the stream is held at record {run.result.held.record_key}")
+        path.drop_in_flight(f"the stream is held at record {shown(run.result.held.record_key)}")
 
 
 def _finish_result(run: ExportRun, concurrency: Concurrency) -> None:

@@ -36,6 +36,7 @@ from include.crm_export.decisions import (
 )
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
+from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs, CollectionWriter
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class StreamExport:
         key = source.rows_without_a_place(self.reader, self.stream)
         if key is not None:
             raise StreamConfigError(
-                f"Stream config error in stream '{self.stream.name}', field 'order_by': row {key} of "
+                f"Stream config error in stream '{self.stream.name}', field 'order_by': row {shown(key)} of "
                 f"{self.stream.source} has NULL in {', '.join(self.stream.order_by)}, so it has no place in the "
                 "export's order and would never be exported. Nothing was sent. Fill it in the view (for example "
                 "COALESCE(updated_at, created_at)) or in the data, then clear this task."

@@ -13,6 +13,7 @@ a request names. SECURITY.md states the whole model.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import psycopg
 import requests
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
@@ -45,6 +47,8 @@ PAGE = Path(__file__).with_name("page.html")
 REASON_MAX_CHARS = 2_000
 NAME_MAX_CHARS = 200
 ERROR_CODE_PATTERN = r"^[A-Za-z0-9_]{1,100}$"
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"  # a name on one line
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text holds no NUL
 AIRFLOW_API_TIMEOUT = (3.05, 15)  # seconds to connect, to answer
 
 
@@ -67,7 +71,8 @@ async def _authorize(request: Request) -> None:
     access: Access | None = getattr(request.scope.get("endpoint"), "crm_export_access", None)
     if access is None:
         raise HTTPException(status_code=403, detail="This route declares no permission check, so it is refused.")
-    if not access.allowed(get_auth_manager(), user):
+    # The auth manager may ask a database (FAB) or a server (Keycloak): never on the event loop.
+    if not await run_in_threadpool(access.allowed, get_auth_manager(), user):
         raise HTTPException(status_code=403, detail=f"Airflow does not allow you to {access.needs}.")
     request.state.user = user
 
@@ -79,6 +84,16 @@ app = FastAPI(
     openapi_url=None,
     dependencies=[Depends(_authorize)],
 )
+# A trailing-slash redirect would be built from the request's Host header: answer 404 instead.
+app.router.redirect_slashes = False
+
+
+@app.middleware("http")
+async def _not_cached(request: Request, call_next: Callable[[Request], Any]) -> Response:
+    """Answers carry customer data (record keys, external ids): no browser or proxy keeps them."""
+    response: Response = await call_next(request)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @dataclass(frozen=True)
@@ -94,13 +109,15 @@ def dag_access(method: str, dag_id: str, entity: str | None = None) -> Access:
 
     def allowed(manager: Any, user: Any) -> bool:
         from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+        from airflow.models.dag import DagModel
 
         return bool(
             manager.is_authorized_dag(
                 method=method,
                 user=user,
                 access_entity=DagAccessEntity[entity] if entity else None,
-                details=DagDetails(id=dag_id),
+                # With [core] multi_team, the DAG's team decides as well, exactly as Airflow's own routes ask.
+                details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)),
             )
         )
 
@@ -110,8 +127,10 @@ def dag_access(method: str, dag_id: str, entity: str | None = None) -> Access:
 def variable_access(method: str, key: str) -> Access:
     def allowed(manager: Any, user: Any) -> bool:
         from airflow.api_fastapi.auth.managers.models.resource_details import VariableDetails
+        from airflow.models.variable import Variable
 
-        return bool(manager.is_authorized_variable(method=method, user=user, details=VariableDetails(key=key)))
+        details = VariableDetails(key=key, team_name=Variable.get_team_name(key))
+        return bool(manager.is_authorized_variable(method=method, user=user, details=details))
 
     return Access(f"{'read' if method == 'GET' else 'change'} the Variable {key}", allowed)
 
@@ -179,7 +198,9 @@ def airflow_base_url() -> str:
     if not base:
         host = conf.get("api", "host", fallback="") or ""
         host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-        base = f"http://{host}:{conf.getint('api', 'port', fallback=8080)}"
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address
+        scheme = "https" if conf.get("api", "ssl_cert", fallback="") else "http"
+        base = f"{scheme}://{host}:{conf.getint('api', 'port', fallback=8080)}"
     return base.rstrip("/")
 
 
@@ -192,17 +213,19 @@ def airflow_link(*segments: str) -> str:
 def _airflow(request: Request, method: str, path: str, doing: str, **kwargs: Any) -> requests.Response:
     """Call Airflow's REST API as the caller (their token, their permissions)."""
     base = airflow_base_url()
-    session = requests.Session()
-    session.trust_env = False
     try:
-        return session.request(
-            method,
-            f"{base}/api/v2/{path}",
-            headers={"Authorization": f"Bearer {_token(request)}"},
-            timeout=AIRFLOW_API_TIMEOUT,
-            allow_redirects=False,
-            **kwargs,
-        )
+        with requests.Session() as session:
+            session.trust_env = False  # no proxy from the environment: the token goes to base_url only
+            return session.request(
+                method,
+                f"{base}/api/v2/{path}",
+                headers={"Authorization": f"Bearer {_token(request)}"},
+                timeout=AIRFLOW_API_TIMEOUT,
+                allow_redirects=False,
+                # trust_env off also drops REQUESTS_CA_BUNDLE: honour it for an https base_url on an internal CA.
+                verify=os.environ.get("REQUESTS_CA_BUNDLE") or True,
+                **kwargs,
+            )
     except requests.RequestException as exc:
         log.warning("CRM Export page: Airflow's REST API at %s did not answer: %s", base, exc)
         raise HTTPException(
@@ -212,16 +235,28 @@ def _airflow(request: Request, method: str, path: str, doing: str, **kwargs: Any
         ) from None
 
 
-def _refused(response: requests.Response, doing: str) -> HTTPException:
-    if response.status_code in (401, 403):
-        return HTTPException(status_code=403, detail=f"Airflow does not allow you to {doing}.")
+def _airflow_detail(response: requests.Response) -> str | None:
+    """Airflow's own explanation of an answer (its JSON ``detail``), on one line; None if it gave none."""
     try:
         body = response.json()
     except ValueError:
-        body = None
+        return None
     detail = body.get("detail") if isinstance(body, dict) else None
-    said = f": {one_line(detail)[:300]}" if isinstance(detail, str) else ""
-    return HTTPException(status_code=502, detail=f"Airflow answered {response.status_code} to {doing}{said}")
+    return one_line(detail)[:300] if isinstance(detail, str) else None
+
+
+def _refused(response: requests.Response, doing: str) -> HTTPException:
+    detail = _airflow_detail(response)
+    said = f" (Airflow said: {detail})" if detail else ""
+    if response.status_code in (401, 403):
+        return HTTPException(status_code=403, detail=f"Airflow does not allow you to {doing}.{said}")
+    return HTTPException(status_code=502, detail=f"Airflow answered {response.status_code} to {doing}.{said}")
+
+
+def _variable_absent(response: requests.Response) -> bool:
+    """Airflow's own 404 for the Variable (its detail names the key): not a proxy's 404 for a wrong path."""
+    detail = _airflow_detail(response)
+    return response.status_code == 404 and detail is not None and PAUSE_ON_ERROR_VARIABLE in detail
 
 
 _migrated = False
@@ -286,7 +321,7 @@ def streams() -> list[dict[str, Any]]:
     return result
 
 
-StreamFilter = Annotated[str | None, Query(max_length=NAME_MAX_CHARS)]
+StreamFilter = Annotated[str | None, Query(max_length=NAME_MAX_CHARS, pattern=NO_CONTROL_CHARACTERS)]
 ErrorCodeFilter = Annotated[str | None, Query(pattern=ERROR_CODE_PATTERN)]
 
 
@@ -348,7 +383,7 @@ def error_counts() -> list[dict[str, Any]]:
 @app.get("/api/errors")
 @needs(READ_EXPORT)
 def errors(
-    status: Annotated[str, Query(max_length=NAME_MAX_CHARS)] = "open",
+    status: Annotated[str, Query(max_length=NAME_MAX_CHARS, pattern=NO_CONTROL_CHARACTERS)] = "open",
     stream: StreamFilter = None,
     error_code: ErrorCodeFilter = None,
     after_at: Annotated[datetime | None, Query()] = None,
@@ -371,7 +406,7 @@ def errors(
 def get_pause_on_error(request: Request) -> dict[str, Any]:
     doing = f"read the Variable {PAUSE_ON_ERROR_VARIABLE}"
     response = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}", doing)
-    if response.status_code == 404:
+    if _variable_absent(response):
         return {"variable": PAUSE_ON_ERROR_VARIABLE, "value": None, "pause_on_error": True, "readable": True}
     if response.status_code != 200:
         raise _refused(response, doing)
@@ -404,7 +439,7 @@ def set_pause_on_error(request: Request, change: PauseOnErrorRequest, user: User
     reading = f"read the Variable {PAUSE_ON_ERROR_VARIABLE}"
     changing = f"change the Variable {PAUSE_ON_ERROR_VARIABLE}"
     current = _airflow(request, "GET", f"variables/{PAUSE_ON_ERROR_VARIABLE}", reading)
-    if current.status_code == 404:
+    if _variable_absent(current):
         response = _airflow(
             request,
             "POST",
@@ -437,7 +472,7 @@ def set_pause_on_error(request: Request, change: PauseOnErrorRequest, user: User
 class RepositionRequest(BaseModel):
     confirm: bool = False
     from_change_time: datetime | None = None
-    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS, pattern=NO_NUL)
 
 
 @app.post("/api/streams/{stream_name}/reposition")
@@ -467,7 +502,7 @@ def reposition_stream(stream_name: str, ask: RepositionRequest, user: User) -> d
 
 
 class ReexportRequest(BaseModel):
-    stream: str | None = Field(default=None, max_length=NAME_MAX_CHARS)
+    stream: str | None = Field(default=None, max_length=NAME_MAX_CHARS, pattern=NO_CONTROL_CHARACTERS)
     error_code: str | None = Field(default=None, pattern=ERROR_CODE_PATTERN)
 
 
