@@ -15,18 +15,14 @@ def test_every_route_declares_the_permission_it_needs():
     # Only FastAPI routes run the app's dependencies: a plain Starlette route or a mount would skip the check.
     assert all(isinstance(route, APIRoute) for route in routes), [type(route).__name__ for route in routes]
     assert len(routes) >= 10
-    undeclared = [
-        route.path
-        for route in routes
-        if not isinstance(getattr(route.endpoint, "crm_export_access", None), page_app.Access)
-    ]
+    undeclared = [route.path for route in routes if page_app.declared_access(route.endpoint) is None]
     assert undeclared == []
     assert any(dep.dependency is page_app._authorize for dep in page_app.app.router.dependencies)
 
 
 def test_reads_need_the_export_dag_and_changes_need_its_runs_or_the_variable():
     needed = {
-        (sorted(route.methods)[0], route.path): route.endpoint.crm_export_access.needs
+        (sorted(route.methods)[0], route.path): page_app.declared_access(route.endpoint).needs
         for route in page_app.app.routes
         if isinstance(route, APIRoute)
     }

@@ -68,12 +68,12 @@ async def _authorize(request: Request) -> None:
         user = await resolve_user_from_token(token)
     except HTTPException as exc:
         raise NotSignedIn from exc
-    access: Access | None = getattr(request.scope.get("endpoint"), "crm_export_access", None)
+    access = declared_access(request.scope.get("endpoint"))
     if access is None:
         raise HTTPException(status_code=403, detail="This route declares no permission check, so it is refused.")
     # The auth manager may ask a database (FAB) or a server (Keycloak): never on the event loop.
     if not await run_in_threadpool(access.allowed, get_auth_manager(), user):
-        raise HTTPException(status_code=403, detail=f"Airflow does not allow you to {access.needs}.")
+        raise _not_allowed(access.needs)
     request.state.user = user
 
 
@@ -144,11 +144,25 @@ READ_PAUSE = variable_access("GET", PAUSE_ON_ERROR_VARIABLE)
 CHANGE_PAUSE = variable_access("PUT", PAUSE_ON_ERROR_VARIABLE)
 
 
+_ACCESS_ATTRIBUTE = "crm_export_access"
+
+
+def declared_access(endpoint: Any) -> Access | None:
+    """The permission a route's endpoint declared with ``@needs``, if any."""
+    access = getattr(endpoint, _ACCESS_ATTRIBUTE, None)
+    return access if isinstance(access, Access) else None
+
+
+def _not_allowed(doing: str, said: str = "") -> HTTPException:
+    """The one refusal a user reads, whether the page or Airflow's REST API said no."""
+    return HTTPException(status_code=403, detail=f"Airflow does not allow you to {doing}.{said}")
+
+
 def needs(access: Access) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a route's permission; put it under the route decorator."""
 
     def declare(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-        endpoint.crm_export_access = access  # type: ignore[attr-defined]
+        setattr(endpoint, _ACCESS_ATTRIBUTE, access)
         return endpoint
 
     return declare
@@ -249,7 +263,7 @@ def _refused(response: requests.Response, doing: str) -> HTTPException:
     detail = _airflow_detail(response)
     said = f" (Airflow said: {detail})" if detail else ""
     if response.status_code in (401, 403):
-        return HTTPException(status_code=403, detail=f"Airflow does not allow you to {doing}.{said}")
+        return _not_allowed(doing, said)
     return HTTPException(status_code=502, detail=f"Airflow answered {response.status_code} to {doing}.{said}")
 
 
