@@ -41,10 +41,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
 from include.crm_export.config import load_streams
 from include.crm_export.names import EXPORT_DAG_ID
+from include.crm_export.stream_task import stream_task
 
 STREAMS = load_streams()  # a local file: validated at parse time, no network or database
 
@@ -78,7 +79,8 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
 def crm_export() -> None:
     for stream in STREAMS.values():
 
-        @task(
+        @stream_task(
+            stream,
             task_id=stream.task_id,
             execution_timeout=timedelta(minutes=stream.max_minutes_per_run + 5),
             doc_md=f"Exports `{stream.source}` to Salesforce `{stream.sobject}` by `{stream.external_id_field}`.",
@@ -86,12 +88,7 @@ def crm_export() -> None:
         def export(stream_name: str = stream.name, **context: Any) -> dict[str, Any]:
             from include.crm_export.tasks import export_stream_task
 
-            return export_stream_task(
-                stream_name,
-                dag_id=context["dag"].dag_id,
-                run_id=context["run_id"],
-                bulk=bool(context["params"].get("use_bulk_api", False)),
-            )
+            return export_stream_task(stream_name, context)
 
         export()
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
 from include.crm_export.config import load_streams
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, REEXPORT_DAG_ID
+from include.crm_export.stream_task import stream_task
 
 STREAMS = load_streams()  # a local file: validated at parse time, no network or database
 
@@ -85,16 +86,15 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
 def crm_export_error() -> None:
     for stream in STREAMS.values():
 
-        @task(
+        @stream_task(
+            stream,
             task_id=stream.reexport_task_id,
             doc_md=f"Re-exports open ExportErrors of stream `{stream.name}` to Salesforce `{stream.sobject}`.",
         )
         def reexport(stream_name: str = stream.name, **context: Any) -> dict[str, Any]:
             from include.crm_export.tasks import reexport_stream_task
 
-            return reexport_stream_task(
-                stream_name, params=dict(context["params"]), dag_id=context["dag"].dag_id, run_id=context["run_id"]
-            )
+            return reexport_stream_task(stream_name, context)
 
         reexport()
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 
-from include.crm_export.config import load_streams
+from include.crm_export import lineage
+from include.crm_export.config import Stream, load_streams
 from include.crm_export.db.connection import Database, database_failure
 from include.crm_export.errors import (
     RequestFailed,
@@ -76,9 +77,11 @@ def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[
         raise AirflowSkipException(str(exc)) from None
 
 
-def export_stream_task(stream_name: str, *, dag_id: str, run_id: str, bulk: bool = False) -> dict[str, Any]:
-    """Body of ``CRMExport.export_<stream>``."""
+def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Body of ``CRMExport.export_<stream>``; ``context`` is the task's Airflow context."""
     from airflow.sdk.exceptions import AirflowFailException
+
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
 
     with airflow_outcome(
         f"Stream '{stream_name}'",
@@ -99,9 +102,21 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str, bulk: bool
             pause_on_error=read_pause_on_error,
             context=RunContext(dag_id=dag_id, run_id=run_id),
             bulk=bulk_jobs_for(stream, writer),
-            force_bulk=bulk,
+            force_bulk=bool(context["params"].get("use_bulk_api", False)),
         )
     emit_run_metrics(result)
+    report_lineage(
+        context,
+        stream,
+        database,
+        writer.org_id,
+        written=result.tally.exported,
+        rejected_by_code=dict(result.tally.errors_by_code),
+        summary={
+            "stopped_because": result.stopped_because,
+            "held_record_key": None if result.held is None else result.held.record_key,
+        },
+    )
     notify_state_change(stream, result, database)
     if result.held is not None:
         message = result.held.message()
@@ -114,6 +129,38 @@ def export_stream_task(stream_name: str, *, dag_id: str, run_id: str, bulk: bool
         "stopped_because": result.stopped_because,
         "pause_on_error": result.pause_on_error,
     }
+
+
+def report_lineage(
+    context: dict[str, Any],
+    stream: Stream,
+    database: Database,
+    org_id: str | None,
+    *,
+    written: int,
+    rejected_by_code: dict[str, int],
+    summary: dict[str, Any],
+) -> None:
+    """What the run read and wrote, for OpenLineage and (when it changed Salesforce) as an Asset event."""
+    try:
+        host, port, dbname = database.location()
+    except Exception as exc:  # lineage never fails an export that succeeded
+        log.warning("No lineage for stream '%s': the PostgreSQL connection could not be read (%s)", stream.name, exc)
+        return
+    lineage.report(
+        context,
+        lineage.RunLineage(
+            source=lineage.source_dataset(host, port, dbname, stream.source_schema, stream.source_table),
+            target=lineage.target_dataset(org_id, stream.sobject),
+            asset_uri=lineage.salesforce_asset_uri(stream.connection, stream.sobject),
+            stream=stream.name,
+            written=written,
+            rejected=sum(rejected_by_code.values()),
+            rejected_by_code=rejected_by_code,
+            org_id=org_id,
+            extra=summary,
+        ),
+    )
 
 
 def _wait_for_the_api_allowance(stream_name: str, exc: RequestLimitExceeded) -> Exception:
@@ -138,9 +185,11 @@ def reexport_options(params: dict[str, Any]) -> tuple[ReexportOptions, list[str]
     return ReexportOptions.from_params(params, known_streams=list(load_streams()))
 
 
-def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: str, run_id: str) -> dict[str, Any]:
-    """Body of ``CRMExport_ExportError.reexport_<stream>``."""
+def reexport_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Body of ``CRMExport_ExportError.reexport_<stream>``; ``context`` is the task's Airflow context."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    params, dag_id, run_id = dict(context["params"]), context["dag"].dag_id, context["run_id"]
 
     try:
         options, selected = reexport_options(params)
@@ -155,13 +204,24 @@ def reexport_stream_task(stream_name: str, *, params: dict[str, Any], dag_id: st
         in_flight="Rows of the batch in flight stay open and are retried",
     ):
         stream = load_streams()[stream_name]
+        database = Database()
+        writer = None if options.dry_run else writer_for(stream)
         result = reexport_stream(
             stream,
-            database=Database(),
-            writer=None if options.dry_run else writer_for(stream),
+            database=database,
+            writer=writer,
             options=options,
             context=RunContext(dag_id=dag_id, run_id=run_id),
         )
+    report_lineage(
+        context,
+        stream,
+        database,
+        None if writer is None else writer.org_id,
+        written=result.resolved,
+        rejected_by_code=dict(result.still_rejected),
+        summary={"source_deleted": result.source_deleted, "open_left": result.open_left, "dry_run": result.dry_run},
+    )
     return {
         "stream": stream_name,
         "resolved": result.resolved,

@@ -34,6 +34,29 @@ from tests.support.helpers import (
 
 WORKERS = ("worker-a", "worker-b")
 
+# A user's DAG in a DAG bundle of its own, scheduled on the Asset of the contacts stream (README "Lineage and
+# assets"): it runs after each export or re-export that changed Contacts, and returns the events' extras.
+CONSUMER_DAG = """
+from datetime import datetime
+
+from airflow.sdk import Asset, dag, task
+
+
+CONTACTS = Asset("x-salesforce://salesforce_default/Contact")
+
+
+@dag(dag_id="after_contacts", schedule=[CONTACTS], start_date=datetime(2026, 1, 1), catchup=False)
+def after_contacts():
+    @task
+    def read(**context):
+        return [event.extra for event in context["triggering_asset_events"][CONTACTS]]
+
+    read()
+
+
+after_contacts()
+"""
+
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
@@ -74,6 +97,16 @@ def celery_airflow(stack, project_conninfo, tmp_path_factory):
         },
     )
     broker_port, api_port = free_port(), free_port()
+    (root / "consumers").mkdir()
+    (root / "consumers" / "after_contacts.py").write_text(CONSUMER_DAG)
+    bundles = [
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+        {
+            "name": "consumers",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(root / "consumers")},
+        },
+    ]
     (root / "passwords.json").write_text(json.dumps({"admin": "admin"}))
     env = {
         **os.environ,
@@ -92,6 +125,7 @@ def celery_airflow(stack, project_conninfo, tmp_path_factory):
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{api_port}/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET": "celery-test-secret-" + os.urandom(8).hex(),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "CRM_EXPORT_STREAMS_FILE": str(streams),
     }
@@ -169,7 +203,7 @@ class Api:
             raise AssertionError(f"the API server never answered\n{self.logs()}")
         while time.monotonic() < deadline:  # both DAGs parsed
             dags = self.call("GET", "/api/v2/dags").json()["dags"]
-            if {d["dag_id"] for d in dags} >= {"CRMExport", "CRMExport_ExportError"}:
+            if {d["dag_id"] for d in dags} >= {"CRMExport", "CRMExport_ExportError", "after_contacts"}:
                 return
             time.sleep(1)
         raise AssertionError(f"the DAGs never appeared\n{self.logs()}")
@@ -204,6 +238,21 @@ class Api:
         found = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
         return {ti["task_id"]: ti for ti in found["task_instances"]}
 
+    def asset_triggered_runs(self, dag_id: str, count: int, timeout: float = 120) -> list[dict]:
+        """The first ``count`` runs of ``dag_id`` the scheduler made for asset events, once they have finished."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after").json()["dag_runs"]
+            runs = [r for r in runs if r["run_type"] == "asset_triggered"]
+            if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs[:count]):
+                return runs[:count]
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} did not run {count} time(s) on asset events\n{self.logs()}")
+
+    def return_value(self, dag_id: str, run_id: str, task_id: str):
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        return self.call("GET", path).json()["value"]
+
     def wait_for(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -229,6 +278,7 @@ def test_both_dags_run_on_two_celery_workers_each_stream_on_its_own(celery_airfl
         cause="validation_rule", when={"field": "CRM_Contact_Id__c", "op": "in", "value": ["7", "700"]}
     )
 
+    api.call("PATCH", "/api/v2/dags/after_contacts", json={"is_paused": False})
     run_id = api.switch_on("CRMExport")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # while export_contacts runs on a worker, a second copy is refused
@@ -263,3 +313,13 @@ def test_both_dags_run_on_two_celery_workers_each_stream_on_its_own(celery_airfl
     assert open_errors(db) == []
     assert_salesforce_matches_source(db, emulator)
     assert_salesforce_matches_source(db, emulator, "subscriptions")
+
+    # The user's DAG scheduled on the Contact Asset ran after the export and after the re-export, each with the
+    # counts of the run that changed Contacts.
+    runs = api.asset_triggered_runs("after_contacts", 2)
+    assert [r["state"] for r in runs] == ["success", "success"], api.logs()
+    seen = [api.return_value("after_contacts", r["dag_run_id"], "read") for r in runs]
+    assert [[(e["stream"], e["written"], e["rejected"]) for e in events] for events in seen] == [
+        [("contacts", 2398, 2)],
+        [("contacts", 2, 0)],
+    ]

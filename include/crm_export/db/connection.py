@@ -65,6 +65,14 @@ class Database:
         conn.execute("SELECT set_config('application_name', %s, false)", (application_name[:63],))
         return conn
 
+    def location(self) -> tuple[str, int, str]:
+        """Host, port and database of ``conn_id`` as lineage names them (libpq's defaults where the connection
+        leaves them empty: localhost, 5432, and a database named as the user)."""
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(self.conn_id)
+        return conn.host or "localhost", int(conn.port or 5432), conn.schema or conn.login or "postgres"
+
 
 def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
     """The row of a statement that always answers one (an aggregate, ``SELECT now()``, an UPDATE … RETURNING of a
