@@ -20,6 +20,7 @@ from include.crm_export.errors import (
     RequestFailed,
     RequestLimitExceeded,
     RequestRefused,
+    SessionExpired,
     SettingsError,
     StreamBusy,
     StreamConfigError,
@@ -65,6 +66,10 @@ def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[
         raise AirflowFailException(message) from None
     except RequestLimitExceeded as exc:
         raise _wait_for_the_api_allowance(stream_name, exc) from None
+    except SessionExpired as exc:  # the layer that met it knows no stream: name the connection to renew
+        named = SessionExpired(f"{exc} Stream '{stream_name}' uses connection '{_connection_of(stream_name)}'.")
+        log.error("%s stopped by a request failure: %s %s; Airflow retries the task.", what, named, in_flight)
+        raise named from None
     except RequestFailed as exc:
         log.error("%s stopped by a request failure: %s %s; Airflow retries the task.", what, exc, in_flight)
         raise
@@ -75,6 +80,13 @@ def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[
     except StreamBusy as exc:
         log.warning("%s", exc)
         raise AirflowSkipException(str(exc)) from None
+
+
+def _connection_of(stream_name: str) -> str:
+    try:
+        return load_streams()[stream_name].connection
+    except (StreamConfigError, KeyError):
+        return "?"
 
 
 def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:

@@ -333,15 +333,23 @@ def test_expired_session_is_renewed_when_the_connection_allows_it(db, emulator, 
     assert info.client_secret not in run.log
 
 
-def test_expired_session_without_a_way_to_renew_fails_clearly(db, emulator, run_crm_export, stack):
+def test_expired_session_without_a_way_to_renew_fails_clearly(
+    db, emulator, run_crm_export, stack, tmp_path, monkeypatch
+):
+    """The message names the connection to renew: the stream's own, not salesforce_default."""
+    monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_SANDBOX", json.dumps(stack.emulator_info.airflow_connection()))
+    streams = write_streams(
+        tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, connection="salesforce_sandbox")}
+    )
     insert_contacts(db, 10)
     emulator.expire_sessions()
 
-    run = run_crm_export(retries=False)
+    run = run_crm_export(retries=False, streams_file=streams)
 
     assert run.task_states["export_contacts"] == "failed"
     assert "401 INVALID_SESSION_ID" in run.log
     assert "Put a fresh access token in the connection" in run.log
+    assert "Stream 'contacts' uses connection 'salesforce_sandbox'" in run.log
     assert stack.emulator_info.access_token not in run.log
 
 

@@ -71,10 +71,10 @@ def _concurrent(exc: SalesforceError) -> bool:
 
 
 EXPIRED_MESSAGE = (
-    "Salesforce answered 401 INVALID_SESSION_ID: the session of connection "
-    f"'{SALESFORCE_CONN_ID}' expired or was revoked, and the connection has no way to renew it. "
-    "Put a fresh access token in the connection (or configure an auth flow that renews: username/password, "
-    "JWT, or the oauth_client_id/oauth_client_secret extras), then clear this task."
+    "Salesforce answered 401 INVALID_SESSION_ID: the session of the stream's Salesforce connection (its "
+    f"`connection:` setting, '{SALESFORCE_CONN_ID}' unless set) expired or was revoked, and the connection has no "
+    "way to renew it. Put a fresh access token in the connection (or configure an auth flow that renews: "
+    "username/password, JWT, or the oauth_client_id/oauth_client_secret extras), then clear this task."
 )
 
 
