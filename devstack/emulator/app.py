@@ -187,7 +187,8 @@ async def _upsert_one(request: Request, org: Org) -> Response:
         raise RequestRejected(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
     fields = {k: v for k, v in body.items() if k != "attributes"}
     record = {"attributes": {"type": p["sobject"]}, **fields, p["field"]: p["value"]}
-    [result] = org.upsert(p["sobject"], p["field"], {"allOrNone": False, "records": [record]})
+    assign = org.rest_assignment(p["sobject"], request.headers.get("sforce-auto-assign"))
+    [result] = org.upsert(p["sobject"], p["field"], {"allOrNone": False, "records": [record]}, assign=assign)
     if not result["success"]:
         errors = [
             {"message": e["message"], "errorCode": e["statusCode"], "fields": e.get("fields", [])}
@@ -207,7 +208,9 @@ async def collection_upsert(request: Request, org: Org) -> Any:
     body = await _json_body(request)
     if isinstance(body, dict) and isinstance(body.get("records"), list):
         request.state.records = len(body["records"])  # the per-record part of the request's time
-    return org.upsert(request.path_params["sobject"], request.path_params["field"], body)
+    sobject = request.path_params["sobject"]
+    assign = org.rest_assignment(sobject, request.headers.get("sforce-auto-assign"))
+    return org.upsert(sobject, request.path_params["field"], body, assign=assign)
 
 
 async def bulk_create(request: Request, org: Org) -> Any:
@@ -366,6 +369,16 @@ async def admin_limits(request: Request) -> Response:
     return JSONResponse({"limit_info": org.limit_info()})
 
 
+async def admin_assignment_rules(request: Request) -> Response:
+    """Add a Lead or Case assignment rule: {"sobject": "Lead", "owner_id": "005…", "active": true}."""
+    raw = await request.json()
+    org: Org = request.app.state.org
+    rule = org.add_assignment_rule(
+        str(raw.get("sobject")), str(raw.get("owner_id")), active=bool(raw.get("active", True))
+    )
+    return JSONResponse(rule.as_row() | {"OwnerId": rule.owner_id})
+
+
 async def admin_org(request: Request) -> Response:
     """Which org this is: {"org_id": "00D…"} (15 or 18 characters), as after a sandbox refresh."""
     raw = await request.json()
@@ -448,6 +461,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/limits", admin_limits, methods=["POST"]),
         Route("/__emulator__/timing", admin_timing, methods=["GET", "POST"]),
         Route("/__emulator__/org", admin_org, methods=["POST"]),
+        Route("/__emulator__/assignment-rules", admin_assignment_rules, methods=["POST"]),
         Route("/__emulator__/bulk", admin_bulk, methods=["POST"]),
     ]
 

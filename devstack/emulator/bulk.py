@@ -68,6 +68,7 @@ class IngestJob:
     processed: int = 0
     error_message: str | None = None
     uploaded: bool = False
+    assignment_rule_id: str | None = None
     task: asyncio.Task | None = None
     ended_at: float | None = None  # monotonic time it reached JobComplete, Failed or Aborted
 
@@ -88,6 +89,7 @@ class IngestJob:
             "lineEnding": "LF",
             "columnDelimiter": "COMMA",
             "numberRecordsProcessed": self.processed,
+            **({"assignmentRuleId": self.assignment_rule_id} if self.assignment_rule_id else {}),
             "numberRecordsFailed": len(self.failed),
             "retries": 0,
             "totalProcessingTime": 0,
@@ -142,9 +144,12 @@ class BulkIngest:
             raise RequestRejected(
                 400, "INVALIDJOB", f"Invalid external ID field: {body.get('externalIdFieldName')} on {schema.name}"
             )
+        rule_id = body.get("assignmentRuleId")
+        if rule_id is not None and rule_id not in self.org.assignment_rules:
+            raise RequestRejected(400, "INVALIDJOB", f"Invalid assignmentRuleId: {rule_id!r}")
         # Unique across restarts of the emulator, as a real org's ids are.
         job_id = "750" + "".join(secrets.choice(_ID_CHARS) for _ in range(12)) + "AAA"
-        job = IngestJob(job_id, schema.name, external.name, version)
+        job = IngestJob(job_id, schema.name, external.name, version, assignment_rule_id=rule_id)
         self.jobs[job_id] = job
         self.org.counters["bulk.jobs_created"] += 1
         return job.info()
@@ -259,7 +264,12 @@ class BulkIngest:
                 problems.append(str(exc))
         sendable = [r for r in records if r is not None]
         answers = iter(
-            self.org.upsert(job.sobject, job.external_id_field, {"allOrNone": False, "records": sendable})
+            self.org.upsert(
+                job.sobject,
+                job.external_id_field,
+                {"allOrNone": False, "records": sendable},
+                assign=self.org.bulk_assignment(job.assignment_rule_id),
+            )
             if sendable
             else []
         )

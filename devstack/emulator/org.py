@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,30 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
 
 
+# Objects that have assignment rules ("AssignmentRule": "Represents an assignment rule associated with a Case or
+# Lead"); the emulator serves Lead.
+ASSIGNABLE = ("Lead", "Case")
+
+
+@dataclass
+class AssignmentRule:
+    id: str
+    sobject: str
+    owner_id: str  # every record the rule runs on goes to this user
+    active: bool
+
+    def as_row(self) -> dict[str, Any]:
+        return {"Id": self.id, "Name": f"{self.sobject} rule", "SobjectType": self.sobject, "Active": self.active}
+
+
+@dataclass(frozen=True)
+class Assign:
+    """The assignment rule a write runs (None: none), and whether only on created records."""
+
+    rule: AssignmentRule | None
+    created_only: bool = False
+
+
 class Org:
     def __init__(self, *, access_token: str, client_id: str, client_secret: str) -> None:
         self.initial_token = access_token
@@ -54,6 +79,8 @@ class Org:
         self._sequence = 0
         self.daily_api_requests = DAILY_API_REQUESTS
         self.org_id = DEFAULT_ORG_ID  # a sandbox refresh gives the same URL a new org (admin: set_org_id)
+        # Lead and Case assignment rules (admin: add_assignment_rule): id -> AssignmentRule
+        self.assignment_rules: dict[str, AssignmentRule] = {}
         self.api_used_elsewhere = 0
         self.pending_access: list[list[Any]] = []  # [upserts still to serve, schema, field, visible]
         self.timing = Timing()  # how long requests take (none by default)
@@ -159,7 +186,10 @@ class Org:
         body = "".join(reversed(digits)).rjust(12, "0")
         return f"{schema.key_prefix}{body}AAA"
 
-    def upsert(self, sobject: str, external_field: str, body: Any) -> list[dict[str, Any]]:
+    def upsert(
+        self, sobject: str, external_field: str, body: Any, *, assign: Assign | None = None
+    ) -> list[dict[str, Any]]:
+        """``assign``: the assignment rule the request asks for (:meth:`rest_assignment`, :meth:`bulk_assignment`)."""
         self._apply_pending_access()
         schema = self.schema(sobject)
         ext_spec = schema.field_named(external_field)
@@ -227,6 +257,8 @@ class Org:
                 stored = self.records[sobject][record_id]
                 self.counters["records_updated"] += 1
             stored.update(values)
+            if assign is not None and assign.rule is not None and (existing is None or not assign.created_only):
+                stored["OwnerId"] = assign.rule.owner_id  # the rule decides the owner, whatever was sent
             stored["LastModifiedDate"] = now
             stored["SystemModstamp"] = now
             results.append({"id": record_id, "success": True, "errors": [], "created": existing is None})
@@ -251,6 +283,43 @@ class Org:
         except KeyError:
             raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist") from None
 
+    # assignment rules
+
+    def add_assignment_rule(self, sobject: str, owner_id: str, *, active: bool = True) -> AssignmentRule:
+        """An assignment rule that gives every record it runs on to ``owner_id``; at most one active per object,
+        as in Setup (activating one deactivates the other)."""
+        if sobject not in ASSIGNABLE:
+            raise RequestRejected(400, "INVALID_TYPE", f"Assignment rules exist for {', '.join(ASSIGNABLE)} only")
+        if active:
+            for rule in self.assignment_rules.values():
+                if rule.sobject == sobject:
+                    rule.active = False
+        rule = AssignmentRule(f"01Q{len(self.assignment_rules) + 1:012d}AAA", sobject, owner_id, active)
+        self.assignment_rules[rule.id] = rule
+        return rule
+
+    def rest_assignment(self, sobject: str, header: str | None) -> Assign:
+        """REST API "Assignment Rule Header": ``Sforce-Auto-Assign`` absent or TRUE runs the object's active rule
+        on created and updated records; FALSE runs none; an AssignmentRule id runs that rule on created records.
+        TRUE and FALSE are not case-sensitive."""
+        value = (header or "TRUE").strip()
+        if value.upper() == "FALSE":
+            return Assign(None)
+        if value.upper() == "TRUE":
+            return Assign(self._active_rule(sobject))
+        rule = self.assignment_rules.get(value)
+        if rule is None:
+            raise RequestRejected(400, "MALFORMED_ID", f"Sforce-Auto-Assign: invalid assignment rule id {value!r}")
+        return Assign(rule, created_only=True)
+
+    def bulk_assignment(self, rule_id: str | None) -> Assign:
+        """Bulk API 2.0 "Create a Job": ``assignmentRuleId`` is the rule to run (active or not). Without it the
+        docs name no rule to run, and the emulator runs none (the header of the REST API does not apply)."""
+        return Assign(None if rule_id is None else self.assignment_rules[rule_id])
+
+    def _active_rule(self, sobject: str) -> AssignmentRule | None:
+        return next((r for r in self.assignment_rules.values() if r.sobject == sobject and r.active), None)
+
     # queries
 
     def query(self, text: str, version: str) -> dict[str, Any]:
@@ -260,6 +329,11 @@ class Org:
             if any(field.lower() != "id" for field in parsed.fields):
                 raise RequestRejected(400, "INVALID_FIELD", "The emulator's Organization has only the field Id")
             return self._page("Organization", ["Id"], [{"Id": self.org_id}], version, total=1)
+        if parsed.object.lower() == "assignmentrule":
+            # Read-only ("AssignmentRule", Object Reference): Id, Name, SobjectType, Active.
+            names = {name.lower(): name for name in ("Id", "Name", "SobjectType", "Active")}
+            rows = soql.run(parsed, [rule.as_row() for rule in self.assignment_rules.values()], names)
+            return self._page("AssignmentRule", soql.selected_fields(parsed, names), rows, version, total=len(rows))
         schema = self.schema(parsed.object)
         names = {name.lower(): name for name in schema.fields}
         rows = soql.run(parsed, list(self.records[parsed.object].values()), names)

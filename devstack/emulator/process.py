@@ -240,5 +240,11 @@ class EmulatorAdmin:
         """Become another org at the same URL (a sandbox refresh); reset() makes it the default org again."""
         self._call("POST", "org", json={"org_id": org_id})
 
+    def add_assignment_rule(self, sobject: str, owner_id: str, *, active: bool = True) -> str:
+        """A Lead (or Case) assignment rule giving records to ``owner_id``; returns its id."""
+        return self._call(
+            "POST", "assignment-rules", json={"sobject": sobject, "owner_id": owner_id, "active": active}
+        )["Id"]
+
     def expire_sessions(self) -> None:
         self._call("POST", "sessions/expire")

@@ -143,6 +143,14 @@ class RunLimits(BaseModel):
             description="The Airflow connection (type Salesforce) of the org the stream writes to.",
         ),
     ] = SALESFORCE_CONN_ID
+    assignment_rules: Annotated[
+        bool,
+        Field(
+            description="Whether Salesforce's Lead and Case assignment rules run on the records written. false: "
+            "owners set by the source stick (REST: `Sforce-Auto-Assign: FALSE`; Bulk API 2.0: no "
+            "`assignmentRuleId`). true: the object's active rule runs on both paths."
+        ),
+    ] = True
 
 
 def settings_table() -> str:
@@ -154,7 +162,12 @@ def settings_table() -> str:
             for attr, sign in (("ge", ">="), ("le", "<=")):
                 if getattr(rule, attr, None) is not None:
                     bounds.append(f"{sign} {getattr(rule, attr):,}")
-        default = f"{info.default:,}" if isinstance(info.default, int | float) else str(info.default)
+        if isinstance(info.default, bool):
+            default = str(info.default).lower()
+        elif isinstance(info.default, int | float):
+            default = f"{info.default:,}"
+        else:
+            default = str(info.default)
         rows.append(f"| `{name}` | {default} | {', '.join(bounds)} | {info.description} |")
     return "\n".join(rows)
 

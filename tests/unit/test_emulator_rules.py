@@ -127,3 +127,43 @@ def test_soql_parsing():
     assert soql.parse("SELECT Id FROM Contact WHERE Name = 'O\\'Brien'").conditions == (("Name", "=", "O'Brien"),)
     with pytest.raises(RequestRejected):
         soql.parse("DELETE FROM Contact")
+
+
+def lead(key: str, owner: str = "005000000000002AAA"):
+    return {"attributes": {"type": "Lead"}, "CRM_Lead_Id__c": key, "LastName": "L", "Company": "C", "OwnerId": owner}
+
+
+@pytest.mark.parametrize(
+    ("header", "created_owner", "updated_owner"),
+    [
+        (None, "005000000000009AAA", "005000000000009AAA"),  # absent: TRUE, the active rule runs
+        ("true", "005000000000009AAA", "005000000000009AAA"),  # TRUE and FALSE are not case-sensitive
+        ("FALSE", "005000000000002AAA", "005000000000002AAA"),
+        ("False", "005000000000002AAA", "005000000000002AAA"),
+    ],
+)
+def test_the_assignment_rule_header_as_the_rest_api_guide_has_it(org, header, created_owner, updated_owner):
+    """REST API Developer Guide, "Assignment Rule Header": the active rule runs on created and updated records
+    unless the header says FALSE."""
+    org.add_assignment_rule("Lead", "005000000000009AAA")
+    [created] = org.upsert(
+        "Lead", "CRM_Lead_Id__c", {"records": [lead("1")]}, assign=org.rest_assignment("Lead", header)
+    )
+    assert org.get_by_id("Lead", created["id"])["OwnerId"] == created_owner
+    org.upsert("Lead", "CRM_Lead_Id__c", {"records": [lead("1")]}, assign=org.rest_assignment("Lead", header))
+    assert org.get_by_id("Lead", created["id"])["OwnerId"] == updated_owner
+
+
+def test_a_named_rule_runs_on_created_records_only_and_an_unknown_one_is_malformed(org):
+    inactive = org.add_assignment_rule("Lead", "005000000000007AAA", active=False)
+    [created] = org.upsert("Lead", "CRM_Lead_Id__c", {"records": [lead("1")]}, assign=org.rest_assignment("Lead", None))
+    assert org.get_by_id("Lead", created["id"])["OwnerId"] == "005000000000002AAA"  # no active rule: none runs
+    org.upsert("Lead", "CRM_Lead_Id__c", {"records": [lead("1")]}, assign=org.rest_assignment("Lead", inactive.id))
+    assert org.get_by_id("Lead", created["id"])["OwnerId"] == "005000000000002AAA"  # an update: not reassigned
+    [other] = org.upsert(
+        "Lead", "CRM_Lead_Id__c", {"records": [lead("2")]}, assign=org.rest_assignment("Lead", inactive.id)
+    )
+    assert org.get_by_id("Lead", other["id"])["OwnerId"] == "005000000000007AAA"
+    with pytest.raises(RequestRejected, match="invalid assignment rule id"):
+        org.rest_assignment("Lead", "01Q000000000099AAA")
+    assert org.bulk_assignment(None).rule is None  # Bulk API 2.0 without assignmentRuleId: no rule runs

@@ -11,6 +11,7 @@ them back to the records). Used by the export's backfill path
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import sys
 import tempfile
@@ -22,9 +23,11 @@ from typing import Any
 import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceOperationError
+from simple_salesforce.util import call_salesforce
 
 from include.crm_export import bulk_csv
 from include.crm_export.errors import JobResultsUnreadable, RejectedRecord, RequestFailed
+from include.crm_export.salesforce.describe import ASSIGNABLE_OBJECTS
 from include.crm_export.salesforce.refusals import refusal
 from include.crm_export.salesforce.session import SessionRenewer
 
@@ -68,6 +71,7 @@ class BulkJobs:
         external_id_field: str,
         renewer: SessionRenewer | None = None,
         case_sensitive: bool = False,
+        assignment_rules: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         first_poll_seconds: float = 0.5,
@@ -86,6 +90,8 @@ class BulkJobs:
         self.max_poll_seconds = max_poll_seconds
         self.timeout_seconds = timeout_seconds
         self.requests_sent = 0
+        self.assignment_rules = assignment_rules
+        self._assignment_rule: tuple[str | None] | None = None  # (the active rule's id,) once asked
 
     def _call(self, doing: str, call: Callable[[], Any], *, renewed: bool = False) -> Any:
         """One Bulk API 2.0 request; every refusal goes through the one translation (``salesforce.refusal``)."""
@@ -126,11 +132,43 @@ class BulkJobs:
         return True
 
     def create(self) -> str:
+        """ "Create a Job" (Bulk API 2.0): an upsert by the external id, CSV, and the assignment rule to run."""
+        payload = {
+            "object": self.sobject,
+            "operation": "upsert",
+            "externalIdFieldName": self.external_id_field,
+            "contentType": "CSV",
+            "columnDelimiter": "COMMA",
+            "lineEnding": "LF",
+        }
+        rule = self._assignment_rule_id()
+        if rule is not None:
+            payload["assignmentRuleId"] = rule
         info = self._call(
             f"create a Bulk API 2.0 upsert job on {self.sobject}",
-            lambda: self.client.create_job("upsert", external_id_field=self.external_id_field),
+            lambda: call_salesforce(
+                url=self.client._construct_request_url(None, False),
+                method="POST",
+                session=self.client.session,
+                headers=self.client._get_headers(self.client.JSON_CONTENT_TYPE, self.client.JSON_CONTENT_TYPE),
+                data=json.dumps(payload),
+            ).json(),
         )
         return str(info["id"])
+
+    def _assignment_rule_id(self) -> str | None:
+        """The rule a job of this stream runs. REST runs the object's active assignment rule unless told not to
+        ("Assignment Rule Header", REST API Developer Guide); a Bulk API 2.0 job runs only the rule it names
+        (``assignmentRuleId``, "Create a Job"). So that both paths write the same owners, a stream with
+        ``assignment_rules`` on names the active rule of its Lead or Case object (asked once per run)."""
+        if not self.assignment_rules or self.sobject not in ASSIGNABLE_OBJECTS:
+            return None
+        if self._assignment_rule is None:
+            soql = f"SELECT Id FROM AssignmentRule WHERE SobjectType = '{self.sobject}' AND Active = true"
+            answer = self._call(f"find the active assignment rule of {self.sobject}", lambda: self.sf.query(soql))
+            records = answer.get("records") or []
+            self._assignment_rule = (str(records[0]["Id"]) if records else None,)
+        return self._assignment_rule[0]
 
     def upload(self, job_id: str, data: str) -> None:
         self._call(f"take the data of job {job_id}", lambda: self.client.upload_job_data(job_id, data))

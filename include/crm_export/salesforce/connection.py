@@ -61,6 +61,8 @@ def writer_for(stream: Stream, *, trace: Trace | None = None) -> CollectionWrite
 
     connection = BaseHook.get_connection(stream.connection)
     sf = _client(connection)
+    if not stream.assignment_rules:  # "Assignment Rule Header" (REST API): owners set by the source stick
+        sf.session.headers["Sforce-Auto-Assign"] = "FALSE"
     renewer = renewer_for(connection.extra_dejson, sf.session)  # type: ignore[arg-type]  # a SalesforceSession (_client)
     described = check_stream_against_describe(sf, stream, renewer=renewer)
     writer = CollectionWriter(
@@ -80,4 +82,5 @@ def bulk_jobs_for(stream: Stream, writer: CollectionWriter) -> BulkJobs:
         external_id_field=stream.external_id_field,
         renewer=writer.renewer,
         case_sensitive=writer.external_id_case_sensitive,
+        assignment_rules=stream.assignment_rules,
     )

@@ -15,6 +15,9 @@ from include.crm_export.errors import NotFound, RequestFailed, StreamConfigError
 from include.crm_export.salesforce.refusals import refusal
 from include.crm_export.salesforce.session import SessionRenewer
 
+# The objects Salesforce runs assignment rules on ("AssignmentRule": "associated with a Case or Lead").
+ASSIGNABLE_OBJECTS = ("Lead", "Case")
+
 
 def check_stream_against_describe(
     sf: Salesforce, stream: Stream, *, renewer: SessionRenewer | None = None
