@@ -145,7 +145,8 @@ class BulkIngest:
                 400, "INVALIDJOB", f"Invalid external ID field: {body.get('externalIdFieldName')} on {schema.name}"
             )
         rule_id = body.get("assignmentRuleId")
-        if rule_id is not None and rule_id not in self.org.assignment_rules:
+        rules = self.org.assignment_rules
+        if rule_id is not None and (rule_id not in rules or rules[rule_id].sobject != schema.name):
             raise RequestRejected(400, "INVALIDJOB", f"Invalid assignmentRuleId: {rule_id!r}")
         # Unique across restarts of the emulator, as a real org's ids are.
         job_id = "750" + "".join(secrets.choice(_ID_CHARS) for _ in range(12)) + "AAA"

@@ -308,8 +308,10 @@ class Org:
         if value.upper() == "TRUE":
             return Assign(self._active_rule(sobject))
         rule = self.assignment_rules.get(value)
-        if rule is None:
-            raise RequestRejected(400, "MALFORMED_ID", f"Sforce-Auto-Assign: invalid assignment rule id {value!r}")
+        if rule is None or rule.sobject != sobject:
+            raise RequestRejected(
+                400, "MALFORMED_ID", f"Sforce-Auto-Assign: invalid assignment rule id {value!r} for {sobject}"
+            )
         return Assign(rule, created_only=True)
 
     def bulk_assignment(self, rule_id: str | None) -> Assign:

@@ -67,7 +67,11 @@ def airflow_outcome(what: str, stream_name: str, *, in_flight: str) -> Iterator[
     except RequestLimitExceeded as exc:
         raise _wait_for_the_api_allowance(stream_name, exc) from None
     except SessionExpired as exc:  # the layer that met it knows no stream: name the connection to renew
-        named = SessionExpired(f"{exc} Stream '{stream_name}' uses connection '{_connection_of(stream_name)}'.")
+        named = SessionExpired(
+            f"{exc} Stream '{stream_name}' uses connection '{_connection_of(stream_name)}'.",
+            status=exc.status,
+            code=exc.code,
+        )
         log.error("%s stopped by a request failure: %s %s; Airflow retries the task.", what, named, in_flight)
         raise named from None
     except RequestFailed as exc:
@@ -117,6 +121,7 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
             force_bulk=bool(context["params"].get("use_bulk_api", False)),
         )
     emit_run_metrics(result)
+    notify_state_change(stream, result, database)
     report_lineage(
         context,
         stream,
@@ -126,10 +131,9 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
         rejected_by_code=dict(result.tally.errors_by_code),
         summary={
             "stopped_because": result.stopped_because,
-            "held_record_key": None if result.held is None else result.held.record_key,
+            "held": result.held is not None,
         },
     )
-    notify_state_change(stream, result, database)
     if result.held is not None:
         message = result.held.message()
         log.error("%s", message)
@@ -153,26 +157,28 @@ def report_lineage(
     rejected_by_code: dict[str, int],
     summary: dict[str, Any],
 ) -> None:
-    """What the run read and wrote, for OpenLineage and (when it changed Salesforce) as an Asset event."""
+    """What the run read and wrote, for OpenLineage and (when it changed Salesforce) as an Asset event.
+
+    Never changes the run's outcome: what it cannot tell is logged and left out.
+    """
     try:
         host, port, dbname = database.location()
-    except Exception as exc:  # lineage never fails an export that succeeded
-        log.warning("No lineage for stream '%s': the PostgreSQL connection could not be read (%s)", stream.name, exc)
-        return
-    lineage.report(
-        context,
-        lineage.RunLineage(
-            source=lineage.source_dataset(host, port, dbname, stream.source_schema, stream.source_table),
-            target=lineage.target_dataset(org_id, stream.sobject),
-            asset_uri=lineage.salesforce_asset_uri(stream.connection, stream.sobject),
-            stream=stream.name,
-            written=written,
-            rejected=sum(rejected_by_code.values()),
-            rejected_by_code=rejected_by_code,
-            org_id=org_id,
-            extra=summary,
-        ),
-    )
+        lineage.report(
+            context,
+            lineage.RunLineage(
+                source=lineage.source_dataset(host, port, dbname, stream.source_schema, stream.source_table),
+                target=lineage.target_dataset(org_id, stream.sobject),
+                asset_uri=lineage.salesforce_asset_uri(stream.connection, stream.sobject),
+                stream=stream.name,
+                written=written,
+                rejected=sum(rejected_by_code.values()),
+                rejected_by_code=rejected_by_code,
+                org_id=org_id,
+                extra=summary,
+            ),
+        )
+    except Exception as exc:
+        log.warning("No lineage or asset event for stream '%s' this run: %s: %s", stream.name, type(exc).__name__, exc)
 
 
 def _wait_for_the_api_allowance(stream_name: str, exc: RequestLimitExceeded) -> Exception:

@@ -71,7 +71,8 @@ class Database:
         from airflow.sdk import BaseHook
 
         conn = BaseHook.get_connection(self.conn_id)
-        return conn.host or "localhost", int(conn.port or 5432), conn.schema or conn.login or "postgres"
+        # Host names are case-insensitive; lower-cased as the Postgres provider's own lineage names them.
+        return (conn.host or "localhost").lower(), int(conn.port or 5432), conn.schema or conn.login or "postgres"
 
 
 def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:

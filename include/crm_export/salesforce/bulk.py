@@ -26,7 +26,7 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 from simple_salesforce.util import call_salesforce
 
 from include.crm_export import bulk_csv
-from include.crm_export.errors import JobResultsUnreadable, RejectedRecord, RequestFailed
+from include.crm_export.errors import JobResultsUnreadable, RejectedRecord, RequestFailed, RequestRefused
 from include.crm_export.salesforce.describe import ASSIGNABLE_OBJECTS
 from include.crm_export.salesforce.refusals import refusal
 from include.crm_export.salesforce.session import SessionRenewer
@@ -161,11 +161,25 @@ class BulkJobs:
         ("Assignment Rule Header", REST API Developer Guide); a Bulk API 2.0 job runs only the rule it names
         (``assignmentRuleId``, "Create a Job"). So that both paths write the same owners, a stream with
         ``assignment_rules`` on names the active rule of its Lead or Case object (asked once per run)."""
-        if not self.assignment_rules or self.sobject not in ASSIGNABLE_OBJECTS:
+        # API names are case-insensitive in Salesforce: 'lead' is Lead.
+        sobject = next((name for name in ASSIGNABLE_OBJECTS if name.lower() == self.sobject.lower()), None)
+        if not self.assignment_rules or sobject is None:
             return None
         if self._assignment_rule is None:
-            soql = f"SELECT Id FROM AssignmentRule WHERE SobjectType = '{self.sobject}' AND Active = true"
-            answer = self._call(f"find the active assignment rule of {self.sobject}", lambda: self.sf.query(soql))
+            soql = f"SELECT Id FROM AssignmentRule WHERE SobjectType = '{sobject}' AND Active = true"
+            try:
+                answer = self._call(f"find the active assignment rule of {sobject}", lambda: self.sf.query(soql))
+            except RequestFailed as exc:
+                if exc.status not in (400, 403, 404):
+                    raise
+                raise RequestRefused(
+                    f"{exc} A Bulk API 2.0 job of a {sobject} stream names the org's active assignment rule, so "
+                    "that it assigns owners as the REST path does; the integration user must be able to read "
+                    "AssignmentRule. Grant that, or set the stream's assignment_rules: false (owners from the "
+                    "source, on both paths), then clear this task.",
+                    status=exc.status,
+                    code=exc.code,
+                ) from None
             records = answer.get("records") or []
             self._assignment_rule = (str(records[0]["Id"]) if records else None,)
         return self._assignment_rule[0]
