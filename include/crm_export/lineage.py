@@ -17,7 +17,7 @@ that found nothing to do, and a DAG scheduled on the Asset would run every 15 mi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 ASSET_SCHEME = "x-salesforce"
@@ -64,9 +64,6 @@ class RunLineage:
             "rejected_by_code": dict(self.rejected_by_code),
             **self.extra,
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def source_dataset(host: str, port: int, database: str, schema: str, table: str) -> Dataset:

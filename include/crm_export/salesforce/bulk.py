@@ -11,6 +11,7 @@ them back to the records). Used by the export's backfill path
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import sys
@@ -91,7 +92,6 @@ class BulkJobs:
         self.timeout_seconds = timeout_seconds
         self.requests_sent = 0
         self.assignment_rules = assignment_rules
-        self._assignment_rule: tuple[str | None] | None = None  # (the active rule's id,) once asked
 
     def _call(self, doing: str, call: Callable[[], Any], *, renewed: bool = False) -> Any:
         """One Bulk API 2.0 request; every refusal goes through the one translation (``salesforce.refusal``)."""
@@ -141,7 +141,7 @@ class BulkJobs:
             "columnDelimiter": "COMMA",
             "lineEnding": "LF",
         }
-        rule = self._assignment_rule_id()
+        rule = self._assignment_rule_id
         if rule is not None:
             payload["assignmentRuleId"] = rule
         info = self._call(
@@ -156,33 +156,33 @@ class BulkJobs:
         )
         return str(info["id"])
 
+    @functools.cached_property
     def _assignment_rule_id(self) -> str | None:
         """The rule a job of this stream runs. REST runs the object's active assignment rule unless told not to
         ("Assignment Rule Header", REST API Developer Guide); a Bulk API 2.0 job runs only the rule it names
         (``assignmentRuleId``, "Create a Job"). So that both paths write the same owners, a stream with
-        ``assignment_rules`` on names the active rule of its Lead or Case object (asked once per run)."""
+        ``assignment_rules`` on names the active rule of its Lead or Case object (asked once per run: cached, not
+        when the question failed)."""
         # API names are case-insensitive in Salesforce: 'lead' is Lead.
         sobject = next((name for name in ASSIGNABLE_OBJECTS if name.lower() == self.sobject.lower()), None)
         if not self.assignment_rules or sobject is None:
             return None
-        if self._assignment_rule is None:
-            soql = f"SELECT Id FROM AssignmentRule WHERE SobjectType = '{sobject}' AND Active = true"
-            try:
-                answer = self._call(f"find the active assignment rule of {sobject}", lambda: self.sf.query(soql))
-            except RequestFailed as exc:
-                if exc.status not in (400, 403, 404):
-                    raise
-                raise RequestRefused(
-                    f"{exc} A Bulk API 2.0 job of a {sobject} stream names the org's active assignment rule, so "
-                    "that it assigns owners as the REST path does; the integration user must be able to read "
-                    "AssignmentRule. Grant that, or set the stream's assignment_rules: false (owners from the "
-                    "source, on both paths), then clear this task.",
-                    status=exc.status,
-                    code=exc.code,
-                ) from None
-            records = answer.get("records") or []
-            self._assignment_rule = (str(records[0]["Id"]) if records else None,)
-        return self._assignment_rule[0]
+        soql = f"SELECT Id FROM AssignmentRule WHERE SobjectType = '{sobject}' AND Active = true"
+        try:
+            answer = self._call(f"find the active assignment rule of {sobject}", lambda: self.sf.query(soql))
+        except RequestFailed as exc:
+            if exc.status not in (400, 403, 404):
+                raise
+            raise RequestRefused(
+                f"{exc} A Bulk API 2.0 job of a {sobject} stream names the org's active assignment rule, so "
+                "that it assigns owners as the REST path does; the integration user must be able to read "
+                "AssignmentRule. Grant that, or set the stream's assignment_rules: false (owners from the "
+                "source, on both paths), then clear this task.",
+                status=exc.status,
+                code=exc.code,
+            ) from None
+        records = answer.get("records") or []
+        return str(records[0]["Id"]) if records else None
 
     def upload(self, job_id: str, data: str) -> None:
         self._call(f"take the data of job {job_id}", lambda: self.client.upload_job_data(job_id, data))
