@@ -66,7 +66,14 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
             title="Use Bulk API 2.0",
             description="Upsert through Bulk API 2.0 jobs this run, whatever the backlog (a backfill). Without it, "
             "a stream uses them when its backlog is at least its bulk_threshold.",
-        )
+        ),
+        "resend_all": Param(
+            False,
+            type="boolean",
+            title="Send unchanged records too",
+            description="Send every record this run reads, also those whose payload Salesforce confirmed last "
+            "(normally skipped and counted as unchanged): after someone edited records in Salesforce by hand.",
+        ),
     },
     default_args={
         "owner": "data-engineering",

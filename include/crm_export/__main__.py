@@ -65,7 +65,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         records = read_next_batch(stream, Database())
         print(f"Next batch of stream '{stream.name}': {len(records)} record(s)")
         for record in records:
-            _print_json(f"record {record.key}", record.payload or record.rejection)
+            unchanged = " (unchanged: Salesforce holds it already, not sent)" if record.unchanged else ""
+            _print_json(f"record {record.key}{unchanged}", record.payload or record.rejection)
         return 0
     if args.pause_on_error is not None:
         fixed = parse_pause_on_error(args.pause_on_error)
@@ -83,6 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         context=_cli_context(),
         bulk=bulk_jobs_for(stream, writer),
         force_bulk=args.bulk,
+        resend_all=args.resend_all,
     )
     metrics.initialize_for_a_command()
     metrics.emit_run_metrics(result)
@@ -143,7 +145,10 @@ def cmd_reposition(args: argparse.Namespace) -> int:
     stream = load_streams()[args.stream]
     where = "from the start" if args.from_start else f"from rows changed at or after {args.from_change_time}"
     if not args.yes:
-        answer = input(f"Re-export stream '{stream.name}' {where}? Its held record is released. Type yes: ")
+        answer = input(
+            f"Re-export stream '{stream.name}' {where}? Its held record is released, and every record it reads is "
+            "sent (none is skipped as unchanged). Type yes: "
+        )
         if answer.strip().lower() != "yes":
             print("Nothing changed.")
             return 1
@@ -189,6 +194,11 @@ def main() -> int:
     export.add_argument("--pause-on-error", help="true/false; default: the Airflow Variable")
     export.add_argument(
         "--bulk", action="store_true", help="upsert through Bulk API 2.0 jobs, whatever the backlog (a backfill)"
+    )
+    export.add_argument(
+        "--resend-all",
+        action="store_true",
+        help="send every record read, also those unchanged since Salesforce confirmed them (normally skipped)",
     )
     export.set_defaults(handler=cmd_export)
     send = sub.add_parser("send", help="upsert one record by source key and print the Salesforce response")

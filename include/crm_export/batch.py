@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.crm_export.errors import RejectedRecord
+from include.crm_export.fingerprints import to_remember
 from include.crm_export.mapping import SourceRecord
 
 
@@ -28,10 +29,43 @@ class BatchPlan:
     confirmed_keys: tuple[str, ...]  # their open ExportErrors rows get resolved
     rejected: tuple[tuple[SourceRecord, RejectedRecord], ...]  # rejected records: open (or update) one row each
     held: tuple[SourceRecord, RejectedRecord] | None  # pause on: the record the stream stops at
+    unchanged: int = 0  # of the confirmed: not sent, Salesforce holds their payload already
+    fingerprints: dict[str, int] = field(default_factory=dict)  # of the records confirmed just now
 
     @property
     def exported(self) -> int:
-        return len(self.confirmed_keys)
+        """Records Salesforce confirmed in this batch (sent; the unchanged are counted apart)."""
+        return len(self.confirmed_keys) - self.unchanged
+
+
+def _confirmed(outcomes: list[RecordOutcome]) -> tuple[tuple[str, ...], int, dict[str, int]]:
+    confirmed = [o.record for o in outcomes if o.rejection is None]
+    unchanged = sum(1 for record in confirmed if record.unchanged)
+    return tuple(record.key for record in confirmed), unchanged, to_remember(confirmed)
+
+
+# A request carries at most batch_size records to send, and the unchanged records read between them
+# (confirmed with it, in source order) up to this many records in all.
+MAX_RECORDS_PER_REQUEST = 5_000
+
+
+def to_send(records: list[SourceRecord]) -> int:
+    """How many of the records go to Salesforce (neither unchanged nor rejected by the mapping)."""
+    return sum(1 for record in records if record.payload is not None and not record.unchanged)
+
+
+def next_request(records: list[SourceRecord], batch_size: int) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """The records of the next request (source order; at most ``batch_size`` to send, at most
+    :data:`MAX_RECORDS_PER_REQUEST` in all) and those left for the one after."""
+    sending = 0
+    for index, record in enumerate(records):
+        if index == MAX_RECORDS_PER_REQUEST:
+            return records[:index], records[index:]
+        if record.payload is not None and not record.unchanged:
+            if sending == batch_size:
+                return records[:index], records[index:]
+            sending += 1
+    return records, []
 
 
 def plan_batch(outcomes: list[RecordOutcome], *, pause_on_error: bool) -> BatchPlan:
@@ -41,17 +75,23 @@ def plan_batch(outcomes: list[RecordOutcome], *, pause_on_error: bool) -> BatchP
         for index, outcome in enumerate(outcomes):
             if outcome.rejection is not None:
                 before = outcomes[:index]
+                confirmed, unchanged, fingerprints = _confirmed(before)
                 return BatchPlan(
                     new_position=before[-1].record.position if before else None,
-                    confirmed_keys=tuple(o.record.key for o in before),
+                    confirmed_keys=confirmed,
                     rejected=((outcome.record, outcome.rejection),),
                     held=(outcome.record, outcome.rejection),
+                    unchanged=unchanged,
+                    fingerprints=fingerprints,
                 )
+    confirmed, unchanged, fingerprints = _confirmed(outcomes)
     return BatchPlan(
         new_position=outcomes[-1].record.position,
-        confirmed_keys=tuple(o.record.key for o in outcomes if o.rejection is None),
+        confirmed_keys=confirmed,
         rejected=tuple((o.record, o.rejection) for o in outcomes if o.rejection is not None),
         held=None,
+        unchanged=unchanged,
+        fingerprints=fingerprints,
     )
 
 
@@ -61,11 +101,13 @@ class RunTally:
 
     batches: int = 0
     exported: int = 0
+    unchanged: int = 0  # confirmed without being sent: Salesforce held their payload already
     errors_by_code: Counter[str] = field(default_factory=Counter)
 
     def add(self, plan: BatchPlan) -> None:
         self.batches += 1
         self.exported += plan.exported
+        self.unchanged += plan.unchanged
         for _, rejection in plan.rejected:
             self.errors_by_code[rejection.code] += 1
 

@@ -35,11 +35,13 @@ class JobRecord:
     # Set only for a record a CSV cannot carry exactly (``values.NotInCsv``): it goes through sObject
     # Collections beside the job, so this payload is what is sent.
     outside_payload: dict[str, Any] | None = None
+    fingerprint: int | None = None  # of the payload, written when Salesforce confirms it
+    unchanged: bool = False  # Salesforce confirmed this payload last: not in the CSV, confirmed as it is
 
     @property
     def sent(self) -> bool:
         """In the job's CSV (so in its results)."""
-        return self.rejection is None and self.outside_payload is None
+        return self.rejection is None and self.outside_payload is None and not self.unchanged
 
 
 class JobData:
@@ -64,15 +66,21 @@ class JobData:
         if record.payload is None:
             self.records.append(JobRecord(record.key, record.position, record.external_id, record.rejection))
             return True
+        if record.unchanged:
+            self.records.append(JobRecord(record.key, record.position, record.external_id, unchanged=True))
+            return True
+        fingerprint = record.fingerprint
         try:
             line = csv_row(record.payload, self.columns).encode("utf-8")
         except NotInCsv:
-            self.records.append(JobRecord(record.key, record.position, record.external_id, None, record.payload))
+            self.records.append(
+                JobRecord(record.key, record.position, record.external_id, None, record.payload, fingerprint)
+            )
             return True
         if self.max_bytes is not None and self.records and self.size + len(line) > self.max_bytes:
             return False
         self._bytes.write(line)
-        self.records.append(JobRecord(record.key, record.position, record.external_id))
+        self.records.append(JobRecord(record.key, record.position, record.external_id, fingerprint=fingerprint))
         self.sent += 1
         return True
 

@@ -179,6 +179,28 @@ class ExternalIdSettings(BaseModel):
     column: SqlIdentifier
 
 
+class FieldSettings(BaseModel):
+    """A mapped field written out: its source column, and what a null source value does (``on_null``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    column: SqlIdentifier
+    # clear: a null clears the field in Salesforce; keep: a null sends nothing, so Salesforce keeps its value.
+    on_null: Literal["clear", "keep"] = "clear"
+
+
+def _field_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"column": value}
+    if not isinstance(value, dict):
+        raise _problem(f"{value!r} must be a source column, or {{column: <column>, on_null: keep}}")
+    return value
+
+
+# ``Phone: phone`` is short for ``Phone: {column: phone}``.
+FieldMapping = Annotated[FieldSettings, BeforeValidator(_field_shorthand)]
+
+
 class ChangeStampSettings(BaseModel):
     """How the change column (the first ``order_by`` column) gets its values; see README, "Late rows"."""
 
@@ -197,7 +219,8 @@ class StreamSettings(RunLimits):
     order_by: list[SqlIdentifier]
     sobject: SalesforceName
     external_id: ExternalIdSettings
-    fields: dict[SalesforceName, SqlIdentifier]
+    fields: dict[SalesforceName, FieldMapping]
+    mode: Literal["upsert", "update", "insert"] = "upsert"
     change_stamp: ChangeStampSettings = ChangeStampSettings()
     lock_stale_after_minutes: Annotated[Number, Field(ge=0.01)] | None = None
 
@@ -276,6 +299,8 @@ class Stream(RunLimits):
     external_id_field: str
     external_id_column: str
     fields: tuple[tuple[str, str], ...]  # (Salesforce field, source column), in file order
+    keep_when_null: frozenset[str] = frozenset()  # fields with on_null: keep
+    mode: str = "upsert"  # upsert, update (never creates) or insert (creates only)
     change_stamp: ChangeStamp = Field(default_factory=lambda: ChangeStamp())
     lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
 
@@ -316,7 +341,7 @@ def _fail(stream: str, field: str, problem: str) -> StreamConfigError:
 _KNOWN_SETTINGS = sorted(StreamSettings.model_fields)
 _SHAPES = {
     "external_id": "must be {field: <Salesforce external id field>, column: <source column>}",
-    "fields": "must map Salesforce field names to source columns",
+    "fields": "must map Salesforce field names to source columns (or to {column: <column>, on_null: keep})",
     "order_by": "must be a list of columns, for example [updated_at, id]",
 }
 
@@ -324,6 +349,8 @@ _SHAPES = {
 def _explain(stream: str, error: ErrorDetails) -> StreamConfigError:
     """One pydantic error as a person reads it: which stream, which setting, what is wrong."""
     loc = [str(part) for part in error["loc"] if not isinstance(part, int) and part != "[key]"]
+    if len(loc) == 3 and loc[0] == "fields" and loc[2] == "column":
+        loc = loc[:2]  # the mapped field's column, written either way (``Phone: phone`` or ``{column: phone}``)
     kind, value = error["type"], error.get("input")
     top = loc[0] if loc else "(stream)"
     if top in _SHAPES and (kind in ("missing", "extra_forbidden") or len(loc) == 1) and kind != "crm_export":
@@ -371,7 +398,9 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         sobject=settings.sobject,
         external_id_field=settings.external_id.field,
         external_id_column=settings.external_id.column,
-        fields=tuple(settings.fields.items()),
+        fields=tuple((sf_field, field.column) for sf_field, field in settings.fields.items()),
+        keep_when_null=frozenset(sf_field for sf_field, field in settings.fields.items() if field.on_null == "keep"),
+        mode=settings.mode,
         change_stamp=_change_stamp(name, settings.change_stamp),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
@@ -487,7 +516,10 @@ def stream_definition(stream: Stream, column_types: dict[str, str], *, org_id: s
         "sobject": stream.sobject,
         "external_id": [stream.external_id_field, stream.external_id_column],
         # The mapping: records exported under another one carry it in Salesforce.
-        "fields": [[field, column] for field, column in sorted(stream.fields)],
+        "fields": [
+            [field, column, "keep"] if field in stream.keep_when_null else [field, column]
+            for field, column in sorted(stream.fields)
+        ],
     }
     if org_id is not None:
         definition["org"] = org_id
@@ -499,7 +531,7 @@ def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     def text(value: Any, part: str) -> str:
         if part == "fields":
-            return "{" + ", ".join(f"{field}: {column}" for field, column in value) + "}"
+            return "{" + ", ".join(f"{field}: {' '.join(rest)}" for field, *rest in value) + "}"
         if isinstance(value, list) and value and isinstance(value[0], list):
             return ", ".join(f"{column} {kind}" for column, kind in value)
         if isinstance(value, list):

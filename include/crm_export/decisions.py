@@ -165,6 +165,7 @@ class ExportResult:
     def summary(self) -> str:
         text = (
             f"Stream '{self.stream}': exported {self.tally.exported} record(s) in {self.tally.batches} batch(es); "
+            f"unchanged (not sent): {self.tally.unchanged}; "
             f"rejected records: {self.tally.errors} ({self.tally.errors_text()}); stopped: {self.stopped_because}."
         )
         if self.held:

@@ -34,6 +34,8 @@ class SourceRecord:
     external_id: str | None
     payload: dict[str, Any] | None  # None when the row cannot be mapped
     rejection: RejectedRecord | None = None
+    fingerprint: int | None = None  # of the payload (fingerprints.py), once looked at
+    unchanged: bool = False  # Salesforce confirmed exactly this payload last: nothing to send
 
     def why_not_sent(self) -> RejectedRecord:
         """Why a record with no payload cannot be sent (every such record carries its rejection)."""
@@ -73,6 +75,8 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
     external_id = str(raw_external_id)
     payload: dict[str, Any] = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
     for sf_field, column in stream.fields:
+        if row[column] is None and sf_field in stream.keep_when_null:
+            continue  # on_null: keep: sending nothing leaves Salesforce's value as it is
         try:
             payload[sf_field] = field_value(row[column], (field_types or {}).get(sf_field))
         except Unmappable as exc:

@@ -11,6 +11,8 @@ its own quoting here, once, and every message uses it:
   JSON-quoted with its control characters escaped, and cut when very long.
 - ``one_line``: a mail header or a subject: no line break can start a new
   header (RFC 5322 2.2: a header field ends at CRLF).
+- ``soql_literal``: a SOQL string literal (quotes, backslashes and line
+  breaks escaped as "Quoted String Escape Sequences" lists them).
 - ``url_segment``: one path segment of a link, percent-encoded (RFC 3986
   3.3), so ``#``, ``?`` and ``/`` in a run id stay in the run id.
 """
@@ -65,3 +67,11 @@ def one_line(text: str) -> str:
 def url_segment(text: str) -> str:
     """One path segment of a URL: everything but unreserved characters percent-encoded."""
     return quote(text, safe="")
+
+
+_SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f", '"': '\\"'}
+
+
+def soql_literal(text: str) -> str:
+    """``text`` as a SOQL string literal ("Quoted String Escape Sequences", SOQL and SOSL Reference)."""
+    return "'" + "".join(_SOQL_ESCAPES.get(char, char) for char in text) + "'"

@@ -25,13 +25,14 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from include.crm_export.config import Stream, external_ids_unique_by_key, stream_definition
-from include.crm_export.db import api_requests, export_errors, external_ids, source, watermarks
+from include.crm_export.db import api_requests, export_errors, external_ids, fingerprints, source, watermarks
 from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import age_text, api_budget_stop, definition_refusal
 from include.crm_export.errors import RejectedRecord, SettingsError, StreamConfigError
 from include.crm_export.export import RunContext, current_records, one_record_per_external_id
+from include.crm_export.fingerprints import to_remember, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
@@ -140,6 +141,7 @@ class ReexportRun:
     result: ReexportResult
     column_types: dict[str, str]
     field_types: dict[str, str] | None = None  # Salesforce types of the mapped fields, from the writer's describe
+    fingerprint_number: int = 0  # the stream's number in crm_export.fingerprints
     _owners: ExternalIdOwners | None = None
 
     def owners(self, writer: CollectionWriter) -> ExternalIdOwners:
@@ -177,6 +179,7 @@ def reexport_stream(
             # A source that is gone or changed fails here, naming the setting.
             column_types=source.column_types(conn, stream),
             field_types=writer.field_types if writer is not None else None,
+            fingerprint_number=fingerprints.stream_number(conn, stream),
         )
         _check_definition(run, org_id=writer.org_id if writer is not None else None)
         if writer is not None:  # open errors: the stream has exported before
@@ -253,10 +256,12 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
         present = [e for e in batch if e.record_key in current]
         outcomes = _send_current(run, writer, [current[e.record_key] for e in present])
         resolved: list[int] = []
+        confirmed: list[SourceRecord] = []
         still_rejected: list[StillRejected] = []
         for error, (record, rejection) in zip(present, outcomes, strict=True):
             if rejection is None:
                 resolved.append(error.id)
+                confirmed.append(record)
                 continue
             still_rejected.append(StillRejected(error.id, record.payload, rejection))
             result.still_rejected[rejection.code] += 1
@@ -273,15 +278,18 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
                 error.record_key,
                 stream.name,
             )
-        export_errors.record_reexport(
-            run.conn,
-            claimant=run.claimant,
-            resolved=resolved,
-            still_rejected=still_rejected,
-            source_deleted=[e.id for e in gone],
-            dag_id=run.context.dag_id,
-            run_id=run.context.run_id,
-        )
+        with run.conn.transaction():
+            export_errors.record_reexport(
+                run.conn,
+                claimant=run.claimant,
+                resolved=resolved,
+                still_rejected=still_rejected,
+                source_deleted=[e.id for e in gone],
+                dag_id=run.context.dag_id,
+                run_id=run.context.run_id,
+            )
+            # What Salesforce confirmed now is what a later export compares with.
+            fingerprints.remember(run.conn, run.fingerprint_number, to_remember(with_fingerprints(confirmed, None)))
         result.resolved += len(resolved)
         result.source_deleted += len(gone)
 

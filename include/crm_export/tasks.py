@@ -119,6 +119,7 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
             context=RunContext(dag_id=dag_id, run_id=run_id),
             bulk=bulk_jobs_for(stream, writer),
             force_bulk=bool(context["params"].get("use_bulk_api", False)),
+            resend_all=bool(context["params"].get("resend_all", False)),
         )
     emit_run_metrics(result)
     notify_state_change(stream, result, database)
@@ -132,6 +133,7 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
         summary={
             "stopped_because": result.stopped_because,
             "held": result.held is not None,
+            "unchanged": result.tally.unchanged,
         },
     )
     if result.held is not None:
@@ -141,6 +143,7 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
     return {
         "stream": stream_name,
         "exported": result.tally.exported,
+        "unchanged": result.tally.unchanged,
         "rejected_by_code": dict(result.tally.errors_by_code),
         "stopped_because": result.stopped_because,
         "pause_on_error": result.pause_on_error,

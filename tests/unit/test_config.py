@@ -69,6 +69,11 @@ def test_defaults_apply_and_can_be_overridden():
         ({"bulk_job_megabytes": 150}, "bulk_job_megabytes", "at most 100"),
         ({"bulk_job_megabytes": 0}, "bulk_job_megabytes", "at least 1"),
         ({"colour": "blue"}, "colour", "unknown setting"),
+        ({"fields": {"LastName": {"column": "last name"}}}, "fields.LastName", "plain SQL identifier"),
+        ({"fields": {"Phone": {"column": "phone", "on_null": "skip"}}}, "fields.Phone.on_null", "'clear' or 'keep'"),
+        ({"fields": {"Phone": 5}}, "fields.Phone", "must be a source column, or {column"),
+        ({"fields": {"Phone": {"on_null": "keep"}}}, "fields", "must map"),
+        ({"mode": "merge"}, "mode", "'upsert', 'update' or 'insert'"),
     ],
 )
 def test_broken_config_names_stream_and_field(changes, field, says):

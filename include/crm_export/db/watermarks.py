@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from include.crm_export.config import Stream
-from include.crm_export.db import bulk_jobs, source
+from include.crm_export.db import bulk_jobs, fingerprints, source
 from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import StreamBusy, StreamStuck
 from include.crm_export.mapping import position_to_json
@@ -125,7 +125,8 @@ def reposition(
     """Re-export the stream from the start (``from_change_time`` None) or from rows changed at or after a time.
 
     A deliberate act: it clears the held record, adopts the current
-    definition, and is recorded with who did it. Refused while the stream is
+    definition, forgets the stream's fingerprints (so every record it reads
+    again is sent), and is recorded with who did it. Refused while the stream is
     being exported (it takes the stream's lock for the moment it needs).
     """
     lock_stream(conn, stream)
@@ -137,6 +138,8 @@ def reposition(
             )
             # A job a killed task left belongs to the old position and definition: never resumed, aborted next run.
             bulk_jobs.set_aside(conn, stream)
+            # What Salesforce confirmed under the old definition counts for nothing: every record is sent again.
+            fingerprints.forget(conn, stream)
             conn.execute(
                 sql.SQL(
                     """UPDATE {} SET position = %(position)s, held_record_key = NULL, held_since = NULL,

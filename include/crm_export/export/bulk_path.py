@@ -38,6 +38,7 @@ from include.crm_export.mapping import SourceRecord, position_to_json
 from include.crm_export.names import MAX_BATCH_SIZE
 from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs
+from include.crm_export.write_modes import asks_salesforce
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ class BulkPath:
             return None
         stream = run.stream
         left = bulk_jobs.unfinished(run.session.conn, stream)
+        if asks_salesforce(stream) and not left:
+            if force:
+                log.warning(
+                    "Stream '%s' writes in mode %s, which needs Salesforce asked per request; it goes through "
+                    "sObject Collections, not Bulk API 2.0.",
+                    stream.name,
+                    stream.mode,
+                )
+            return None
         if not (force or left or stream.bulk_threshold):
             return None
         if not (force or left):
@@ -123,7 +133,8 @@ class BulkPath:
                 left.job_id,
                 self.stream.name,
             )
-            job = self._read(left.after_position, left.records, until=left.last_position)
+            # Read as that task read it: a record it took for unchanged was not in its CSV, whatever is asked now.
+            job = self._read(left.after_position, left.records, until=left.last_position, resend_all=False)
             job.data, job.job_id = None, left.job_id
             try:
                 self._finish(job)
@@ -201,7 +212,9 @@ class BulkPath:
             self._abort(self.launched.popleft(), because)
         return dropped
 
-    def _read(self, after: list[str] | None, limit: int, *, until: list[str] | None = None) -> _Job:
+    def _read(
+        self, after: list[str] | None, limit: int, *, until: list[str] | None = None, resend_all: bool | None = None
+    ) -> _Job:
         """Up to ``limit`` records after ``after`` (and at or before ``until``) into one job's CSV, page by page."""
         horizon = self.run.session.horizon(self.run.clock, fresh=True)  # one lookup per job: as far as it can go
         self.run.note_horizon(horizon, every_time=True)
@@ -210,7 +223,9 @@ class BulkPath:
         page = min(_FIRST_PAGE_ROWS, limit)
         full = False
         while not full and len(data.records) < limit:
-            _horizon, records = self.run.session.read(position, page, until=until, horizon=horizon)
+            _horizon, records = self.run.session.read(
+                position, page, until=until, horizon=horizon, resend_all=resend_all
+            )
             for record in records:
                 if not data.add(record):
                     full = True  # this row and the rest are the next job's
@@ -303,20 +318,18 @@ class BulkPath:
                 return
         self._send_beside_the_job(job, rejected)
         current = self._current_rows(job, rejected)
-        self._retry_transient(job, rejected, current)
+        retried = self._retry_transient(job, rejected, current)
         outcomes = []
         for index, record in enumerate(job.records):
             rejection = rejected.get(index)
-            payload = (
-                record.outside_payload
-                if record.outside_payload is not None
-                else current[record.key].payload
-                if rejection is not None and record.key in current
-                else None
+            row = current.get(record.key) if index in retried or rejection is not None else None
+            payload = record.outside_payload if record.outside_payload is not None else row.payload if row else None
+            # What Salesforce confirmed: the job's row, or for a record sent again, the version sent again.
+            fingerprint = row.fingerprint if index in retried and row is not None else record.fingerprint
+            sent = SourceRecord(
+                record.key, record.position, record.external_id, payload, None, fingerprint, record.unchanged
             )
-            outcomes.append(
-                RecordOutcome(SourceRecord(record.key, record.position, record.external_id, payload), rejection)
-            )
+            outcomes.append(RecordOutcome(sent, rejection))
         job_id = job.job_id
         done = None if job_id is None else lambda: bulk_jobs.set_state(self.run.session.conn, job_id, "done")
         self.run.commit_outcomes(outcomes, with_it=done)
@@ -379,7 +392,7 @@ class BulkPath:
 
     def _retry_transient(
         self, job: _Job, rejected: dict[int, RejectedRecord], current: dict[str, SourceRecord]
-    ) -> None:
+    ) -> set[int]:
         """Send the records rejected for a transient reason again through sObject Collections.
 
         A row deleted since keeps its rejection (its ExportErrors row is closed
@@ -405,3 +418,4 @@ class BulkPath:
                     del rejected[index]
                 else:
                     rejected[index] = outcome.rejection
+        return set(retry)

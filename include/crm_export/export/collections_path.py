@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from include.crm_export.batch import RecordOutcome
+from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request, to_send
 from include.crm_export.concurrency import Concurrency
 from include.crm_export.db import source
 from include.crm_export.decisions import next_batch_size
@@ -74,9 +74,15 @@ class CollectionsPath:
     def _a_request_failed(self) -> bool:
         return any(r.answer.done() and r.answer.exception() is not None for r in self.requests)
 
+    def _request_full(self) -> bool:
+        """Enough read for a full request: ``batch_size`` records to send (unchanged ones are not sent, so a
+        request gathers them from as many reads as it takes, up to MAX_RECORDS_PER_REQUEST)."""
+        waiting = self.waiting or []
+        return len(waiting) >= MAX_RECORDS_PER_REQUEST or to_send(waiting) >= self.run.stream.batch_size
+
     def read_next(self) -> None:
         """Take the next batch read (when there is room to send it) and start reading the one after."""
-        if self.waiting is not None or self.next_read is None or not self._room() or self._a_request_failed():
+        if self._request_full() or self.next_read is None or not self._room() or self._a_request_failed():
             return
         horizon, records = self.next_read.result()
         self.next_read = None
@@ -86,24 +92,35 @@ class CollectionsPath:
         self.records_read += len(records)
         if not self.run.limit_reached(self.records_read):
             self.next_read = self._read_after(position_to_json(records[-1].position))
-        self.waiting = records
+        self.waiting = (self.waiting or []) + records
 
     def send_ready(self) -> None:
-        """Send while the level allows (and nothing failed: what follows a failure is not sent)."""
-        while self.waiting is not None and self._room() and not self._a_request_failed():
-            keys = frozenset(record.key for record in self.waiting)
+        """Send while the level allows (and nothing failed: what follows a failure is not sent): a full
+        request, or what is left once nothing more is read."""
+        while (
+            self.waiting
+            and (self._request_full() or self.next_read is None)
+            and self._room()
+            and not self._a_request_failed()
+        ):
+            records, rest = next_request(self.waiting, self.run.stream.batch_size)
+            keys = frozenset(record.key for record in records)
             running = (r.keys for r in self.requests if not r.answer.done())
             if in_flight_already(keys, running):
                 return
-            if self.run.over_budget(running=self._running()):
+            if not to_send(records):  # all unchanged (or rejected by the mapping): confirmed without a request
+                answer: Future[list[RecordOutcome]] = Future()
+                answer.set_result(self.run.writer.send(records))
+            elif self.run.over_budget(running=self._running()):
                 self.waiting = None
                 self._cancel_next_read()
                 return
-            self.run.writer.count_request()  # now, so the next budget check sees it
-            answer = self.pool.submit(self.run.writer.send, self.waiting, counted=True)
-            self.requests.append(_Request(self.waiting, keys, answer))
-            self.concurrency.sent()
-            self.waiting = None
+            else:
+                self.run.writer.count_request()  # now, so the next budget check sees it
+                answer = self.pool.submit(self.run.writer.send, records, counted=True)
+                self.concurrency.sent()
+            self.requests.append(_Request(records, keys, answer))
+            self.waiting = rest or None
             self.read_next()
 
     def commit_answered(self) -> None:

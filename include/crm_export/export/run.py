@@ -49,6 +49,7 @@ def export_stream(
     clock: Callable[[], float] = time.monotonic,
     bulk: BulkJobs | None = None,
     force_bulk: bool = False,
+    resend_all: bool = False,
 ) -> ExportResult:
     """Export ``stream`` until caught up, held, or out of its per-run budget.
 
@@ -57,7 +58,9 @@ def export_stream(
     with a job left by a killed task, goes through Bulk API 2.0 jobs, with the
     same watermark, pause and ExportErrors rules. Otherwise up to
     ``stream.in_flight`` sObject Collections requests go out at once (fewer
-    while Salesforce struggles, see ``concurrency.py``).
+    while Salesforce struggles, see ``concurrency.py``). A record whose payload
+    Salesforce confirmed last is not sent (``fingerprints.py``), unless
+    ``resend_all``.
     """
     started = clock()
     concurrency = Concurrency(stream.in_flight, stream.slow_request_seconds)
@@ -67,7 +70,7 @@ def export_stream(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"crm-export-{stream.name}-read") as reads,
         ThreadPoolExecutor(max_workers=concurrency.ceiling, thread_name_prefix=f"crm-export-{stream.name}") as pool,
     ):
-        session = StreamExport.open(stream, database, context, exits=exits, writer=writer)
+        session = StreamExport.open(stream, database, context, exits=exits, writer=writer, resend_all=resend_all)
         pause = pause_on_error()
         run = ExportRun(
             session,

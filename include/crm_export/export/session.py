@@ -21,7 +21,7 @@ import psycopg
 
 from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
 from include.crm_export.config import Stream, change_column, external_ids_unique_by_key, stream_definition
-from include.crm_export.db import export_errors, external_ids, source, watermarks
+from include.crm_export.db import export_errors, external_ids, fingerprints, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import (
@@ -35,6 +35,7 @@ from include.crm_export.decisions import (
     stop_reason,
 )
 from include.crm_export.errors import StreamConfigError
+from include.crm_export.fingerprints import with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs, CollectionWriter
@@ -123,8 +124,10 @@ class StreamExport:
         field_types: dict[str, str] | None = None,
         external_id_case_sensitive: bool = False,
         org_id: str | None = None,
+        resend_all: bool = False,
     ):
         self.stream = stream
+        self.resend_all = resend_all  # send every record read, unchanged or not (``--resend-all``)
         self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
         # Every record read this run that can still be in flight (a Collections request, or one of the two Bulk
         # API 2.0 jobs that may run at once), by external id: one Salesforce record, one source row.
@@ -140,6 +143,11 @@ class StreamExport:
         self.change = change_column(stream, self.column_types[stream.order_by[0]])
         self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
+        self.fingerprint_number = fingerprints.stream_number(conn, stream)
+        if not self.watermark.exported_before:
+            # A stream at its start sends every record: nothing confirmed before (a watermark deleted by hand)
+            # may stand for what Salesforce holds now.
+            fingerprints.forget(conn, stream)
         external_ids.fill_once(
             conn,
             stream,
@@ -197,6 +205,7 @@ class StreamExport:
         *,
         exits: ExitStack,
         writer: CollectionWriter | None = None,
+        resend_all: bool = False,
     ) -> StreamExport:
         name = f"crm-export {stream.name}"
         conn = exits.enter_context(database.connect(application_name=name))
@@ -212,6 +221,7 @@ class StreamExport:
             field_types=writer.field_types if writer is not None else None,
             external_id_case_sensitive=writer.external_id_case_sensitive if writer is not None else False,
             org_id=writer.org_id if writer is not None else None,
+            resend_all=resend_all,
         )
 
     def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:
@@ -233,9 +243,11 @@ class StreamExport:
         clock: Callable[[], float] = time.monotonic,
         until: list[str] | None = None,
         horizon: source.Horizon | None = None,
+        resend_all: bool | None = None,
     ) -> tuple[source.Horizon, list[SourceRecord]]:
         """The next ``limit`` records after ``after``, never past the horizon (``horizon``, or the current one),
-        one record per external id."""
+        one record per external id, each marked unchanged if Salesforce confirmed its payload last (unless
+        ``resend_all``, by default the session's)."""
         horizon = horizon or self.horizon(clock)
         rows = source.read_batch(
             self.reader,
@@ -247,12 +259,21 @@ class StreamExport:
             until=until,
         )
         records = [map_row(self.stream, row, self.field_types) for row in rows]
-        return horizon, one_record_per_external_id(
+        records = one_record_per_external_id(
             self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
         )
+        every_record = self.resend_all if resend_all is None else resend_all
+        confirmed = None if every_record else self.confirmed_fingerprints(records)
+        return horizon, with_fingerprints(records, confirmed)
+
+    def confirmed_fingerprints(self, records: list[SourceRecord]) -> dict[str, int]:
+        keys = [record.key for record in records if record.payload is not None]
+        return fingerprints.confirmed(self.reader, self.fingerprint_number, keys)
 
     def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
-        return current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
+        """The current version of these rows, to be sent (never taken for unchanged)."""
+        found = current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
+        return {record.key: record for record in with_fingerprints(list(found.values()), None)}
 
     def commit(
         self,
@@ -270,6 +291,7 @@ class StreamExport:
             export_errors.record_rejections(
                 self.conn, self.stream, plan.rejected, dag_id=self.context.dag_id, run_id=self.context.run_id
             )
+            fingerprints.remember(self.conn, self.fingerprint_number, plan.fingerprints)
             if plan.confirmed_keys and self._has_open_errors:
                 export_errors.resolve_errors(
                     self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id

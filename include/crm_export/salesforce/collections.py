@@ -16,6 +16,7 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
 from include.crm_export.concurrency import LOCK_CODES, Concurrency
+from include.crm_export.config import Stream
 from include.crm_export.errors import (
     NotFound,
     RejectedRecord,
@@ -25,10 +26,12 @@ from include.crm_export.errors import (
     StreamConfigError,
 )
 from include.crm_export.http import SalesforceSession
-from include.crm_export.mapping import SourceRecord
+from include.crm_export.mapping import SourceRecord, external_id_match_key
 from include.crm_export.names import MAX_BATCH_SIZE
+from include.crm_export.quoting import soql_literal
 from include.crm_export.salesforce.refusals import error_code, error_message, first_error, refusal
 from include.crm_export.salesforce.session import SessionRenewer
+from include.crm_export.write_modes import apply_mode, asks_salesforce
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,10 @@ class CollectionWriter:
         renewer: SessionRenewer | None = None,
         sleep: Callable[[float], None] = time.sleep,
         trace: Trace | None = None,
+        stream: Stream | None = None,
     ) -> None:
         self.sf = sf
+        self.stream = stream  # for its mode (write_modes.py): update and insert ask Salesforce first
         self.path = f"composite/sobjects/{sobject}/{external_id_field}"
         self.transient_retries = transient_retries
         self.backoff_seconds = backoff_seconds
@@ -124,11 +129,13 @@ class CollectionWriter:
         """Upsert the records that have a payload; every record gets an outcome, in order.
 
         A record the mapping could not turn into a payload keeps its rejection
-        and is not sent. ``counted``: its first request was counted ahead by
-        :meth:`count_request`.
+        and is not sent; an unchanged one is confirmed without being sent.
+        ``counted``: its first request was counted ahead by :meth:`count_request`.
         """
         self._local.counted_ahead = 1 if counted else 0
-        sendable = [r for r in records if r.payload is not None]
+        if self.stream is not None and asks_salesforce(self.stream):
+            records = apply_mode(self.stream, records, self.existing(records), self._match_key)
+        sendable = [r for r in records if r.payload is not None and not r.unchanged]
         if counted and not sendable:  # nothing to send after all
             with self._lock:
                 self.requests_sent -= 1
@@ -138,9 +145,40 @@ class CollectionWriter:
             if record.payload is None:
                 outcomes.append(RecordOutcome(record, record.rejection))
                 continue
+            if record.unchanged:
+                outcomes.append(RecordOutcome(record, None))  # Salesforce holds this payload already
+                continue
             answer = next(answers)
             outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
         return outcomes
+
+    def _match_key(self, external_id: str) -> str:
+        return external_id_match_key(external_id, case_sensitive=self.external_id_case_sensitive)
+
+    def existing(self, records: list[SourceRecord]) -> set[str]:
+        """The external ids (as Salesforce matches them) of these records that Salesforce has: one SOQL query."""
+        wanted = sorted({r.external_id for r in records if r.payload is not None and not r.unchanged and r.external_id})
+        if not wanted or self.stream is None:
+            return set()
+        field = self.stream.external_id_field
+        listed = ", ".join(soql_literal(external_id) for external_id in wanted)
+        soql = f"SELECT {field} FROM {self.stream.sobject} WHERE {field} IN ({listed})"
+        doing = f"find which records Salesforce has (stream '{self.stream.name}', mode: {self.stream.mode})"
+        for attempt in range(2):
+            with self._lock:
+                self.requests_sent += 1
+            try:
+                answer = self.sf.query_all(soql)
+                break
+            except SalesforceExpiredSession as exc:
+                if self.renewer is None or attempt:
+                    raise refusal(exc, doing=doing) from None
+                self.renewer.renew(self.sf)
+            except SalesforceError as exc:
+                raise refusal(exc, doing=doing) from None
+            except requests.exceptions.RequestException as exc:
+                raise RequestFailed(f"Could not reach Salesforce: {type(exc).__name__}: {exc}") from None
+        return {self._match_key(str(row[field])) for row in answer.get("records", []) if row.get(field) is not None}
 
     def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
         if len(payloads) > MAX_BATCH_SIZE:

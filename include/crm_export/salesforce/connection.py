@@ -66,7 +66,12 @@ def writer_for(stream: Stream, *, trace: Trace | None = None) -> CollectionWrite
     renewer = renewer_for(connection.extra_dejson, sf.session)  # type: ignore[arg-type]  # a SalesforceSession (_client)
     described = check_stream_against_describe(sf, stream, renewer=renewer)
     writer = CollectionWriter(
-        sf, sobject=stream.sobject, external_id_field=stream.external_id_field, renewer=renewer, trace=trace
+        sf,
+        sobject=stream.sobject,
+        external_id_field=stream.external_id_field,
+        renewer=renewer,
+        trace=trace,
+        stream=stream,
     )
     writer.external_id_case_sensitive = described.external_id_case_sensitive
     writer.field_types = described.field_types

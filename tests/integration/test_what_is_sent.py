@@ -1,0 +1,244 @@
+"""What a run sends: only what changed (fingerprints), how it writes (``mode``) and what a null does (``on_null``).
+
+Every test ends with what a user sees: Salesforce's records (the emulator's state), the watermark, the
+ExportErrors rows and the API requests the org counted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.helpers import (
+    assert_salesforce_matches_source,
+    contacts_stream,
+    insert_contacts,
+    open_errors,
+    salesforce_contacts,
+    watermark,
+    write_streams,
+)
+
+PATHS = ["sObject Collections", "Bulk API 2.0"]
+
+
+def _run(run_dag, streams, path, **conf):
+    run = run_dag(streams_file=streams, conf={"use_bulk_api": path == "Bulk API 2.0", **conf})
+    assert run.state == "success", run.log[-3000:]
+    return run
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_on_null_keep_leaves_salesforces_value_where_the_source_has_none(db, emulator, sf, run_dag, tmp_path, path):
+    """``Phone: {column: phone, on_null: keep}``: a null source phone sends nothing (REST: the field is left out
+    of the record; Bulk API 2.0: an empty cell, which "Prepare CSV Files" says leaves the field as it is), so the
+    phone someone set in Salesforce stays; a phone the source has is sent, and a null in a field without it
+    clears as before."""
+    insert_contacts(db, 6)
+    db.execute("UPDATE crm.contacts SET phone = '+1 555 0100' WHERE id IN (2, 4)")
+    db.execute("UPDATE crm.contacts SET title = NULL WHERE id = 3")
+    for contact in range(1, 7):
+        sf.Contact.upsert(f"CRM_Contact_Id__c/{contact}", {"LastName": "Before", "Phone": "+44 20 0000", "Title": "X"})
+    fields = {"LastName": "last_name", "Title": "title", "Phone": {"column": "phone", "on_null": "keep"}}
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(fields=fields, settle_seconds=0)})
+
+    _run(run_dag, streams, path)
+
+    contacts = salesforce_contacts(emulator)
+    assert {key: contacts[key]["Phone"] for key in sorted(contacts)} == {
+        "1": "+44 20 0000",
+        "2": "+1 555 0100",
+        "3": "+44 20 0000",
+        "4": "+1 555 0100",
+        "5": "+44 20 0000",
+        "6": "+44 20 0000",
+    }
+    assert contacts["3"]["Title"] is None  # on_null clear (the default): the source's null clears it
+    assert {contacts[key]["LastName"] for key in contacts} == {f"Last{n}" for n in range(1, 7)}
+    assert open_errors(db) == []
+    assert watermark(db)[1] is None
+
+
+def _touch(db, *, changed_every: int = 10):
+    """What an ORM does on save: every contact's updated_at moves; only every ``changed_every``-th changes a
+    mapped field (its title)."""
+    db.execute(
+        """UPDATE crm.contacts SET updated_at = now() - interval '10 minutes' + id * interval '1 millisecond',
+                                   title = CASE WHEN id %% %s = 0 THEN 'Director ' || id ELSE title END""",
+        (changed_every,),
+    )
+
+
+def _requests(emulator) -> int:
+    return emulator.counters().get("api_requests", 0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_touched_but_unchanged_records_are_not_sent_and_the_watermark_passes_them(
+    db, emulator, run_dag, tmp_path, path
+):
+    insert_contacts(db, 1000)
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    _run(run_dag, streams, path)
+    updated_before, before = emulator.counters().get("records_updated", 0), _requests(emulator)
+    _touch(db)
+
+    run = _run(run_dag, streams, path)
+
+    assert emulator.counters().get("records_updated", 0) - updated_before == 100  # only the changed ones
+    assert watermark(db) == (watermark(db)[0], None)
+    assert watermark(db)[0][1] == "1000"  # past every touched record, sent or not
+    assert_salesforce_matches_source(db, emulator)
+    assert open_errors(db) == []
+    history = db.execute(
+        "SELECT exported, unchanged FROM crm_export.export_runs WHERE stream = 'contacts' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert history == (100, 900)
+    assert "unchanged (not sent): 900" in run.log
+    if path == "sObject Collections":
+        # 100 changed records, 200 a request: the requests of the run (describe, limits, the upserts) shrink
+        # from about 1000 / 200 upserts to one.
+        upserts = emulator.counters().get("collections.requests", None)
+        assert _requests(emulator) - before <= 4, upserts
+
+
+def test_a_reposition_and_resend_all_send_unchanged_records_again(db, emulator, run_dag, tmp_path):
+    """A reposition forgets what Salesforce confirmed (the definition may have changed); ``--resend-all`` sends
+    what it reads once, unchanged or not, for records someone edited in Salesforce by hand."""
+    from tests.support.helpers import cli
+
+    insert_contacts(db, 300)
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    _run(run_dag, streams, "sObject Collections")
+    _touch(db, changed_every=1_000_000)  # touched, nothing changed
+    emulator_before = emulator.counters().get("records_updated", 0)
+
+    hand_edit = cli("export", "--stream", "contacts", "--pause-on-error", "true", streams=streams)
+    assert hand_edit.returncode == 0, hand_edit.stderr[-2000:]
+    assert "unchanged (not sent): 300" in hand_edit.stdout
+    assert emulator.counters().get("records_updated", 0) == emulator_before
+
+    _touch(db, changed_every=1_000_000)
+    resent = cli("export", "--stream", "contacts", "--pause-on-error", "true", "--resend-all", streams=streams)
+    assert resent.returncode == 0, resent.stderr[-2000:]
+    assert "exported 300 record(s)" in resent.stdout
+    assert emulator.counters().get("records_updated", 0) == emulator_before + 300
+
+    moved = cli("reposition", "--stream", "contacts", "--from-start", "--yes", streams=streams)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    _run(run_dag, streams, "sObject Collections")
+    assert emulator.counters().get("records_updated", 0) == emulator_before + 600
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_worker_killed_mid_run_leaves_no_fingerprint_for_a_send_never_confirmed(db, emulator, tmp_path):
+    """Requests after the first hang in Salesforce and never land; the worker is killed with them in flight.
+    Their records' new fingerprints were never written, so the next run sends them (a fingerprint written when
+    a record is read or sent, not when its confirmation commits, would skip them and leave Salesforce stale)."""
+    from tests.support.helpers import cli, kill_when, start_cli_export
+
+    insert_contacts(db, 600)
+    streams = write_streams(
+        tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, batch_size=100, in_flight=4)}
+    )
+    assert cli("export", "--stream", "contacts", "--pause-on-error", "true", streams=streams).returncode == 0
+    db.execute(
+        """UPDATE crm.contacts SET last_name = 'Changed' || id,
+                                   updated_at = now() - interval '10 minutes' + id * interval '1 millisecond'"""
+    )
+    emulator.add_rule(fault="hang", path="composite/sobjects/Contact", skip=1)
+    worker = start_cli_export(streams)
+
+    def first_committed_rest_hanging() -> bool:
+        position = watermark(db)[0]
+        return bool(position and position[1] == "100" and emulator.counters().get("faults.hang", 0) >= 3)
+
+    kill_when(worker, first_committed_rest_hanging, never="the worker never committed its first request")
+    assert {key: c["LastName"] for key, c in salesforce_contacts(emulator).items() if int(key) > 100} == {
+        str(n): f"Last{n}" for n in range(101, 601)
+    }
+    emulator.clear_rules()
+
+    again = cli("export", "--stream", "contacts", "--pause-on-error", "true", streams=streams)
+
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "exported 500 record(s)" in again.stdout
+    assert watermark(db)[1] is None
+    assert watermark(db)[0][1] == "600"
+    assert_salesforce_matches_source(db, emulator)
+
+
+@pytest.mark.parametrize("pause_on_error", [True, False])
+def test_update_mode_never_creates_a_record_salesforce_lacks(
+    db, emulator, sf, run_dag, pause_variable, tmp_path, pause_on_error
+):
+    """``mode: update``: contacts 1-5 exist in Salesforce and are updated; 6-8 do not and are rejected records
+    with their own code (found with one query per request), held at (pause on) or skipped past (pause off), until
+    they exist; then the re-export (or the held run) updates them."""
+    insert_contacts(db, 8)
+    for contact in range(1, 6):
+        sf.Contact.upsert(f"CRM_Contact_Id__c/{contact}", {"LastName": "Before"})
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, mode="update")})
+    pause_variable("true" if pause_on_error else "false")
+
+    run = run_dag(streams_file=streams)
+
+    assert set(salesforce_contacts(emulator)) == {"1", "2", "3", "4", "5"}  # nothing created
+    assert {c["LastName"] for c in salesforce_contacts(emulator).values()} == {f"Last{n}" for n in range(1, 6)}
+    errors = open_errors(db)
+    assert {e["error_code"] for e in errors} == {"CRM_EXPORT_NOT_IN_SALESFORCE"}
+    if pause_on_error:
+        assert run.state == "failed"
+        assert [e["record_key"] for e in errors] == ["6"]
+        assert watermark(db) == (watermark(db)[0], "6")
+        assert "only updates (mode: update)" in run.log
+    else:
+        assert run.state == "success", run.log[-3000:]
+        assert [e["record_key"] for e in errors] == ["6", "7", "8"]
+        assert watermark(db)[0][1] == "8"
+
+    for contact in range(6, 9):  # someone creates them in Salesforce
+        sf.Contact.upsert(f"CRM_Contact_Id__c/{contact}", {"LastName": "Before"})
+    if pause_on_error:
+        assert run_dag(streams_file=streams).state == "success"
+    else:
+        assert run_dag(streams_file=streams, dag_id="CRMExport_ExportError").state == "success"
+    assert open_errors(db) == []
+    assert_salesforce_matches_source(db, emulator)
+
+
+def test_insert_mode_creates_only_and_leaves_a_record_salesforce_has(db, emulator, sf, run_dag, tmp_path):
+    insert_contacts(db, 6)
+    sf.Contact.upsert("CRM_Contact_Id__c/3", {"LastName": "Kept by Salesforce"})
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, mode="insert")})
+
+    run = run_dag(streams_file=streams)
+
+    assert run.state == "success", run.log[-3000:]
+    contacts = salesforce_contacts(emulator)
+    assert {key: c["LastName"] for key, c in contacts.items()} == {
+        "1": "Last1",
+        "2": "Last2",
+        "3": "Kept by Salesforce",
+        "4": "Last4",
+        "5": "Last5",
+        "6": "Last6",
+    }
+    assert "exported 5 record(s)" in run.log
+    assert "unchanged (not sent): 1" in run.log
+    assert watermark(db)[0][1] == "6"
+    assert open_errors(db) == []
+
+    db.execute("UPDATE crm.contacts SET last_name = 'Changed', updated_at = now() - interval '1 minute'")
+    assert run_dag(streams_file=streams).state == "success"
+    assert {c["LastName"] for c in salesforce_contacts(emulator).values()} == {"Kept by Salesforce"} | {
+        f"Last{n}" for n in (1, 2, 4, 5, 6)
+    }  # created once, never updated
+
+
+def test_a_write_mode_that_is_not_known_is_refused(tmp_path):
+    from include.crm_export.config import load_streams
+    from include.crm_export.errors import StreamConfigError
+
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(mode="merge")})
+    with pytest.raises(StreamConfigError, match=r"field 'mode'.*'upsert', 'update' or 'insert'"):
+        load_streams(streams)

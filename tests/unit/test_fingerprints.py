@@ -1,0 +1,96 @@
+"""What a fingerprint is, when a record is unchanged, how a request is formed around unchanged records, and what
+the write modes make of a record. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request, plan_batch, to_send
+from include.crm_export.config import load_streams
+from include.crm_export.errors import RejectedRecord
+from include.crm_export.fingerprints import payload_fingerprint, slot, stream_slots, to_remember, with_fingerprints
+from include.crm_export.mapping import SourceRecord
+from include.crm_export.write_modes import apply_mode
+
+STREAM = load_streams()["contacts"]
+
+
+def record(key: int, **payload) -> SourceRecord:
+    body = {"attributes": {"type": "Contact"}, "CRM_Contact_Id__c": str(key), "LastName": f"Last{key}", **payload}
+    return SourceRecord(str(key), (key,), str(key), body)
+
+
+def test_a_fingerprint_is_the_payload_exactly_whatever_the_field_order():
+    a = {"LastName": "A", "Amount__c": Decimal("1.10")}
+    assert payload_fingerprint(a) == payload_fingerprint({"Amount__c": Decimal("1.10"), "LastName": "A"})
+    assert payload_fingerprint(a) != payload_fingerprint({"LastName": "A", "Amount__c": Decimal("1.1")})
+    assert payload_fingerprint(a) != payload_fingerprint({"LastName": "A", "Amount__c": None})
+    assert payload_fingerprint({"LastName": "A"}) != payload_fingerprint({"LastName": "A", "Phone": None})
+    assert -(2**63) <= payload_fingerprint(a) < 2**63
+
+
+def test_slots_of_one_stream_lie_in_its_range_and_apart_from_anothers():
+    for number in (0, 1, 2, 65535):
+        low, high = stream_slots(number)
+        assert -(2**63) <= low <= high < 2**63
+        for key in ("1", "C-00042", "ünïcode", ""):
+            assert low <= slot(number, key) <= high
+    assert stream_slots(1)[1] < stream_slots(2)[0]
+
+
+def test_a_record_is_unchanged_only_when_salesforce_confirmed_exactly_its_payload():
+    one, two, three = record(1), record(2), record(3)
+    confirmed = {"1": payload_fingerprint(one.payload), "2": payload_fingerprint(record(2, Title="Old").payload)}
+    marked = with_fingerprints([one, two, three], confirmed)
+    assert [r.unchanged for r in marked] == [True, False, False]
+    assert all(r.fingerprint is not None for r in marked)
+    assert [r.unchanged for r in with_fingerprints([one], None)] == [False]  # --resend-all
+    unmappable = SourceRecord("4", (4,), None, None, RejectedRecord("X", "no"))
+    assert with_fingerprints([unmappable], {}) == [unmappable]
+
+
+def test_a_commit_remembers_the_fingerprints_of_records_confirmed_now_and_of_no_other():
+    sent, unchanged, rejected = with_fingerprints([record(1), record(2), record(3)], {})
+    unchanged = replace(unchanged, unchanged=True)
+    plan = plan_batch(
+        [RecordOutcome(sent, None), RecordOutcome(unchanged, None), RecordOutcome(rejected, RejectedRecord("X", "no"))],
+        pause_on_error=False,
+    )
+    assert plan.fingerprints == {"1": sent.fingerprint}
+    assert (plan.exported, plan.unchanged, plan.confirmed_keys) == (1, 1, ("1", "2"))
+    held = plan_batch(
+        [RecordOutcome(sent, None), RecordOutcome(rejected, RejectedRecord("X", "no")), RecordOutcome(unchanged, None)],
+        pause_on_error=True,
+    )
+    assert held.fingerprints == {"1": sent.fingerprint}
+    assert held.unchanged == 0
+    assert to_remember([unchanged]) == {}
+
+
+def test_a_request_gathers_batch_size_records_to_send_across_unchanged_ones():
+    records = [replace(record(n), unchanged=n % 10 != 0) for n in range(1, 3001)]  # every tenth changed
+    first, rest = next_request(records, 200)
+    assert to_send(first) == 200
+    assert first[-1].key == "2009"  # the 200th to send and the unchanged ones after it, up to the 201st
+    assert to_send(rest) == 100
+    assert next_request(rest, 200) == (rest, [])
+    unchanged = [replace(record(n), unchanged=True) for n in range(MAX_RECORDS_PER_REQUEST + 5)]
+    capped, left = next_request(unchanged, 200)
+    assert (len(capped), len(left)) == (MAX_RECORDS_PER_REQUEST, 5)
+
+
+def test_update_mode_rejects_what_salesforce_lacks_and_insert_mode_leaves_what_it_has():
+    records = [record(1), record(2), replace(record(3), unchanged=True)]
+    updating = STREAM.model_copy(update={"mode": "update"})
+    one, two, three = apply_mode(updating, records, {"1"}, str.lower)
+    assert one == records[0]
+    assert two.payload is None
+    assert two.why_not_sent().code == "CRM_EXPORT_NOT_IN_SALESFORCE"
+    assert "mode: update" in two.why_not_sent().message
+    assert three == records[2]
+    inserting = STREAM.model_copy(update={"mode": "insert"})
+    one, two, _ = apply_mode(inserting, records, {"1"}, str.lower)
+    assert (one.unchanged, one.fingerprint) == (True, None)
+    assert two == records[1]
+    assert apply_mode(STREAM, records, set(), str.lower) == records
