@@ -30,7 +30,7 @@ class BatchPlan:
     rejected: tuple[tuple[SourceRecord, RejectedRecord], ...]  # rejected records: open (or update) one row each
     held: tuple[SourceRecord, RejectedRecord] | None  # pause on: the record the stream stops at
     unchanged: int = 0  # of the confirmed: not sent, Salesforce holds their payload already
-    fingerprints: dict[str, int] = field(default_factory=dict)  # of the records confirmed just now
+    fingerprints: dict[str, int] = field(default_factory=dict)  # by external id: of the records confirmed now
 
     @property
     def exported(self) -> int:
@@ -49,18 +49,19 @@ def _confirmed(outcomes: list[RecordOutcome]) -> tuple[tuple[str, ...], int, dic
 MAX_RECORDS_PER_REQUEST = 5_000
 
 
-def to_send(records: list[SourceRecord]) -> int:
-    """How many of the records go to Salesforce (neither unchanged nor rejected by the mapping)."""
-    return sum(1 for record in records if record.payload is not None and not record.unchanged)
-
-
 def next_request(records: list[SourceRecord], batch_size: int) -> tuple[list[SourceRecord], list[SourceRecord]]:
     """The records of the next request (source order; at most ``batch_size`` to send, at most
-    :data:`MAX_RECORDS_PER_REQUEST` in all) and those left for the one after."""
+    :data:`MAX_RECORDS_PER_REQUEST` in all, each record once) and those left for the one after.
+
+    A request gathers several reads, and a row changed between two reads is
+    in both: its later version waits for the next request.
+    """
     sending = 0
+    keys: set[str] = set()
     for index, record in enumerate(records):
-        if index == MAX_RECORDS_PER_REQUEST:
+        if index == MAX_RECORDS_PER_REQUEST or record.key in keys:
             return records[:index], records[index:]
+        keys.add(record.key)
         if record.payload is not None and not record.unchanged:
             if sending == batch_size:
                 return records[:index], records[index:]

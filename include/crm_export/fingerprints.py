@@ -8,9 +8,15 @@ fingerprint is written only with the commit that records its confirmation,
 so a send that was never confirmed (a killed worker, a dropped request, a
 rejection) leaves the one before it, and the record is sent again.
 
-Where fingerprints live, ``crm_export.fingerprints``, one row per record is
-two 64-bit numbers: the record's *slot* (the stream's number in the high 16
-bits, a hash of the record key below) and the fingerprint. Two keys sharing a
+Before a record is sent, its fingerprint is dropped (committed at once): from
+then until its answer is committed, what Salesforce holds is not known. A
+rejected record's is dropped with the commit of its rejection, and the
+re-export drops those of the records it sends.
+
+Where fingerprints live, ``crm_export.fingerprints``, one row per Salesforce
+record is two 64-bit numbers: the record's *slot* (the stream's number in the
+high 16 bits, a hash of its external id as Salesforce matches it below) and
+the fingerprint. Two keys sharing a
 slot only cost a send (the later one's fingerprint answers for both, so the
 other looks changed); a changed payload taken for unchanged needs two 64-bit
 hashes to agree.
@@ -19,7 +25,7 @@ hashes to agree.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +48,7 @@ def payload_fingerprint(payload: Mapping[str, Any]) -> int:
 
 
 def slot(stream_number: int, record_key: str) -> int:
-    """Where a record's fingerprint is kept."""
+    """Where a record's fingerprint is kept (``record_key``: its external id as Salesforce matches it)."""
     if not 0 <= stream_number <= MAX_STREAM_NUMBER:
         raise ValueError(f"stream number {stream_number} is out of range")
     return ((stream_number << _KEY_BITS) | (_hash64(record_key, person=b"crm-export-key") >> 16)) - _SIGNED
@@ -53,24 +59,47 @@ def stream_slots(stream_number: int) -> tuple[int, int]:
     return (stream_number << _KEY_BITS) - _SIGNED, ((stream_number + 1) << _KEY_BITS) - 1 - _SIGNED
 
 
-def with_fingerprints(records: list[SourceRecord], confirmed: Mapping[str, int] | None) -> list[SourceRecord]:
+def with_fingerprints(
+    records: list[SourceRecord], confirmed: Mapping[str, int] | None, match_key: Callable[[str], str]
+) -> list[SourceRecord]:
     """Each record with its payload's fingerprint, marked unchanged when Salesforce confirmed that payload last.
 
-    ``confirmed``: record key -> the fingerprint Salesforce last confirmed
-    (None: send every record, unchanged or not, as ``--resend-all`` asks).
+    ``confirmed``: the fingerprint Salesforce last confirmed, by external id
+    as Salesforce matches it (``match_key``): a fingerprint describes the
+    Salesforce record, whichever source row wrote it. None: send every
+    record, unchanged or not, as ``--resend-all`` asks.
     """
     marked = []
     for record in records:
-        if record.payload is None:
+        if record.payload is None or record.external_id is None:
             marked.append(record)
             continue
         fingerprint = payload_fingerprint(record.payload)
-        unchanged = confirmed is not None and confirmed.get(record.key) == fingerprint
+        unchanged = confirmed is not None and confirmed.get(match_key(record.external_id)) == fingerprint
         marked.append(replace(record, fingerprint=fingerprint, unchanged=unchanged))
     return marked
 
 
+def to_send(records: list[SourceRecord]) -> list[SourceRecord]:
+    """The records that go to Salesforce: neither unchanged nor rejected by the mapping."""
+    return [record for record in records if record.payload is not None and not record.unchanged]
+
+
+def to_forget_before_sending(
+    records: list[SourceRecord], confirmed: Mapping[str, int], match_key: Callable[[str], str]
+) -> list[str]:
+    """The fingerprints to drop before these records are sent: once a request or job is out, whether Salesforce
+    applied it is unknown until its answer is committed (a killed worker, a dropped request), so what was
+    confirmed before no longer says what Salesforce holds."""
+    keys = {match_key(r.external_id) for r in to_send(records) if r.external_id is not None}
+    return sorted(keys & set(confirmed))
+
+
 def to_remember(records: list[SourceRecord]) -> dict[str, int]:
-    """The fingerprints a commit writes: of the records Salesforce confirmed just now (not of unchanged ones,
-    whose fingerprint is already the one written)."""
-    return {r.key: r.fingerprint for r in records if r.fingerprint is not None and not r.unchanged}
+    """The fingerprints a commit writes, by external id: of the records Salesforce confirmed just now (not of
+    unchanged ones, whose fingerprint is already the one written)."""
+    return {
+        r.external_id: r.fingerprint
+        for r in records
+        if r.fingerprint is not None and r.external_id is not None and not r.unchanged
+    }

@@ -32,7 +32,6 @@ from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import age_text, api_budget_stop, definition_refusal
 from include.crm_export.errors import RejectedRecord, SettingsError, StreamConfigError
 from include.crm_export.export import RunContext, current_records, one_record_per_external_id
-from include.crm_export.fingerprints import to_remember, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.salesforce import CollectionWriter
@@ -254,14 +253,17 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
         current = _current_records(run, [e.record_key for e in batch])
         gone = [e for e in batch if e.record_key not in current]
         present = [e for e in batch if e.record_key in current]
+        # What the export last confirmed of these records no longer says what Salesforce holds once they are
+        # sent from here: the export sends them again next time it reads them, never skips them as unchanged.
+        match_key = run.owners(writer).match_key
+        sending = [current[e.record_key].external_id for e in present]
+        fingerprints.forget_keys(run.conn, run.fingerprint_number, [match_key(x) for x in sending if x])
         outcomes = _send_current(run, writer, [current[e.record_key] for e in present])
         resolved: list[int] = []
-        confirmed: list[SourceRecord] = []
         still_rejected: list[StillRejected] = []
         for error, (record, rejection) in zip(present, outcomes, strict=True):
             if rejection is None:
                 resolved.append(error.id)
-                confirmed.append(record)
                 continue
             still_rejected.append(StillRejected(error.id, record.payload, rejection))
             result.still_rejected[rejection.code] += 1
@@ -278,18 +280,15 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
                 error.record_key,
                 stream.name,
             )
-        with run.conn.transaction():
-            export_errors.record_reexport(
-                run.conn,
-                claimant=run.claimant,
-                resolved=resolved,
-                still_rejected=still_rejected,
-                source_deleted=[e.id for e in gone],
-                dag_id=run.context.dag_id,
-                run_id=run.context.run_id,
-            )
-            # What Salesforce confirmed now is what a later export compares with.
-            fingerprints.remember(run.conn, run.fingerprint_number, to_remember(with_fingerprints(confirmed, None)))
+        export_errors.record_reexport(
+            run.conn,
+            claimant=run.claimant,
+            resolved=resolved,
+            still_rejected=still_rejected,
+            source_deleted=[e.id for e in gone],
+            dag_id=run.context.dag_id,
+            run_id=run.context.run_id,
+        )
         result.resolved += len(resolved)
         result.source_deleted += len(gone)
 

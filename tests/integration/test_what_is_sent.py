@@ -242,3 +242,34 @@ def test_a_write_mode_that_is_not_known_is_refused(tmp_path):
     streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(mode="merge")})
     with pytest.raises(StreamConfigError, match=r"field 'mode'.*'upsert', 'update' or 'insert'"):
         load_streams(streams)
+
+
+def test_a_record_salesforce_took_in_a_batch_that_was_not_committed_is_never_taken_for_unchanged(
+    db, emulator, run_dag, tmp_path
+):
+    """Held at record 5, the stream does not commit record 300 of the same request although Salesforce applied
+    it. Record 300 then goes back to what Salesforce had confirmed before: its fingerprint was dropped when it was
+    sent, so it is sent again rather than skipped as unchanged (which would leave Salesforce with the newer
+    title while the watermark passes it)."""
+    from tests.support.helpers import blocked
+
+    insert_contacts(db, 400)
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    _run(run_dag, streams, "sObject Collections")
+    rule = blocked(emulator, 5)
+    db.execute(
+        """UPDATE crm.contacts SET title = CASE id WHEN 5 THEN 'X' ELSE 'Newer' END,
+                                   updated_at = now() - interval '1 minute' + id * interval '1 millisecond'
+           WHERE id IN (5, 300)"""
+    )
+    assert run_dag(streams_file=streams).state == "failed"
+    assert watermark(db)[1] == "5"
+    assert salesforce_contacts(emulator)["300"]["Title"] == "Newer"  # applied, not committed
+
+    db.execute("UPDATE crm.contacts SET title = 'Engineer', updated_at = now() - interval '30 seconds' WHERE id = 300")
+    emulator.remove_rule(rule)
+    _run(run_dag, streams, "sObject Collections")
+
+    assert salesforce_contacts(emulator)["300"]["Title"] == "Engineer"
+    assert watermark(db)[1] is None
+    assert_salesforce_matches_source(db, emulator)

@@ -6,10 +6,18 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request, plan_batch, to_send
+from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request, plan_batch
 from include.crm_export.config import load_streams
 from include.crm_export.errors import RejectedRecord
-from include.crm_export.fingerprints import payload_fingerprint, slot, stream_slots, to_remember, with_fingerprints
+from include.crm_export.fingerprints import (
+    payload_fingerprint,
+    slot,
+    stream_slots,
+    to_forget_before_sending,
+    to_remember,
+    to_send,
+    with_fingerprints,
+)
 from include.crm_export.mapping import SourceRecord
 from include.crm_export.write_modes import apply_mode
 
@@ -42,16 +50,27 @@ def test_slots_of_one_stream_lie_in_its_range_and_apart_from_anothers():
 def test_a_record_is_unchanged_only_when_salesforce_confirmed_exactly_its_payload():
     one, two, three = record(1), record(2), record(3)
     confirmed = {"1": payload_fingerprint(one.payload), "2": payload_fingerprint(record(2, Title="Old").payload)}
-    marked = with_fingerprints([one, two, three], confirmed)
+    marked = with_fingerprints([one, two, three], confirmed, str.lower)
     assert [r.unchanged for r in marked] == [True, False, False]
     assert all(r.fingerprint is not None for r in marked)
-    assert [r.unchanged for r in with_fingerprints([one], None)] == [False]  # --resend-all
+    assert [r.unchanged for r in with_fingerprints([one], None, str.lower)] == [False]  # --resend-all
     unmappable = SourceRecord("4", (4,), None, None, RejectedRecord("X", "no"))
-    assert with_fingerprints([unmappable], {}) == [unmappable]
+    assert with_fingerprints([unmappable], {}, str.lower) == [unmappable]
+    # Before they are sent, the fingerprints of the records to send are dropped: only those there are.
+    assert to_forget_before_sending(marked, confirmed, str.lower) == ["2"]
+
+
+def test_a_fingerprint_belongs_to_the_salesforce_record_whichever_row_wrote_it():
+    """By external id as Salesforce matches it: row 9 taking over external id C-1 from row 1 compares with what
+    row 1 had sent under it."""
+    first = SourceRecord("1", (1,), "C-1", {"CRM_Contact_Id__c": "C-1", "LastName": "A"})
+    confirmed = {"c-1": payload_fingerprint(first.payload)}
+    taken_over = SourceRecord("9", (9,), "c-1", {"CRM_Contact_Id__c": "C-1", "LastName": "A"})
+    assert with_fingerprints([taken_over], confirmed, str.lower)[0].unchanged
 
 
 def test_a_commit_remembers_the_fingerprints_of_records_confirmed_now_and_of_no_other():
-    sent, unchanged, rejected = with_fingerprints([record(1), record(2), record(3)], {})
+    sent, unchanged, rejected = with_fingerprints([record(1), record(2), record(3)], {}, str.lower)
     unchanged = replace(unchanged, unchanged=True)
     plan = plan_batch(
         [RecordOutcome(sent, None), RecordOutcome(unchanged, None), RecordOutcome(rejected, RejectedRecord("X", "no"))],
@@ -71,13 +90,16 @@ def test_a_commit_remembers_the_fingerprints_of_records_confirmed_now_and_of_no_
 def test_a_request_gathers_batch_size_records_to_send_across_unchanged_ones():
     records = [replace(record(n), unchanged=n % 10 != 0) for n in range(1, 3001)]  # every tenth changed
     first, rest = next_request(records, 200)
-    assert to_send(first) == 200
+    assert len(to_send(first)) == 200
     assert first[-1].key == "2009"  # the 200th to send and the unchanged ones after it, up to the 201st
-    assert to_send(rest) == 100
+    assert len(to_send(rest)) == 100
     assert next_request(rest, 200) == (rest, [])
     unchanged = [replace(record(n), unchanged=True) for n in range(MAX_RECORDS_PER_REQUEST + 5)]
     capped, left = next_request(unchanged, 200)
     assert (len(capped), len(left)) == (MAX_RECORDS_PER_REQUEST, 5)
+    # A row changed between two reads of one request: its later version goes in the next request.
+    again = [record(1), record(2), replace(record(1), position=(3,))]
+    assert next_request(again, 200) == (again[:2], again[2:])
 
 
 def test_update_mode_rejects_what_salesforce_lacks_and_insert_mode_leaves_what_it_has():

@@ -17,18 +17,21 @@ from include.crm_export.fingerprints import slot, stream_slots
 
 def stream_number(conn: psycopg.Connection, stream: Stream) -> int:
     """The stream's number in its records' slots, given once and kept."""
+    query = "SELECT number FROM crm_export.fingerprint_streams WHERE stream = %s"
+    row = conn.execute(query, (stream.name,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    # Asked first: an INSERT … ON CONFLICT on every run would use up a number of the sequence each time.
     conn.execute(
         "INSERT INTO crm_export.fingerprint_streams (stream) VALUES (%s) ON CONFLICT (stream) DO NOTHING",
         (stream.name,),
     )
-    number = one_value(
-        conn.execute("SELECT number FROM crm_export.fingerprint_streams WHERE stream = %s", (stream.name,))
-    )
-    return int(number)
+    return int(one_value(conn.execute(query, (stream.name,))))
 
 
 def confirmed(conn: psycopg.Connection, number: int, keys: list[str]) -> dict[str, int]:
-    """The fingerprint Salesforce last confirmed of each of ``keys`` that has one."""
+    """The fingerprint Salesforce last confirmed of each of ``keys`` (external ids as Salesforce matches them)
+    that has one."""
     if not keys:
         return {}
     slots = {slot(number, key): key for key in keys}
@@ -51,6 +54,13 @@ def remember(conn: psycopg.Connection, number: int, fingerprints: Mapping[str, i
            WHERE crm_export.fingerprints.fingerprint <> EXCLUDED.fingerprint""",
         (slots, [by_slot[s] for s in slots]),
     )
+
+
+def forget_keys(conn: psycopg.Connection, number: int, keys: list[str]) -> None:
+    """Drop the fingerprints of these records (about to be sent, or rejected)."""
+    if keys:
+        slots = sorted({slot(number, key) for key in keys})
+        conn.execute("DELETE FROM crm_export.fingerprints WHERE slot = ANY(%s)", (slots,))
 
 
 def forget(conn: psycopg.Connection, stream: Stream) -> int:

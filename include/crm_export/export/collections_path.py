@@ -17,12 +17,13 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request, to_send
+from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request
 from include.crm_export.concurrency import Concurrency
 from include.crm_export.db import source
 from include.crm_export.decisions import next_batch_size
 from include.crm_export.export.paths import in_flight_already
 from include.crm_export.export.session import ExportRun
+from include.crm_export.fingerprints import to_send
 from include.crm_export.mapping import SourceRecord, position_to_json
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class CollectionsPath:
         """Enough read for a full request: ``batch_size`` records to send (unchanged ones are not sent, so a
         request gathers them from as many reads as it takes, up to MAX_RECORDS_PER_REQUEST)."""
         waiting = self.waiting or []
-        return len(waiting) >= MAX_RECORDS_PER_REQUEST or to_send(waiting) >= self.run.stream.batch_size
+        return len(waiting) >= MAX_RECORDS_PER_REQUEST or len(to_send(waiting)) >= self.run.stream.batch_size
 
     def read_next(self) -> None:
         """Take the next batch read (when there is room to send it) and start reading the one after."""

@@ -35,7 +35,7 @@ from include.crm_export.decisions import (
     stop_reason,
 )
 from include.crm_export.errors import StreamConfigError
-from include.crm_export.fingerprints import with_fingerprints
+from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs, CollectionWriter
@@ -263,17 +263,24 @@ class StreamExport:
             self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
         )
         every_record = self.resend_all if resend_all is None else resend_all
-        confirmed = None if every_record else self.confirmed_fingerprints(records)
-        return horizon, with_fingerprints(records, confirmed)
+        return horizon, self._to_be_sent(records, every_record=every_record)
 
-    def confirmed_fingerprints(self, records: list[SourceRecord]) -> dict[str, int]:
-        keys = [record.key for record in records if record.payload is not None]
-        return fingerprints.confirmed(self.reader, self.fingerprint_number, keys)
+    def _to_be_sent(self, records: list[SourceRecord], *, every_record: bool) -> list[SourceRecord]:
+        """The records marked unchanged where Salesforce confirmed their payload last (unless ``every_record``);
+        the fingerprints of the others are dropped now, before they are sent (``fingerprints.py``)."""
+        match_key = self.sent_ids.match_key
+        keys = sorted({match_key(r.external_id) for r in records if r.payload is not None and r.external_id})
+        confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, keys)
+        marked = with_fingerprints(records, None if every_record else confirmed, match_key)
+        fingerprints.forget_keys(
+            self.reader, self.fingerprint_number, to_forget_before_sending(marked, confirmed, match_key)
+        )
+        return marked
 
     def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
         """The current version of these rows, to be sent (never taken for unchanged)."""
         found = current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
-        return {record.key: record for record in with_fingerprints(list(found.values()), None)}
+        return {record.key: record for record in self._to_be_sent(list(found.values()), every_record=True)}
 
     def commit(
         self,
@@ -291,7 +298,11 @@ class StreamExport:
             export_errors.record_rejections(
                 self.conn, self.stream, plan.rejected, dag_id=self.context.dag_id, run_id=self.context.run_id
             )
-            fingerprints.remember(self.conn, self.fingerprint_number, plan.fingerprints)
+            match_key = self.sent_ids.match_key
+            rejected = [match_key(record.external_id) for record, _ in plan.rejected if record.external_id]
+            fingerprints.forget_keys(self.conn, self.fingerprint_number, rejected)
+            confirmed = {match_key(external_id): value for external_id, value in plan.fingerprints.items()}
+            fingerprints.remember(self.conn, self.fingerprint_number, confirmed)
             if plan.confirmed_keys and self._has_open_errors:
                 export_errors.resolve_errors(
                     self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id

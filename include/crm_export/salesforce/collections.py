@@ -25,6 +25,7 @@ from include.crm_export.errors import (
     ServerBusy,
     StreamConfigError,
 )
+from include.crm_export.fingerprints import to_send
 from include.crm_export.http import SalesforceSession
 from include.crm_export.mapping import SourceRecord, external_id_match_key
 from include.crm_export.names import MAX_BATCH_SIZE
@@ -89,6 +90,7 @@ class CollectionWriter:
         self.requests_sent = 0  # Salesforce API requests this writer made (each counts against the org's allowance)
         self.field_types: dict[str, str] | None = None  # mapped field -> Salesforce type, from describe
         self.external_id_case_sensitive = False  # describe's caseSensitive of the external id field
+        self.external_id_numeric = False  # a Number external id field (describe)
         self.org_id: str | None = None  # the org the connection reaches, when asked (writer_for)
         self.request_retries = request_retries
         self._lock = threading.Lock()  # the writer is shared by the threads of requests in flight
@@ -135,7 +137,7 @@ class CollectionWriter:
         self._local.counted_ahead = 1 if counted else 0
         if self.stream is not None and asks_salesforce(self.stream):
             records = apply_mode(self.stream, records, self.existing(records), self._match_key)
-        sendable = [r for r in records if r.payload is not None and not r.unchanged]
+        sendable = to_send(records)
         if counted and not sendable:  # nothing to send after all
             with self._lock:
                 self.requests_sent -= 1
@@ -156,20 +158,31 @@ class CollectionWriter:
         return external_id_match_key(external_id, case_sensitive=self.external_id_case_sensitive)
 
     def existing(self, records: list[SourceRecord]) -> set[str]:
-        """The external ids (as Salesforce matches them) of these records that Salesforce has: one SOQL query."""
-        wanted = sorted({r.external_id for r in records if r.payload is not None and not r.unchanged and r.external_id})
+        """The external ids (as Salesforce matches them) of these records that Salesforce has: one SOQL query,
+        more only when the ids are too long for one ("SOQL and SOSL Limits": a WHERE clause of at most 4,000
+        characters)."""
+        wanted = sorted({r.external_id for r in to_send(records) if r.external_id})
         if not wanted or self.stream is None:
             return set()
         field = self.stream.external_id_field
-        listed = ", ".join(soql_literal(external_id) for external_id in wanted)
-        soql = f"SELECT {field} FROM {self.stream.sobject} WHERE {field} IN ({listed})"
+        found: set[str] = set()
+        for chunk in _in_lists([str(x) if self.external_id_numeric else soql_literal(x) for x in wanted]):
+            soql = f"SELECT {field} FROM {self.stream.sobject} WHERE {field} IN ({chunk})"
+            for row in self._query(soql).get("records", []):
+                # Salesforce names the field as its setup does, whatever the case streams.yml wrote it in.
+                value = next((v for k, v in row.items() if k.lower() == field.lower()), None)
+                if value is not None:
+                    found.add(self._match_key(str(value)))
+        return found
+
+    def _query(self, soql: str) -> dict[str, Any]:
+        assert self.stream is not None
         doing = f"find which records Salesforce has (stream '{self.stream.name}', mode: {self.stream.mode})"
         for attempt in range(2):
             with self._lock:
                 self.requests_sent += 1
             try:
-                answer = self.sf.query_all(soql)
-                break
+                return dict(self.sf.query_all(soql))
             except SalesforceExpiredSession as exc:
                 if self.renewer is None or attempt:
                     raise refusal(exc, doing=doing) from None
@@ -178,7 +191,7 @@ class CollectionWriter:
                 raise refusal(exc, doing=doing) from None
             except requests.exceptions.RequestException as exc:
                 raise RequestFailed(f"Could not reach Salesforce: {type(exc).__name__}: {exc}") from None
-        return {self._match_key(str(row[field])) for row in answer.get("records", []) if row.get(field) is not None}
+        raise AssertionError("unreachable")
 
     def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
         if len(payloads) > MAX_BATCH_SIZE:
@@ -384,3 +397,22 @@ def _result(item: dict[str, Any]) -> Result:
     return RejectedRecord(
         first.get("statusCode", "UNKNOWN"), first.get("message", ""), tuple(first.get("fields") or ())
     )
+
+
+_MAX_IN_LIST_CHARS = 3_500  # of the 4,000 a WHERE clause may have, the rest for the field name and the IN
+
+
+def _in_lists(literals: list[str]) -> list[str]:
+    """SOQL literals joined into IN lists that each fit a WHERE clause."""
+    lists: list[str] = []
+    current: list[str] = []
+    size = 0
+    for literal in literals:
+        if current and size + len(literal) + 2 > _MAX_IN_LIST_CHARS:
+            lists.append(", ".join(current))
+            current, size = [], 0
+        current.append(literal)
+        size += len(literal) + 2
+    if current:
+        lists.append(", ".join(current))
+    return lists

@@ -74,6 +74,7 @@ def writer_for(stream: Stream, *, trace: Trace | None = None) -> CollectionWrite
         stream=stream,
     )
     writer.external_id_case_sensitive = described.external_id_case_sensitive
+    writer.external_id_numeric = described.external_id_numeric
     writer.field_types = described.field_types
     writer.org_id = described.org_id
     return writer

@@ -56,6 +56,7 @@ def check_stream_against_describe(
     return Described(
         {sf_field: fields[sf_field.lower()].get("type", "") for sf_field, _column in stream.fields},
         external_id_case_sensitive=bool(external.get("caseSensitive")),
+        external_id_numeric=external.get("type") in _NUMBER_TYPES,
         org_id=organization_id(sf, renewer=renewer),
     )
 
@@ -90,6 +91,9 @@ def _ask(sf: Salesforce, renewer: SessionRenewer | None, call: Callable[[], Any]
         raise RequestFailed(f"Could not reach Salesforce to {doing}: {type(exc).__name__}") from None
 
 
+_NUMBER_TYPES = ("double", "int", "long", "currency", "percent")
+
+
 @dataclass(frozen=True)
 class Described:
     """What describe says that the export needs: each mapped field's type, and how the external id matches."""
@@ -97,3 +101,4 @@ class Described:
     field_types: dict[str, str]
     external_id_case_sensitive: bool
     org_id: str  # the org the connection reaches, 15 characters
+    external_id_numeric: bool = False  # a Number external id: SOQL compares it with unquoted numbers
