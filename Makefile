@@ -44,6 +44,7 @@ bench: setup
 	@$(PY) bench/export_throughput.py
 	@$(PY) bench/reexport.py
 	@$(PY) bench/backfill.py
+	@$(PY) bench/fingerprints.py
 	@$(PY) bench/cli.py
 
 ## lock: regenerate constraints.txt from the current working install
