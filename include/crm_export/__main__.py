@@ -33,7 +33,7 @@ from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.errors import CrmExportError
 from include.crm_export.export import RunContext, export_stream, read_next_batch
-from include.crm_export.mapping import external_id_match_key, map_row
+from include.crm_export.mapping import map_row
 from include.crm_export.names import CLI_DAG_ID, DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.pause_variable import parse_pause_on_error
 from include.crm_export.reexport import ReexportOptions, reexport_stream
@@ -115,7 +115,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             return 0
         writer.transient_retries = 0  # show Salesforce's first answer, as it is
         if record.external_id is not None:  # sent from here: what the export confirmed last no longer holds
-            match = external_id_match_key(record.external_id, case_sensitive=writer.external_id_case_sensitive)
+            match = writer.match_key(record.external_id)
             fingerprints.forget_keys(conn, fingerprints.stream_number(conn, stream), [match])
         (outcome,) = writer.send([record])
         if outcome.rejection is not None:

@@ -19,6 +19,7 @@ from dataclasses import replace
 from include.crm_export.config import Stream
 from include.crm_export.errors import NOT_IN_SALESFORCE, RejectedRecord
 from include.crm_export.mapping import SourceRecord
+from include.crm_export.quoting import shown
 
 UPSERT = "upsert"
 UPDATE = "update"
@@ -45,8 +46,9 @@ def apply_mode(
         if stream.mode == UPDATE and not there:
             rejection = RejectedRecord(
                 NOT_IN_SALESFORCE,
-                f"Salesforce has no {stream.sobject} with {stream.external_id_field} = {record.external_id}, and "
-                f"stream '{stream.name}' only updates (mode: update). Create it in Salesforce (or let another "
+                f"Salesforce has no {stream.sobject} with {stream.external_id_field} = "
+                f"{shown(record.external_id)}, and stream '{stream.name}' only updates (mode: update). Create it in "
+                "Salesforce (or let another "
                 "stream create it); the re-export sends this record again.",
                 (stream.external_id_field,),
             )

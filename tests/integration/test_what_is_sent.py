@@ -85,7 +85,7 @@ def test_touched_but_unchanged_records_are_not_sent_and_the_watermark_passes_the
     run = _run(run_dag, streams, path)
 
     assert emulator.counters().get("records_updated", 0) - updated_before == 100  # only the changed ones
-    assert watermark(db) == (watermark(db)[0], None)
+    assert watermark(db)[1] is None
     assert watermark(db)[0][1] == "1000"  # past every touched record, sent or not
     assert_salesforce_matches_source(db, emulator)
     assert open_errors(db) == []
@@ -97,8 +97,7 @@ def test_touched_but_unchanged_records_are_not_sent_and_the_watermark_passes_the
     if path == "sObject Collections":
         # 100 changed records, 200 a request: the requests of the run (describe, limits, the upserts) shrink
         # from about 1000 / 200 upserts to one.
-        upserts = emulator.counters().get("collections.requests", None)
-        assert _requests(emulator) - before <= 4, upserts
+        assert _requests(emulator) - before <= 4
 
 
 def test_a_reposition_and_resend_all_send_unchanged_records_again(db, emulator, run_dag, tmp_path):

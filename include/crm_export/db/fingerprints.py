@@ -11,22 +11,28 @@ from collections.abc import Mapping
 import psycopg
 
 from include.crm_export.config import Stream
-from include.crm_export.db.connection import one_value
 from include.crm_export.fingerprints import slot, stream_slots
+
+
+def _given_number(conn: psycopg.Connection, stream: Stream) -> int | None:
+    row = conn.execute("SELECT number FROM crm_export.fingerprint_streams WHERE stream = %s", (stream.name,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def stream_number(conn: psycopg.Connection, stream: Stream) -> int:
     """The stream's number in its records' slots, given once and kept."""
-    query = "SELECT number FROM crm_export.fingerprint_streams WHERE stream = %s"
-    row = conn.execute(query, (stream.name,)).fetchone()
-    if row is not None:
-        return int(row[0])
+    number = _given_number(conn, stream)
+    if number is not None:
+        return number
     # Asked first: an INSERT … ON CONFLICT on every run would use up a number of the sequence each time.
     conn.execute(
         "INSERT INTO crm_export.fingerprint_streams (stream) VALUES (%s) ON CONFLICT (stream) DO NOTHING",
         (stream.name,),
     )
-    return int(one_value(conn.execute(query, (stream.name,))))
+    number = _given_number(conn, stream)
+    if number is None:
+        raise RuntimeError(f"stream '{stream.name}' got no fingerprint number")
+    return number
 
 
 def confirmed(conn: psycopg.Connection, number: int, keys: list[str]) -> dict[str, int]:
@@ -65,9 +71,8 @@ def forget_keys(conn: psycopg.Connection, number: int, keys: list[str]) -> None:
 
 def forget(conn: psycopg.Connection, stream: Stream) -> int:
     """Drop every fingerprint of the stream (a reposition: what was confirmed counts for nothing now)."""
-    number = conn.execute("SELECT number FROM crm_export.fingerprint_streams WHERE stream = %s", (stream.name,))
-    row = number.fetchone()
-    if row is None:
+    number = _given_number(conn, stream)
+    if number is None:
         return 0
-    low, high = stream_slots(int(row[0]))
+    low, high = stream_slots(number)
     return conn.execute("DELETE FROM crm_export.fingerprints WHERE slot BETWEEN %s AND %s", (low, high)).rowcount

@@ -136,7 +136,7 @@ class CollectionWriter:
         """
         self._local.counted_ahead = 1 if counted else 0
         if self.stream is not None and asks_salesforce(self.stream):
-            records = apply_mode(self.stream, records, self.existing(records), self._match_key)
+            records = apply_mode(self.stream, records, self.existing(records), self.match_key)
         sendable = to_send(records)
         if counted and not sendable:  # nothing to send after all
             with self._lock:
@@ -154,7 +154,8 @@ class CollectionWriter:
             outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
         return outcomes
 
-    def _match_key(self, external_id: str) -> str:
+    def match_key(self, external_id: str) -> str:
+        """An external id as this org matches it (case-insensitively unless the field is case sensitive)."""
         return external_id_match_key(external_id, case_sensitive=self.external_id_case_sensitive)
 
     def existing(self, records: list[SourceRecord]) -> set[str]:
@@ -172,7 +173,7 @@ class CollectionWriter:
                 # Salesforce names the field as its setup does, whatever the case streams.yml wrote it in.
                 value = next((v for k, v in row.items() if k.lower() == field.lower()), None)
                 if value is not None:
-                    found.add(self._match_key(str(value)))
+                    found.add(self.match_key(str(value)))
         return found
 
     def _query(self, soql: str) -> dict[str, Any]:
