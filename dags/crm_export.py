@@ -45,7 +45,7 @@ from airflow.sdk import Param, dag
 
 from include.crm_export.config import load_streams
 from include.crm_export.names import EXPORT_DAG_ID
-from include.crm_export.stream_task import stream_task
+from include.crm_export.stream_task import run_parents_first, stream_task
 
 STREAMS = load_streams()  # a local file: validated at parse time, no network or database
 
@@ -84,6 +84,7 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
     },
 )
 def crm_export() -> None:
+    tasks: dict[str, Any] = {}
     for stream in STREAMS.values():
 
         @stream_task(
@@ -97,7 +98,8 @@ def crm_export() -> None:
 
             return export_stream_task(stream_name, context)
 
-        export()
+        tasks[stream.name] = export()
+    run_parents_first(STREAMS, tasks)
 
 
 crm_export()

@@ -36,7 +36,7 @@ from airflow.sdk import Param, dag
 
 from include.crm_export.config import load_streams
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, REEXPORT_DAG_ID
-from include.crm_export.stream_task import stream_task
+from include.crm_export.stream_task import run_parents_first, stream_task
 
 STREAMS = load_streams()  # a local file: validated at parse time, no network or database
 
@@ -84,6 +84,7 @@ STREAMS = load_streams()  # a local file: validated at parse time, no network or
     },
 )
 def crm_export_error() -> None:
+    tasks: dict[str, Any] = {}
     for stream in STREAMS.values():
 
         @stream_task(
@@ -96,7 +97,8 @@ def crm_export_error() -> None:
 
             return reexport_stream_task(stream_name, context)
 
-        reexport()
+        tasks[stream.name] = reexport()
+    run_parents_first(STREAMS, tasks)
 
 
 crm_export_error()

@@ -35,13 +35,20 @@ class Comparison:
         )
 
 
-def compare(conn: psycopg.Connection, stream: Stream, salesforce_records: list[dict[str, Any]]) -> Comparison:
+def compare(
+    conn: psycopg.Connection,
+    stream: Stream,
+    salesforce_records: list[dict[str, Any]],
+    parent_records: dict[str, list[dict[str, Any]]] | None = None,
+) -> Comparison:
+    """``parent_records``: Salesforce's records of each object the stream's lookups point at (by object name):
+    a lookup must hold the Id of the parent whose external id the source row names."""
     types = source.column_types(conn, stream)
     expected: dict[str, dict[str, Any]] = {}
     for row in source.read_rows_by_key(conn, stream, source.all_keys(conn, stream), types):
         record = map_row(stream, row)
         if record.payload is not None:
-            expected[record.external_id] = {k: v for k, v in record.payload.items() if k != "attributes"}
+            expected[record.external_id] = _with_parent_ids(stream, record.payload, parent_records or {})
     result = Comparison(stream.name, source_rows=len(expected), salesforce_records=len(salesforce_records))
     seen: dict[str, dict[str, Any]] = {}
     for record in salesforce_records:
@@ -60,3 +67,20 @@ def compare(conn: psycopg.Connection, stream: Stream, salesforce_records: list[d
         if diff:
             result.different[external_id] = diff
     return result
+
+
+def _with_parent_ids(
+    stream: Stream, payload: dict[str, Any], parent_records: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The payload as Salesforce stores it: each parent named by external id becomes its Id (None: no parent
+    with that external id in Salesforce, which the comparison then reports)."""
+    fields = {k: v for k, v in payload.items() if k != "attributes"}
+    for lookup in stream.lookups:
+        for name, value in list(fields.items()):
+            if isinstance(value, dict) and value.get("attributes", {}).get("type") == lookup.object:
+                wanted = str(value[lookup.external_id_field]).lower()
+                parents = parent_records.get(lookup.object, [])
+                ids = [p["Id"] for p in parents if str(p.get(lookup.external_id_field) or "").lower() == wanted]
+                del fields[name]
+                fields[lookup.field] = ids[0] if len(ids) == 1 else f"<no single {lookup.object} {wanted}: {ids}>"
+    return fields

@@ -1,9 +1,10 @@
 """Demo data and settings for the local run: the story a newcomer sees first.
 
-On the first start: source tables with a few hundred contacts and
-subscriptions, and a Salesforce validation rule that three of the contacts
-break, so the first CRMExport run is held at a record, exactly as it would be
-in an org with a strict rule. Later starts keep whatever is there.
+On the first start: source tables with forty accounts, a few hundred contacts
+(each at an account) and subscriptions (each for a contact before the first
+held one), and a Salesforce validation rule that three of the contacts break,
+so the first CRMExport run is held at a record, exactly as it would be in an
+org with a strict rule. Later starts keep whatever is there.
 """
 
 from __future__ import annotations
@@ -33,16 +34,30 @@ VALIDATION_RULE = {
 }
 
 
-def seed_source(conn: psycopg.Connection, *, contacts: int = 500, subscriptions: int = 150) -> bool:
+def seed_source(conn: psycopg.Connection, *, accounts: int = 40, contacts: int = 500, subscriptions: int = 150) -> bool:
     """Create the source tables; fill them on the first start. Returns whether it filled them."""
     conn.execute(SOURCE_SCHEMA_SQL.read_text())
     if conn.execute("SELECT EXISTS (SELECT 1 FROM crm.contacts)").fetchone()[0]:
         return False
     with conn.transaction():
         conn.execute(
+            """INSERT INTO crm.accounts (name, industry, website, phone, city, country, employees, annual_revenue,
+                                         updated_at)
+               SELECT (ARRAY['Acme', 'Globex', 'Initech', 'Umbrella', 'Hooli'])[1 + g %% 5] || ' ' || g,
+                      (ARRAY['Technology', 'Retail', 'Banking', 'Healthcare', 'Manufacturing'])[1 + g %% 5],
+                      'https://account' || g || '.example.com',
+                      '+1 555 02' || lpad(g::text, 4, '0'),
+                      (ARRAY['Oslo','Lisbon','Toronto','Nairobi','Osaka'])[1 + g %% 5],
+                      (ARRAY['Norway','Portugal','Canada','Kenya','Japan'])[1 + g %% 5],
+                      10 * g, 250000 * g,
+                      now() - interval '3 hours' + g * interval '1 second'
+               FROM generate_series(1, %(n)s) g""",
+            {"n": accounts},
+        )
+        conn.execute(
             """INSERT INTO crm.contacts (first_name, last_name, email, phone, title, department, birthdate,
                                          lead_source, opted_out_of_email, city, country, lifetime_value,
-                                         last_activity_at, updated_at)
+                                         last_activity_at, account_id, updated_at)
                SELECT (ARRAY['Ada', 'Grace', 'Alan', 'Edsger', 'Barbara', 'Donald', 'Frances', 'Ken',
                              'Margaret', 'Linus'])[1 + g %% 10],
                       (ARRAY['Lovelace', 'Hopper', 'Turing', 'Dijkstra', 'Liskov', 'Knuth', 'Allen', 'Thompson',
@@ -59,14 +74,15 @@ def seed_source(conn: psycopg.Connection, *, contacts: int = 500, subscriptions:
                       (ARRAY['Norway','Portugal','Canada','Kenya','Japan'])[1 + g %% 5],
                       round((g * 13.37)::numeric, 2),
                       now() - g * interval '1 hour',
+                      1 + g %% %(accounts)s,
                       now() - interval '2 hours' + g * interval '1 second'
                FROM generate_series(1, %(n)s) g""",
-            {"n": contacts, "blocked": BLOCKED_DOMAIN},
+            {"n": contacts, "blocked": BLOCKED_DOMAIN, "accounts": accounts},
         )
         conn.execute(
-            """INSERT INTO crm.subscriptions (name, contact_email, plan, status, seats, monthly_amount, started_on,
-                                              renews_on, auto_renew, notes, updated_at)
-               SELECT 'SUB-' || lpad(g::text, 5, '0'), 'contact' || g || '@example.com',
+            """INSERT INTO crm.subscriptions (name, contact_email, contact_id, plan, status, seats, monthly_amount,
+                                              started_on, renews_on, auto_renew, notes, updated_at)
+               SELECT 'SUB-' || lpad(g::text, 5, '0'), 'contact' || (1 + g %% 130) || '@example.com', 1 + g %% 130,
                       (ARRAY['Starter','Team','Business','Enterprise'])[1 + g %% 4],
                       (ARRAY['Trial','Active','Active','Past Due'])[1 + g %% 4],
                       1 + g %% 50, round((49 + g %% 50 * 10)::numeric, 2),
@@ -76,7 +92,10 @@ def seed_source(conn: psycopg.Connection, *, contacts: int = 500, subscriptions:
             {"n": subscriptions},
         )
     log.info(
-        "Seeded %d demo contacts (3 break a Salesforce validation rule) and %d subscriptions", contacts, subscriptions
+        "Seeded %d demo accounts, %d contacts (3 break a Salesforce validation rule) and %d subscriptions",
+        accounts,
+        contacts,
+        subscriptions,
     )
     return True
 

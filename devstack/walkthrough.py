@@ -204,7 +204,8 @@ class Walkthrough:
     def _check_salesforce_equals_source(self, stream_name: str) -> None:
         stream = load_streams()[stream_name]
         with psycopg.connect(self.conninfo) as conn:
-            comparison = compare(conn, stream, self.emulator.records(stream.sobject))
+            parents = {lookup.object: self.emulator.records(lookup.object) for lookup in stream.lookups}
+            comparison = compare(conn, stream, self.emulator.records(stream.sobject), parents)
         self.check(comparison.equal, comparison.describe())
         self.say(comparison.describe())
 

@@ -338,6 +338,16 @@ async def admin_records(request: Request) -> Response:
         return JSONResponse({"error": exc.message}, status_code=404)
 
 
+async def admin_record(request: Request) -> Response:
+    """Delete one record, as a person in the org would (its children's lookups to it are cleared)."""
+    org: Org = request.app.state.org
+    try:
+        cleared = org.delete_record(request.path_params["sobject"], request.path_params["record_id"])
+    except RequestRejected as exc:
+        return JSONResponse({"error": exc.message}, status_code=404)
+    return JSONResponse({"deleted": True, "lookups_cleared": cleared})
+
+
 async def admin_counters(request: Request) -> Response:
     return JSONResponse(dict(request.app.state.org.counters))
 
@@ -454,6 +464,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route("/__emulator__/rules", admin_rules, methods=["GET", "POST", "DELETE"]),
         Route("/__emulator__/rules/{rule_id:int}", admin_rule, methods=["DELETE"]),
         Route("/__emulator__/records/{sobject}", admin_records, methods=["GET"]),
+        Route("/__emulator__/records/{sobject}/{record_id}", admin_record, methods=["DELETE"]),
         Route("/__emulator__/counters", admin_counters, methods=["GET"]),
         Route("/__emulator__/reset", admin_reset, methods=["POST"]),
         Route("/__emulator__/sessions/expire", admin_expire_sessions, methods=["POST"]),

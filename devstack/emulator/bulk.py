@@ -104,6 +104,29 @@ class IngestJob:
         return self.rows[self.processed :]
 
 
+def _column_target(schema: ObjectSchema, column: str) -> Any:
+    """What a header column sets: a field (its spec), or for ``[Object:]Relationship.Field`` the reference
+    field, the parent's object and the parent's field ("Relationship Fields in a Header Row (2.0)"; the object
+    is required when the field points at several); None when the object has neither."""
+    spec = schema.field_named(column)
+    if spec is not None:
+        return spec
+    relationship, dot, field = column.partition(".")
+    if not dot or not field or "." in field:
+        return None
+    sobject, colon, name = relationship.rpartition(":")
+    reference = schema.reference_named(name)
+    if reference is None:
+        return None
+    if not colon:
+        if len(reference.reference_to) != 1:
+            return None
+        sobject = reference.reference_to[0]
+    if sobject not in reference.reference_to:
+        return None
+    return reference, sobject, field
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
 
@@ -222,7 +245,16 @@ class BulkIngest:
         if job.state == ABORTED:
             return
         schema: ObjectSchema = self.org.schema(job.sobject)
-        unknown = [column for column in job.columns if schema.field_named(column) is None]
+        unknown = [column for column in job.columns if _column_target(schema, column) is None]
+        for column in job.columns:
+            target = _column_target(schema, column)
+            if isinstance(target, tuple):
+                try:
+                    indexed = self.org.schema(target[1]).field_named(target[2])
+                except RequestRejected:
+                    indexed = None
+                if indexed is None or not indexed.external_id:
+                    unknown.append(column)
         if unknown or job.external_id_field.lower() not in (c.lower() for c in job.columns):
             job.state, job.ended_at = FAILED, time.monotonic()
             missing = unknown[0] if unknown else job.external_id_field
@@ -291,6 +323,12 @@ class BulkIngest:
             if text == "":
                 continue  # an empty value leaves the field as it is
             spec = schema.field_named(column)
+            if spec is None:  # [Object:]Relationship.Field: the parent by one of its indexed fields
+                reference, sobject, field = _column_target(schema, column)
+                if text == "#N/A":
+                    raise ValueError(f"{column}: #N/A cannot name a parent; clear {reference.name} instead")
+                record[reference.relationship_name] = {"attributes": {"type": sobject}, field: text}
+                continue
             if text == "#N/A":
                 record[spec.name] = None
             elif spec.type in _NUMBER_TYPES or spec.type == "int":

@@ -198,6 +198,10 @@ class EmulatorAdmin:
     def records(self, sobject: str) -> list[dict[str, Any]]:
         return self._call("GET", f"records/{sobject}")
 
+    def delete_record(self, sobject: str, record_id: str) -> int:
+        """Delete a record in the org; returns how many child lookups to it were cleared."""
+        return int(self._call("DELETE", f"records/{sobject}/{record_id}")["lookups_cleared"])
+
     def counters(self) -> dict[str, int]:
         return self._call("GET", "counters")
 

@@ -62,6 +62,51 @@ class RecordError:
 
 
 @dataclass(frozen=True)
+class ParentReference:
+    """A reference field set by its parent's external id: ``"Account": {"CRM_Account_Id__c": "A-17"}``
+    ("Relationship Fields in Records", Bulk API 2.0 and Bulk API Developer Guide). The org resolves it to the
+    parent's Id when it saves the record (:meth:`Org.upsert`)."""
+
+    field: str  # the reference field it sets (AccountId)
+    sobject: str  # the parent's object
+    external_id_field: str
+    value: str
+
+    @classmethod
+    def bind(cls, schema: ObjectSchema, reference: FieldSpec, value: dict[str, Any]) -> ParentReference:
+        """As the request binds it: ``attributes.type`` names the parent's object (needed when the field points
+        at several); exactly one other key, the parent's field to match by. A body that cannot be bound fails
+        the request as a whole."""
+        attributes = value.get("attributes") or {}
+        targets = reference.reference_to
+        sobject = attributes.get("type") if isinstance(attributes, dict) else None
+        if sobject is None:
+            if len(targets) != 1:
+                raise RequestRejected(
+                    400,
+                    "INVALID_FIELD",
+                    f"The polymorphic field {reference.name} on {schema.name} needs attributes.type in "
+                    f"{reference.relationship_name} to say which object it points at",
+                )
+            sobject = targets[0]
+        if sobject not in targets:
+            raise RequestRejected(
+                400,
+                "INVALID_FIELD",
+                f"Invalid type {sobject} for {reference.relationship_name} on {schema.name}: it points at "
+                f"{', '.join(targets)}",
+            )
+        keys = [key for key in value if key != "attributes"]
+        if len(keys) != 1 or not isinstance(value[keys[0]], str | int):
+            raise RequestRejected(
+                400,
+                "INVALID_FIELD",
+                f"{reference.relationship_name} on {schema.name} must name the parent by exactly one indexed field",
+            )
+        return cls(reference.name, sobject, keys[0], str(value[keys[0]]))
+
+
+@dataclass(frozen=True)
 class FieldSpec:
     name: str
     type: str
@@ -78,6 +123,17 @@ class FieldSpec:
     scale: int = 0
     picklist_values: tuple[str, ...] = ()
     reference_to: tuple[str, ...] = ()
+    relationship_name_given: str | None = None
+
+    @property
+    def relationship_name(self) -> str | None:
+        """How a request names the parent of a reference field ("Relationship Fields in Records"):
+        ``AccountId`` -> ``Account``, ``Primary_Contact__c`` -> ``Primary_Contact__r``."""
+        if self.type != "reference":
+            return None
+        if self.relationship_name_given:
+            return self.relationship_name_given
+        return self.name[:-3] + "__r" if self.name.endswith("__c") else self.name.removesuffix("Id")
 
     @property
     def required_on_create(self) -> bool:
@@ -109,6 +165,8 @@ class FieldSpec:
                 {"active": True, "defaultValue": False, "label": v, "value": v} for v in self.picklist_values
             ],
             "referenceTo": list(self.reference_to),
+            "relationshipName": self.relationship_name,
+            "polymorphicForeignKey": len(self.reference_to) > 1,
             "soapType": _SOAP_TYPES.get(self.type, "xsd:string"),
         }
 
@@ -172,6 +230,7 @@ class ObjectSchema:
                 scale=raw.get("scale", 0),
                 picklist_values=tuple(raw.get("picklistValues", ())),
                 reference_to=tuple(raw.get("referenceTo", ())),
+                relationship_name_given=raw.get("relationshipName"),
             )
             fields[spec.name] = spec
         return cls(
@@ -197,6 +256,20 @@ class ObjectSchema:
         if spec is not None:
             return spec
         return next((f for f in self.fields.values() if f.name.lower() == lowered), None)
+
+    def reference_named(self, relationship: str) -> FieldSpec | None:
+        """The visible reference field whose relationship name this is (case-insensitive), if any."""
+        lowered = relationship.lower()
+        return next(
+            (
+                f
+                for f in self.fields.values()
+                if f.relationship_name is not None
+                and f.relationship_name.lower() == lowered
+                and f.name.lower() not in self.hidden
+            ),
+            None,
+        )
 
     def describe(self, version: str) -> dict[str, Any]:
         base = f"/services/data/v{version}/sobjects/{self.name}"
@@ -237,6 +310,12 @@ class ObjectSchema:
             if name == "attributes":
                 continue
             spec = self.field_named(name)
+            if spec is None and isinstance(value, dict):
+                reference = self.reference_named(name)
+                if reference is not None:
+                    parent = ParentReference.bind(self, reference, value)
+                    bound[reference.name] = parent
+                    continue
             if spec is None:
                 raise RequestRejected(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {self.name}")
             if value == "" and spec.type in _TEXT_TYPES:
@@ -267,7 +346,7 @@ class ObjectSchema:
                     )
                 )
                 continue
-            if value is None:
+            if value is None or isinstance(value, ParentReference):
                 continue
             if spec.type in _TEXT_TYPES and spec.length and len(value) > spec.length:
                 errors.append(

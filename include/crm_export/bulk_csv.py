@@ -19,8 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from include.crm_export.config import Stream
 from include.crm_export.errors import RejectedRecord
-from include.crm_export.mapping import SourceRecord, external_id_match_key
+from include.crm_export.mapping import SourceRecord, external_id_match_key, relationship_name
 from include.crm_export.values import NotInCsv, csv_line, csv_row
 
 
@@ -91,6 +92,28 @@ class JobData:
 
     def csv(self) -> str:
         return self._bytes.getvalue().decode("utf-8")
+
+
+def job_columns(stream: Stream, field_types: dict[str, str] | None) -> list[str]:
+    """A job's CSV header: the external id field, then each mapped field in file order.
+
+    A lookup takes two columns: the field itself (``#N/A`` in it clears the lookup) and its parent by external
+    id, ``Relationship.ExternalIdField``, or ``Object:Relationship.ExternalIdField`` for a polymorphic lookup
+    ("Relationship Fields in a Header Row (2.0)", Bulk API 2.0 and Bulk API Developer Guide). Each row fills one
+    of the two and leaves the other empty, which leaves that column as it is; the docs are silent on a header
+    with both, so a row never fills both.
+    """
+    relationships = getattr(field_types, "relationships", None) or {}
+    columns = [stream.external_id_field]
+    for field, _column in stream.fields:
+        columns.append(field)
+        lookup = stream.lookup(field) if stream.lookups else None
+        if lookup is not None:
+            known = relationships.get(field)
+            name = known.name if known is not None else relationship_name(field)
+            prefix = f"{lookup.object}:" if known is not None and known.polymorphic else ""
+            columns.append(f"{prefix}{name}.{lookup.external_id_field}")
+    return columns
 
 
 def parse_error(text: str) -> RejectedRecord:

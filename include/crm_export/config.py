@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -180,21 +181,51 @@ class ExternalIdSettings(BaseModel):
 
 
 class FieldSettings(BaseModel):
-    """A mapped field written out: its source column, and what a null source value does (``on_null``)."""
+    """A mapped field written out: its source column, and what a null source value does (``on_null``).
+
+    A lookup field (``AccountId``, ``WhoId`` …) names its parent as well: ``parent``, another stream (its
+    object and external id field), or ``object`` and ``external_id`` for a parent exported elsewhere. The
+    column then holds the parent's external id, and the record is linked by it ("Relationship Fields in
+    Records", Bulk API 2.0 and Bulk API Developer Guide), never by a Salesforce Id.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     column: SqlIdentifier
     # clear: a null clears the field in Salesforce; keep: a null sends nothing, so Salesforce keeps its value.
     on_null: Literal["clear", "keep"] = "clear"
+    parent: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    object: SalesforceName | None = None
+    external_id: SalesforceName | None = None
 
 
 def _field_shorthand(value: Any) -> Any:
     if isinstance(value, str):
         return {"column": value}
     if not isinstance(value, dict):
-        raise _problem(f"{value!r} must be a source column, or {{column: <column>, on_null: keep}}")
+        raise _problem(
+            f"{value!r} must be a source column, or {{column: <column>, on_null: keep}}, or a lookup "
+            "{parent: <stream>, column: <column>} / {object: <object>, external_id: <field>, column: <column>}"
+        )
     return value
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A lookup field of a stream: which parent it points at, by which external id, from which column.
+
+    ``parent``: the stream that exports the parent records (None: they are exported elsewhere). Its task
+    runs first, and a child whose parent it has not exported yet waits for it (:mod:`parents`).
+    """
+
+    field: str  # the lookup field, as in Setup: AccountId, WhoId, Primary_Contact__c
+    column: str  # the source column holding the parent's external id
+    object: str  # the parent's object
+    external_id_field: str  # the parent's external id field
+    parent_stream: str | None = None  # the stream exporting the parents, if one of ours
+    parent: Stream | None = dataclass_field(
+        default=None, repr=False
+    )  # that stream, once the file is read (parse_config)
 
 
 # ``Phone: phone`` is short for ``Phone: {column: phone}``.
@@ -300,6 +331,7 @@ class Stream(RunLimits):
     external_id_column: str
     fields: tuple[tuple[str, str], ...]  # (Salesforce field, source column), in file order
     keep_when_null: frozenset[str] = frozenset()  # fields with on_null: keep
+    lookups: tuple[Lookup, ...] = ()  # fields set by a parent's external id, in file order
     mode: str = "upsert"  # upsert, update (never creates) or insert (creates only)
     change_stamp: ChangeStamp = Field(default_factory=lambda: ChangeStamp())
     lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
@@ -317,6 +349,14 @@ class Stream(RunLimits):
     @property
     def task_id(self) -> str:
         return f"{EXPORT_TASK_PREFIX}{self.name}"
+
+    @property
+    def parent_streams(self) -> tuple[str, ...]:
+        """The streams this one's lookups point at, each once (their tasks run before this one's)."""
+        return tuple(dict.fromkeys(lookup.parent_stream for lookup in self.lookups if lookup.parent_stream))
+
+    def lookup(self, field: str) -> Lookup | None:
+        return next((lookup for lookup in self.lookups if lookup.field.lower() == field.lower()), None)
 
     @property
     def reexport_task_id(self) -> str:
@@ -400,6 +440,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         external_id_column=settings.external_id.column,
         fields=tuple((sf_field, field.column) for sf_field, field in settings.fields.items()),
         keep_when_null=frozenset(sf_field for sf_field, field in settings.fields.items() if field.on_null == "keep"),
+        lookups=_lookups(name, settings),
         mode=settings.mode,
         change_stamp=_change_stamp(name, settings.change_stamp),
         lock_stale_after_minutes=float(
@@ -446,6 +487,92 @@ def _check_fields(name: str, settings: StreamSettings) -> None:
         seen_lower.add(sf_field.lower())
 
 
+def _lookups(name: str, settings: StreamSettings) -> tuple[Lookup, ...]:
+    """The stream's lookup fields; a ``parent`` stream's object and external id are filled in by
+    :func:`parse_config`, once every stream is read."""
+    lookups = []
+    for sf_field, mapped in settings.fields.items():
+        where = f"fields.{sf_field}"
+        if mapped.parent is not None:
+            if mapped.object is not None or mapped.external_id is not None:
+                both = "names its parent twice: use parent (a stream) or object and external_id, not both"
+                raise _fail(name, where, both)
+            lookups.append(Lookup(sf_field, mapped.column, "", "", parent_stream=mapped.parent))
+        elif mapped.object is not None or mapped.external_id is not None:
+            if mapped.object is None or mapped.external_id is None:
+                half = "a parent exported elsewhere needs both object and external_id (its external id field)"
+                raise _fail(name, where, half)
+            lookups.append(Lookup(sf_field, mapped.column, mapped.object, mapped.external_id, None))
+    return tuple(lookups)
+
+
+def parents_first(streams: dict[str, Stream]) -> list[str]:
+    """The streams in an order where each parent comes before its children (file order otherwise)."""
+    return _order({name: stream.parent_streams for name, stream in streams.items()})
+
+
+def _order(parents: dict[str, tuple[str, ...]]) -> list[str]:
+    """Stream names, parents first, ties in the given order; a cycle raises naming its streams."""
+    done: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = [*visiting[visiting.index(name) :], name]
+            raise _fail(
+                name,
+                "fields",
+                "its lookups go round in a circle ("
+                + " -> ".join(cycle)
+                + "): each stream's parents are exported before it, so one of these lookups has to go (set it "
+                "from another stream, or load that link separately)",
+            )
+        visiting.append(name)
+        for parent in parents[name]:
+            visit(parent)
+        visiting.pop()
+        done.append(name)
+
+    for name in parents:
+        visit(name)
+    return done
+
+
+def _link_parents(streams: dict[str, Stream]) -> dict[str, Stream]:
+    """Each lookup naming a ``parent`` stream gets that stream (its object and external id); the streams come
+    back parents first. An unknown parent or a cycle is refused, naming the streams."""
+    for stream in streams.values():
+        for lookup in stream.lookups:
+            if lookup.parent_stream is not None and lookup.parent_stream not in streams:
+                raise _fail(
+                    stream.name,
+                    f"fields.{lookup.field}.parent",
+                    f"there is no stream '{lookup.parent_stream}'; streams are {sorted(streams)} (for a parent "
+                    "exported elsewhere, write {object: <object>, external_id: <its external id field>, column: …})",
+                )
+    linked: dict[str, Stream] = {}
+    for name in parents_first(streams):
+        stream = streams[name]
+        if not stream.parent_streams:
+            linked[name] = stream
+            continue
+        lookups = tuple(
+            lookup
+            if lookup.parent_stream is None
+            else replace(
+                lookup,
+                object=linked[lookup.parent_stream].sobject,
+                external_id_field=linked[lookup.parent_stream].external_id_field,
+                parent=linked[lookup.parent_stream],
+            )
+            for lookup in stream.lookups
+        )
+        linked[name] = stream.model_copy(update={"lookups": lookups})
+    return linked
+
+
 def _change_stamp(name: str, raw: ChangeStampSettings) -> ChangeStamp:
     if raw.lead_seconds is not None and raw.set_by != "application":
         raise _fail(name, "change_stamp.lead_seconds", "applies only with set_by: application")
@@ -476,7 +603,7 @@ def parse_config(raw: Any, *, origin: str = "streams config") -> dict[str, Strea
     streams_raw = raw["streams"]
     if not isinstance(streams_raw, dict) or not streams_raw:
         raise StreamConfigError(f"{origin}: 'streams' must map stream names to their settings")
-    streams = {name: parse_stream(name, settings, defaults) for name, settings in streams_raw.items()}
+    streams = _link_parents({name: parse_stream(name, settings, defaults) for name, settings in streams_raw.items()})
     targets: dict[tuple[str, str], str] = {}
     for stream in streams.values():
         target = (stream.sobject, stream.external_id_field)
@@ -516,14 +643,23 @@ def stream_definition(stream: Stream, column_types: dict[str, str], *, org_id: s
         "sobject": stream.sobject,
         "external_id": [stream.external_id_field, stream.external_id_column],
         # The mapping: records exported under another one carry it in Salesforce.
-        "fields": [
-            [field, column, "keep"] if field in stream.keep_when_null else [field, column]
-            for field, column in sorted(stream.fields)
-        ],
+        "fields": [_field_definition(stream, field, column) for field, column in sorted(stream.fields)],
     }
     if org_id is not None:
         definition["org"] = org_id
     return definition
+
+
+def _field_definition(stream: Stream, field: str, column: str) -> list[str]:
+    """A mapped field as the definition records it: ``[field, column]``, then ``keep`` (on_null: keep) and the
+    parent a lookup points at (``Account.CRM_Account_Id__c``)."""
+    written = [field, column]
+    if field in stream.keep_when_null:
+        written.append("keep")
+    lookup = stream.lookup(field)
+    if lookup is not None:
+        written.append(f"{lookup.object}.{lookup.external_id_field}")
+    return written
 
 
 def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

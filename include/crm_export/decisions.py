@@ -13,7 +13,7 @@ from typing import Any
 
 from include.crm_export.batch import BatchPlan, RunTally
 from include.crm_export.config import Stream, definition_changes
-from include.crm_export.errors import RejectedRecord
+from include.crm_export.errors import PARENT_NOT_EXPORTED, RejectedRecord
 from include.crm_export.names import (
     EXPORT_DAG_ID,
     EXPORT_ERRORS_TABLE,
@@ -45,15 +45,28 @@ class HeldRecord:
 
     def message(self) -> str:
         """The failed task's message: what stopped, where, why, and what to do."""
-        return (
+        where = (
             f"Export of stream '{self.stream}' is held at record {shown(self.record_key)} "
-            f"({self.sobject}.{self.external_id_field} = {shown(self.external_id or None)}): "
-            "Salesforce rejected it with "
-            f"{one_line(self.rejection.describe())}. Records before it are exported; the watermark stays on it, so "
-            "nothing after it is skipped. Fix the cause in Salesforce or in the source row, then clear this task "
-            f"(or wait for the next run) to retry it first. To skip it for now instead, set the Variable "
-            f"{PAUSE_ON_ERROR_VARIABLE} to false (Salesforce stays incomplete until it is re-exported). Details: "
-            f'SELECT * FROM {SCHEMA}."{EXPORT_ERRORS_TABLE}" WHERE stream = {sql_literal(self.stream)} '
+            f"({self.sobject}.{self.external_id_field} = {shown(self.external_id or None)})"
+        )
+        if self.rejection.code == PARENT_NOT_EXPORTED:
+            what = (
+                f"{where}. {one_line(self.rejection.message)} Records before it are "
+                "exported; the watermark stays on it, so nothing after it is skipped. Fix the parent's cause and "
+                "let its stream export it (clear that stream's task), then clear this task (or wait for the next "
+                f"run). To go on without it for now, set the Variable {PAUSE_ON_ERROR_VARIABLE} to false: "
+                f"{REEXPORT_DAG_ID} sends it after its parent. Details: "
+            )
+        else:
+            what = (
+                f"{where}: Salesforce rejected it with "
+                f"{one_line(self.rejection.describe())}. Records before it are exported; the watermark stays on it, "
+                "so nothing after it is skipped. Fix the cause in Salesforce or in the source row, then clear this "
+                f"task (or wait for the next run) to retry it first. To skip it for now instead, set the Variable "
+                f"{PAUSE_ON_ERROR_VARIABLE} to false (Salesforce stays incomplete until it is re-exported). Details: "
+            )
+        return (
+            what + f'SELECT * FROM {SCHEMA}."{EXPORT_ERRORS_TABLE}" WHERE stream = {sql_literal(self.stream)} '
             f"AND record_key = {sql_literal(self.record_key)} AND status = 'open';"
         )
 

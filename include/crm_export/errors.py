@@ -40,6 +40,8 @@ MISSING_EXTERNAL_ID = "CRM_EXPORT_MISSING_EXTERNAL_ID"
 INVALID_SOURCE_VALUE = "CRM_EXPORT_INVALID_SOURCE_VALUE"
 DUPLICATE_EXTERNAL_ID = "CRM_EXPORT_DUPLICATE_EXTERNAL_ID"
 NOT_IN_SALESFORCE = "CRM_EXPORT_NOT_IN_SALESFORCE"  # mode: update, and Salesforce has no such record
+# A lookup's parent is not in Salesforce because its own stream holds it or has not reached it (parents.py).
+PARENT_NOT_EXPORTED = "CRM_EXPORT_PARENT_NOT_EXPORTED"
 
 
 def storable(text: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from include.crm_export.config import Stream
+from include.crm_export.config import Lookup, Stream
 from include.crm_export.errors import DUPLICATE_EXTERNAL_ID, INVALID_SOURCE_VALUE, MISSING_EXTERNAL_ID, RejectedRecord
 from include.crm_export.quoting import shown
 from include.crm_export.values import Unmappable, field_value
@@ -74,9 +74,15 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
         )
     external_id = str(raw_external_id)
     payload: dict[str, Any] = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
+    relationships = getattr(field_types, "relationships", None) or {}
     for sf_field, column in stream.fields:
         if row[column] is None and sf_field in stream.keep_when_null:
             continue  # on_null: keep: sending nothing leaves Salesforce's value as it is
+        lookup = stream.lookup(sf_field) if stream.lookups else None
+        if lookup is not None:
+            relationship = relationships.get(sf_field)
+            payload.update(parent_reference(lookup, row[column], relationship.name if relationship else None))
+            continue
         try:
             payload[sf_field] = field_value(row[column], (field_types or {}).get(sf_field))
         except Unmappable as exc:
@@ -88,6 +94,29 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
                 RejectedRecord(INVALID_SOURCE_VALUE, f"Source column {column}: {exc}", (sf_field,)),
             )
     return SourceRecord(key, position, external_id, payload)
+
+
+def relationship_name(lookup_field: str) -> str:
+    """A lookup field's relationship name as Salesforce forms it (``AccountId`` -> ``Account``,
+    ``Primary_Contact__c`` -> ``Primary_Contact__r``); describe's ``relationshipName`` wins when known."""
+    if lookup_field.endswith("__c"):
+        return lookup_field[: -len("__c")] + "__r"
+    return lookup_field.removesuffix("Id")
+
+
+def parent_reference(lookup: Lookup, value: Any, relationship: str | None = None) -> dict[str, Any]:
+    """What a lookup field's source value becomes in a payload: the parent by its external id under the
+    relationship name ("Relationship Fields in Records": ``"Account": {"CRM_Account_Id__c": "A-17"}``, with
+    ``attributes.type``, which a polymorphic lookup needs), or the lookup field itself cleared (null or
+    empty source value). The parent's external id is its text, as the parent's own stream sends it."""
+    if value is None or str(value).strip() == "":
+        return {lookup.field: None}
+    return {
+        relationship or relationship_name(lookup.field): {
+            "attributes": {"type": lookup.object},
+            lookup.external_id_field: str(value),
+        }
+    }
 
 
 def external_id_match_key(external_id: str, *, case_sensitive: bool = False) -> str:

@@ -34,6 +34,7 @@ from include.crm_export.errors import RejectedRecord, SettingsError, StreamConfi
 from include.crm_export.export import RunContext, current_records, one_record_per_external_id
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
+from include.crm_export.parents import ParentCheck
 from include.crm_export.salesforce import CollectionWriter
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,9 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
         sending = [current[e.record_key].external_id for e in present]
         fingerprints.forget_keys(run.conn, run.fingerprint_number, [match_key(x) for x in sending if x])
         outcomes = _send_current(run, writer, [current[e.record_key] for e in present])
+        if stream.lookups:  # a child whose parent is still not in Salesforce: why, as the export says it
+            check = ParentCheck(run.conn, stream)
+            outcomes = [(record, check.explain(rejection)) for record, rejection in outcomes]
         resolved: list[int] = []
         still_rejected: list[StillRejected] = []
         for error, (record, rejection) in zip(present, outcomes, strict=True):

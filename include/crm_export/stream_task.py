@@ -31,6 +31,20 @@ class StreamTaskOperator(_PythonDecoratedOperator):
 
 
 def stream_task(stream: Stream, **kwargs: Any) -> Any:
-    """The decorator for ``stream``'s task: ``@task(**kwargs)`` with the stream's outlet."""
+    """The decorator for ``stream``'s task: ``@task(**kwargs)`` with the stream's outlet.
+
+    A stream with parents (lookups to other streams) runs after their tasks, also when one failed or was held
+    (``all_done``): only its records whose parent is missing wait, and they say so (:mod:`parents`).
+    """
     outlet = AssetAlias(lineage.alias_name(lineage.salesforce_asset_uri(stream.connection, stream.sobject)))
+    if stream.parent_streams:
+        kwargs.setdefault("trigger_rule", "all_done")
     return task_decorator_factory(decorated_operator_class=StreamTaskOperator, outlets=[outlet], **kwargs)
+
+
+def run_parents_first(streams: dict[str, Stream], tasks: dict[str, Any]) -> None:
+    """Each stream's task downstream of its parents' tasks (both DAGs: the export, and the re-export, which
+    re-exports parents' errors before their children's)."""
+    for name, stream in streams.items():
+        for parent in stream.parent_streams:
+            tasks[parent] >> tasks[name]

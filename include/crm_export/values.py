@@ -228,9 +228,21 @@ def csv_line(values: Sequence[str]) -> str:
     return ",".join(_quoted(value) for value in values) + "\n"
 
 
+def _csv_column(payload: Mapping[str, Any], column: str) -> str:
+    """One column's text: a field's value, or for ``[Object:]Relationship.Field`` the parent's external id."""
+    if column in payload:
+        return csv_text(payload[column])
+    relationship, dot, field = column.rpartition(".")
+    if dot:
+        parent = payload.get(relationship.rpartition(":")[2])
+        if isinstance(parent, Mapping) and field in parent:
+            return csv_text(parent[field])
+    return ""
+
+
 def csv_row(payload: Mapping[str, Any], columns: Sequence[str]) -> str:
     """A payload as one CSV line for ``columns``: a field the payload leaves out is empty (Salesforce keeps it)."""
-    values = [csv_text(payload[column]) if column in payload else "" for column in columns]
+    values = [_csv_column(payload, column) for column in columns]
     if sum(len(value) for value in values) > BULK_MAX_RECORD_CHARS:
         raise NotInCsv(f"the record is over Bulk API 2.0's {BULK_MAX_RECORD_CHARS:,} characters")
     return csv_line(values)

@@ -101,7 +101,8 @@ def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
         conn.execute(SOURCE_SCHEMA_SQL.read_text())
         conn.execute("DROP SCHEMA IF EXISTS crm_test CASCADE")
         conn.execute(
-            'TRUNCATE crm.contacts, crm.subscriptions, crm_export.stream_watermarks, crm_export."ExportErrors", '
+            "TRUNCATE crm.accounts, crm.contacts, crm.subscriptions, "
+            'crm_export.stream_watermarks, crm_export."ExportErrors", '
             "crm_export.api_requests, crm_export.stream_repositions, crm_export.horizon_samples, "
             "crm_export.export_runs, crm_export.stream_alerts, crm_export.bulk_jobs, crm_export.external_ids, "
             "crm_export.external_ids_filled, crm_export.fingerprints, crm_export.fingerprint_streams "

@@ -139,7 +139,8 @@ def assert_salesforce_matches_source(conn: psycopg.Connection, emulator, stream_
     from include.crm_export.config import load_streams
 
     stream = load_streams()[stream_name]
-    comparison = compare(conn, stream, emulator.records(stream.sobject))
+    parents = {lookup.object: emulator.records(lookup.object) for lookup in stream.lookups}
+    comparison = compare(conn, stream, emulator.records(stream.sobject), parents)
     assert comparison.equal, comparison.describe()
 
 

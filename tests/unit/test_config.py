@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 
 import pytest
 
-from include.crm_export.config import load_streams, parse_config
+from include.crm_export.config import load_streams, parse_config, stream_definition
 from include.crm_export.errors import StreamConfigError
 
 VALID = {
@@ -35,9 +36,79 @@ def broken(**changes):
 
 def test_shipped_streams_are_valid_and_cover_a_standard_and_a_custom_object():
     streams = load_streams()
-    assert {s.sobject for s in streams.values()} == {"Contact", "Subscription__c"}
+    assert {s.sobject for s in streams.values()} == {"Account", "Contact", "Subscription__c"}
     for stream in streams.values():
         assert stream.batch_size <= 200
+    # Parents first: each stream's lookups point at streams listed before it.
+    assert list(streams) == ["accounts", "contacts", "subscriptions"]
+    assert streams["contacts"].parent_streams == ("accounts",)
+    assert streams["subscriptions"].parent_streams == ("contacts",)
+
+
+def _lookup_config(**fields: object) -> dict:
+    config = copy.deepcopy(VALID)
+    config["streams"]["contacts"]["fields"].update(fields)
+    config["streams"]["accounts"] = {
+        "source": "crm.accounts",
+        "key": "id",
+        "order_by": ["updated_at", "id"],
+        "sobject": "Account",
+        "external_id": {"field": "CRM_Account_Id__c", "column": "id"},
+        "fields": {"Name": "name"},
+    }
+    return config
+
+
+def test_a_lookup_to_another_stream_takes_its_object_and_external_id_and_puts_it_first():
+    streams = parse_config(_lookup_config(AccountId={"parent": "accounts", "column": "account_id"}))
+    assert list(streams) == ["accounts", "contacts"]  # the file lists contacts first
+    (lookup,) = streams["contacts"].lookups
+    assert (lookup.field, lookup.column, lookup.object, lookup.external_id_field) == (
+        "AccountId",
+        "account_id",
+        "Account",
+        "CRM_Account_Id__c",
+    )
+    assert lookup.parent is streams["accounts"]
+    assert "account_id" in streams["contacts"].source_columns
+    # The lookup's target is part of what the watermark means: pointing it elsewhere is a mapping change.
+    definition = stream_definition(streams["contacts"], defaultdict(lambda: "bigint"))
+    assert ["AccountId", "account_id", "Account.CRM_Account_Id__c"] in definition["fields"]
+
+
+def test_a_lookup_to_an_object_exported_elsewhere_needs_no_stream():
+    streams = parse_config(
+        _lookup_config(ReportsToId={"object": "Contact", "external_id": "Legacy_Id__c", "column": "manager"})
+    )
+    (lookup,) = streams["contacts"].lookups
+    assert (lookup.object, lookup.external_id_field, lookup.parent) == ("Contact", "Legacy_Id__c", None)
+    assert streams["contacts"].parent_streams == ()
+
+
+@pytest.mark.parametrize(
+    ("lookup", "says"),
+    [
+        ({"parent": "nope", "column": "a"}, "field 'fields.AccountId.parent': there is no stream 'nope'"),
+        ({"object": "Account", "column": "a"}, "needs both object and external_id"),
+        (
+            {"parent": "accounts", "object": "Account", "external_id": "X__c", "column": "a"},
+            "names its parent twice",
+        ),
+        ({"parent": "contacts", "column": "a"}, "lookups go round in a circle (contacts -> contacts)"),
+    ],
+)
+def test_a_broken_lookup_is_refused_naming_it(lookup, says):
+    with pytest.raises(StreamConfigError) as caught:
+        parse_config(_lookup_config(AccountId=lookup))
+    assert says in str(caught.value)
+
+
+def test_a_cycle_of_lookups_is_refused_naming_every_stream_in_it():
+    config = _lookup_config(AccountId={"parent": "accounts", "column": "account_id"})
+    config["streams"]["accounts"]["fields"]["Primary_Contact__c"] = {"parent": "contacts", "column": "contact_id"}
+    with pytest.raises(StreamConfigError) as caught:
+        parse_config(config)
+    assert "its lookups go round in a circle (contacts -> accounts -> contacts)" in str(caught.value)
 
 
 def test_defaults_apply_and_can_be_overridden():

@@ -116,6 +116,18 @@ def lock_open_rows(conn: psycopg.Connection, stream: Stream, keys: list[str]) ->
     )
 
 
+def open_rejection(conn: psycopg.Connection, stream: Stream, record_key: str) -> RejectedRecord | None:
+    """Why the record is rejected now: its open row's code, message and fields (None: no open row)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT error_code, error_message, error_fields FROM {} WHERE stream = %s AND record_key = %s "
+            "AND status = 'open'"
+        ).format(EXPORT_ERRORS),
+        (stream.name, record_key),
+    ).fetchone()
+    return None if row is None else RejectedRecord(row[0], row[1], tuple(row[2] or ()))
+
+
 def has_open_errors(conn: psycopg.Connection, stream: Stream) -> bool:
     query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE stream = %s AND status = %s)").format(EXPORT_ERRORS)
     return bool(one_value(conn.execute(query, (stream.name, OPEN))))

@@ -382,6 +382,35 @@ def positions_by_key(
     return {row[0]: tuple(row[1:]) for row in conn.execute(query, (keys,)).fetchall()}
 
 
+def keys_by_external_id(conn: psycopg.Connection, stream: Stream, external_id: str) -> list[str]:
+    """The record keys of the source rows whose external id is ``external_id``, as the stream sends it (its
+    text form), in export order (a few at most)."""
+    query = sql.SQL("SELECT {key}::text FROM {table} WHERE {column}::text = %s ORDER BY {order} LIMIT 10").format(
+        key=sql.Identifier(stream.key),
+        table=_table(stream),
+        column=sql.Identifier(stream.external_id_column),
+        order=_columns(stream.order_by),
+    )
+    return [row[0] for row in conn.execute(query, (external_id,)).fetchall()]
+
+
+def is_after(
+    conn: psycopg.Connection, stream: Stream, key: str, position: list[str] | None, column_types: dict[str, str]
+) -> bool:
+    """Does the source row ``key`` lie after ``position`` (not reached by a stream whose watermark it is)?"""
+    if not position:
+        return True
+    params: dict[str, Any] = {"key": [key]}
+    query = sql.SQL("SELECT {after} FROM {table} WHERE {key} = ANY(CAST(%(key)s AS {key_type}[]))").format(
+        after=_after(stream, position, column_types, params),
+        table=_table(stream),
+        key=sql.Identifier(stream.key),
+        key_type=sql.SQL(column_types[stream.key]),
+    )
+    row = conn.execute(query, params).fetchone()
+    return bool(row and row[0])
+
+
 def all_keys(conn: psycopg.Connection, stream: Stream) -> list[str]:
     """Every record key of the source (for comparisons, not for the export path)."""
     query = sql.SQL("SELECT {key}::text FROM {table}").format(key=sql.Identifier(stream.key), table=_table(stream))

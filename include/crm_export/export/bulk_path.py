@@ -29,7 +29,7 @@ from functools import cached_property
 import psycopg
 
 from include.crm_export.batch import RecordOutcome
-from include.crm_export.bulk_csv import JobData, JobRecord, match_results
+from include.crm_export.bulk_csv import JobData, JobRecord, job_columns, match_results
 from include.crm_export.db import bulk_jobs
 from include.crm_export.errors import JobResultsUnreadable, NotFound, RejectedRecord, RequestFailed
 from include.crm_export.export.paths import in_flight_already
@@ -70,7 +70,7 @@ class BulkPath:
     def __init__(self, run: ExportRun, jobs: BulkJobs, left: list[bulk_jobs.RecordedJob]) -> None:
         self.run, self.jobs, self.left = run, jobs, left
         self.stream = run.stream
-        self.columns = [self.stream.external_id_field, *(field for field, _ in self.stream.fields)]
+        self.columns = job_columns(self.stream, run.writer.field_types)
         self.max_job_bytes = self.stream.bulk_job_megabytes * 1_000_000
         self.launched: deque[_Job] = deque()  # closed, in Salesforce, oldest first: at most two
         self.next: _Job | None = None  # read, not launched yet

@@ -37,6 +37,7 @@ from include.crm_export.decisions import (
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
+from include.crm_export.parents import ParentCheck
 from include.crm_export.quoting import shown
 from include.crm_export.salesforce import BulkJobs, CollectionWriter
 
@@ -405,6 +406,9 @@ class ExportRun:
         commit the plan (``with_it`` in the same transaction), count and log it, and note a hold."""
         if self.result.tally.batches:
             self._reread_pause_on_error()
+        if self.stream.lookups and any(outcome.rejection is not None for outcome in outcomes):
+            check = ParentCheck(self.session.reader, self.stream)
+            outcomes = [RecordOutcome(outcome.record, check.explain(outcome.rejection)) for outcome in outcomes]
         plan = plan_batch(outcomes, pause_on_error=self.pause)
         self.session.commit(plan, with_it=with_it)
         self.result.add(plan, pause_on_error=self.pause)

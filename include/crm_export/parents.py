@@ -1,0 +1,133 @@
+"""A child record whose parent Salesforce does not have: waiting for its parent, or wrong.
+
+Salesforce refuses a record whose lookup names a parent by an external id no record has, with
+``INVALID_FIELD`` and "Foreign key external ID: <value> not found for field <field> in entity <object>"
+(the message Salesforce answers for a relationship field set by external id; "Relationship Fields in
+Records", Bulk API 2.0 and Bulk API Developer Guide, describes the reference). What that refusal means for
+us depends on the parent's own stream, and is decided here for every path (sObject Collections, Bulk API
+2.0, the re-export):
+
+- the parent stream holds that parent (an open ExportErrors row, or its hold) or has not reached it yet: the
+  child is **waiting for its parent**, code :data:`PARENT_NOT_EXPORTED`. Its message names the parent stream,
+  the parent record and the parent's own error, so the person on call fixes the parent; the re-export sends
+  the child again once the parent went through.
+- no source row of the parent stream has that external id: an ordinary rejection (Salesforce's code), whose
+  message names the missing parent key.
+- the parent stream exported that parent, yet Salesforce has no such record (deleted in Salesforce): an
+  ordinary rejection that says how to send the parent again.
+
+A lookup to a parent exported elsewhere (``object:``/``external_id:``) is Salesforce's answer, as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from include.crm_export.config import Lookup, Stream
+from include.crm_export.db import export_errors, source, watermarks
+from include.crm_export.errors import PARENT_NOT_EXPORTED, RejectedRecord
+from include.crm_export.quoting import one_line, shown
+
+_NOT_FOUND = re.compile(
+    r"Foreign key external ID: (?P<value>.*) not found for field (?P<field>\w+) in entity (?P<object>\w+)", re.S
+)
+
+
+@dataclass(frozen=True)
+class MissingParent:
+    """The lookup whose parent Salesforce does not have, and the parent's external id as sent."""
+
+    lookup: Lookup
+    external_id: str
+
+
+def missing_parent(stream: Stream, rejection: RejectedRecord) -> MissingParent | None:
+    """The parent a rejection says Salesforce lacks, when it is one of this stream's lookups (else None)."""
+    if not stream.lookups or rejection.code == PARENT_NOT_EXPORTED:
+        return None
+    found = _NOT_FOUND.search(rejection.message)
+    if found is None:
+        return None
+    sobject, field = found["object"].lower(), found["field"].lower()
+    for lookup in stream.lookups:
+        if lookup.object.lower() == sobject and lookup.external_id_field.lower() == field:
+            return MissingParent(lookup, found["value"])
+    return None
+
+
+class ParentCheck:
+    """Explains rejections for missing parents against the parent streams' state (one check per parent and
+    call: a batch of children of one held parent costs a few queries, not one per child)."""
+
+    def __init__(self, conn: psycopg.Connection, stream: Stream) -> None:
+        self.conn = conn
+        self.stream = stream
+        self._seen: dict[tuple[str, str], Callable[[RejectedRecord], RejectedRecord]] = {}
+        self._column_types: dict[str, dict[str, str]] = {}
+
+    def explain(self, rejection: RejectedRecord | None) -> RejectedRecord | None:
+        """The rejection as the person on call needs it (unchanged unless it is a missing parent of ours)."""
+        if rejection is None:
+            return None
+        missing = missing_parent(self.stream, rejection)
+        if missing is None or missing.lookup.parent is None:
+            return rejection
+        seen = (missing.lookup.field, missing.external_id)
+        if seen not in self._seen:
+            self._seen[seen] = self._verdict(missing)
+        return self._seen[seen](rejection)
+
+    def _verdict(self, missing: MissingParent) -> Callable[[RejectedRecord], RejectedRecord]:
+        lookup, value = missing.lookup, missing.external_id
+        parent = lookup.parent
+        assert parent is not None, "only lookups to one of our streams get here"
+        named = f"{lookup.object}.{lookup.external_id_field} = {shown(value)}"
+        keys = source.keys_by_external_id(self.conn, parent, value)
+        if not keys:
+            return _ordinary(
+                lookup,
+                f"No row of {parent.source} (stream '{parent.name}') has {parent.external_id_column} = "
+                f"{shown(value)}, so the parent {named} this record points at does not exist: set "
+                f"{lookup.column} of this row to an existing parent (or null), or add the parent row.",
+            )
+        key = keys[0]
+        its_error = export_errors.open_rejection(self.conn, parent, key)
+        watermark = watermarks.load_watermark(self.conn, parent)
+        if its_error is not None or watermark.held_record_key == key:
+            why = (
+                f"Salesforce rejected it with {one_line(its_error.describe())}"
+                if its_error is not None
+                else "its stream is held at it"
+            )
+            return _waiting(lookup, named, key, f"stream '{parent.name}' has not exported it: {why}")
+        if parent.name not in self._column_types:
+            self._column_types[parent.name] = source.column_types(self.conn, parent)
+        if source.is_after(self.conn, parent, key, watermark.position, self._column_types[parent.name]):
+            return _waiting(lookup, named, key, f"stream '{parent.name}' has not reached it yet")
+        return _ordinary(
+            lookup,
+            f"Stream '{parent.name}' exported its row {shown(key)} as {named}, but Salesforce has no such "
+            f"{lookup.object} now (deleted or changed in Salesforce?). Send the parent again (python -m "
+            f"include.crm_export send --stream {parent.name} --key {key}); this record goes through after it.",
+        )
+
+
+def _waiting(lookup: Lookup, named: str, key: str, why: str) -> Callable[[RejectedRecord], RejectedRecord]:
+    parent = lookup.parent
+    assert parent is not None
+    message = (
+        f"Waiting for its parent: {lookup.field} points at {named}, row {shown(key)} of stream '{parent.name}', "
+        f"which is not in Salesforce yet: {why}. Fix the parent (this record is not at fault); it goes through once "
+        f"stream '{parent.name}' exports that row."
+    )
+    return lambda _rejection: RejectedRecord(PARENT_NOT_EXPORTED, message, (lookup.field,))
+
+
+def _ordinary(lookup: Lookup, explanation: str) -> Callable[[RejectedRecord], RejectedRecord]:
+    return lambda rejection: RejectedRecord(
+        rejection.code, f"{rejection.message}. {explanation}", rejection.fields or (lookup.field,)
+    )
