@@ -95,11 +95,10 @@ class AirflowApi:
         return lines
 
     def clear_failed(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
-        self.call(
-            "POST",
-            f"dags/{dag_id}/clearTaskInstances",
-            json={"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": True},
-        )
+        """Clear as the UI's Clear does by default: these tasks and their failed downstream tasks (the task that
+        keeps a run red when a stream failed, ``all_streams_succeeded``, among them)."""
+        body = {"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": True}
+        self.call("POST", f"dags/{dag_id}/clearTaskInstances", json={**body, "include_downstream": True})
 
     # Variables
 

@@ -27,6 +27,15 @@ from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
 
 EXPORT, REEXPORT = "CRMExport", "CRMExport_ExportError"
 
+ACCOUNT_RULE = {
+    "cause": "validation_rule",
+    "object": "Account",
+    "name": "Accounts_Under_Review",
+    "when": {"field": "Name", "op": "endswith", "value": "(under review)"},
+    "message": "Accounts under review cannot be saved (validation rule Accounts_Under_Review)",
+    "fields": ["Name"],
+}
+
 
 class WalkthroughFailed(AssertionError):
     pass
@@ -121,6 +130,8 @@ class Walkthrough:
         self.check(all(str(key) in in_salesforce for key in batch1), "not every new contact reached Salesforce")
         self.say(f"All 40 new contacts are in Salesforce, including {blocked}.")
 
+        self._contact_waits_for_its_account()
+
         self.step("Turn pause on export errors off (Admin > Variables).")
         api.set_variable(PAUSE_ON_ERROR_VARIABLE, "false")
         self.say(f"{PAUSE_ON_ERROR_VARIABLE} = false: rejected records will be logged and skipped.")
@@ -183,6 +194,53 @@ class Walkthrough:
         self.step("Back to the safe default: pause on export errors on.")
         api.set_variable(PAUSE_ON_ERROR_VARIABLE, "true")
         self.say("Done.")
+
+    def _contact_waits_for_its_account(self) -> None:
+        """Lookups: a contact points at its account by external id, and waits while the account is held."""
+        self.step("An account breaks a Salesforce rule; a new contact at that account waits for it.")
+        rule = self.emulator.add_rule(**ACCOUNT_RULE)
+        self.say(f"Salesforce rule {ACCOUNT_RULE['name']}: {ACCOUNT_RULE['message']}")
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            account = conn.execute(
+                """INSERT INTO crm.accounts (name, city, country, updated_at)
+                   VALUES ('Nordlys AS (under review)', 'Oslo', 'Norway', now() - interval '31 seconds')
+                   RETURNING id"""
+            ).fetchone()[0]
+            contact = conn.execute(
+                """INSERT INTO crm.contacts (first_name, last_name, email, title, account_id, updated_at)
+                   VALUES ('Ingrid', 'Nordlys', 'ingrid@nordlys.example', 'CFO', %s, now() - interval '31 seconds')
+                   RETURNING id""",
+                (account,),
+            ).fetchone()[0]
+        self.say(
+            f"Account {account} and its contact {contact} arrive in the CRM (crm.contacts.account_id = {account})."
+        )
+        run_id, state = self.run_export(EXPORT)
+        self.check(state == "failed", f"expected the run to fail (held), it ended {state}")
+        parent = next(line for line in self.log_of(EXPORT, run_id, "export_accounts") if "is held at record" in line)
+        child = next(
+            (line for line in self.log_of(EXPORT, run_id, "export_contacts") if "Waiting for its parent" in line),
+            None,
+        )
+        self.check(child is not None, "the contacts task does not say it waits for its account")
+        self.check("stream 'accounts'" in child, "the waiting contact's message does not name the accounts stream")
+        self.say("export_accounts is held at the account:")
+        self.say(f"  {parent[:400]}")
+        self.say("export_contacts ran all the same (its other records went through) and is held at the contact:")
+        self.say(f"  {child[:600]}")
+
+        self.emulator.remove_rule(rule["id"])
+        self.say(f"The admin relaxes {ACCOUNT_RULE['name']}; clear both failed tasks (parents run first).")
+        self.api.clear_failed(EXPORT, run_id, ["export_accounts", "export_contacts"])
+        state = self.api.wait_for_run(EXPORT, run_id)
+        self.check(state == "success", f"after clearing, the run ended {state}")
+        accounts = {r["CRM_Account_Id__c"]: r["Id"] for r in self.emulator.records("Account")}
+        linked = {r["CRM_Contact_Id__c"]: r.get("AccountId") for r in self.emulator.records("Contact")}
+        self.check(
+            linked.get(str(contact)) == accounts.get(str(account)) is not None,
+            f"contact {contact} is not linked to account {account} in Salesforce",
+        )
+        self.say(f"Run {run_id} is green: contact {contact}'s AccountId is {accounts[str(account)]}, its account's Id.")
 
     def _wait_for_idle(self, dag_id: str, timeout: float = 600) -> None:
         """Let a scheduled run that is already going finish first (max_active_runs=1)."""

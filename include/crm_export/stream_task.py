@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
-from airflow.sdk import AssetAlias
+from airflow.sdk import AssetAlias, task
 from airflow.sdk.bases.decorator import task_decorator_factory
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.crm_export import lineage
 from include.crm_export.config import Stream
@@ -42,9 +43,43 @@ def stream_task(stream: Stream, **kwargs: Any) -> Any:
     return task_decorator_factory(decorated_operator_class=StreamTaskOperator, outlets=[outlet], **kwargs)
 
 
+#: The task that keeps a run red when a stream's task failed (only in a DAG whose streams have lookups).
+STREAMS_SUCCEEDED_TASK_ID = "all_streams_succeeded"
+
+
 def run_parents_first(streams: dict[str, Stream], tasks: dict[str, Any]) -> None:
     """Each stream's task downstream of its parents' tasks (both DAGs: the export, and the re-export, which
-    re-exports parents' errors before their children's)."""
-    for name, stream in streams.items():
-        for parent in stream.parent_streams:
-            tasks[parent] >> tasks[name]
+    re-exports parents' errors before their children's).
+
+    Airflow decides a run's state by its leaf tasks only, so a held parent whose child ran anyway (``all_done``)
+    would leave a green run. Where there is such an edge, one more task, downstream of every stream's task, fails
+    when any of them failed (and succeeds otherwise): the run stays red, and the stream task keeps the message.
+    """
+    edges = [(tasks[parent], tasks[name]) for name, stream in streams.items() for parent in stream.parent_streams]
+    for parent_task, child_task in edges:
+        parent_task >> child_task
+    if edges:
+        list(tasks.values()) >> _all_streams_succeeded()
+
+
+@task(task_id=STREAMS_SUCCEEDED_TASK_ID, trigger_rule="all_done", retries=0)
+def _all_streams_succeeded(**context: Any) -> None:
+    """Once every stream's task is done: fails when one of them failed, so the run is red, and names it."""
+    ti = context["ti"]
+    upstream = sorted(context["task"].upstream_task_ids)
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=upstream, run_ids=[ti.run_id])
+    failed = sorted(
+        {
+            task_id
+            for by_task in states.values()
+            for task_id, state in by_task.items()
+            if state in ("failed", "upstream_failed")
+        }
+    )
+    if not failed:
+        return
+    raise AirflowFailException(
+        f"Failed in this run: {', '.join(failed)}. Its log and message say what to fix. Once "
+        "fixed, clear that task together with its downstream tasks (this one included); a stream's task runs "
+        "after its parents' and also when one of them failed, so records that do not need the parent go on."
+    )

@@ -124,7 +124,12 @@ def test_a_child_waits_for_its_held_parent_then_both_go_through_after_the_fix(db
     held = run_dag(streams_file=streams, retries=False)
 
     assert held.state == "failed"
-    assert held.task_states == {"export_accounts": "failed", "export_contacts": "failed"}
+    assert held.task_states == {
+        "export_accounts": "failed",
+        "export_contacts": "failed",
+        "all_streams_succeeded": "failed",  # the run is red although contacts ran after its held parent
+    }
+    assert "Failed in this run: export_accounts, export_contacts." in held.log
     assert watermark(db, "accounts")[1] == "3"
     assert watermark(db, "contacts")[1] == "2"
     assert "1" in salesforce_contacts(emulator)
@@ -139,6 +144,15 @@ def test_a_child_waits_for_its_held_parent_then_both_go_through_after_the_fix(db
         "Fix the parent's cause",
     ):
         assert says in message, message
+
+    # The page lists the parent first, and says what the held child waits for, linking the parent stream.
+    from include.crm_export.ui.app import streams as page_streams
+
+    shown = page_streams()
+    assert [s["stream"] for s in shown] == ["accounts", "contacts"]
+    assert shown[1]["parents"] == ["accounts"]
+    assert shown[1]["held_waiting_for"] == "accounts"
+    assert shown[0]["held_waiting_for"] is None  # held by its own error
 
     emulator.remove_rule(rule)
     fixed = run_dag(streams_file=streams, retries=False)

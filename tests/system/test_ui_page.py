@@ -143,7 +143,8 @@ def wait_until_held(base: str) -> dict:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         streams = {s["stream"]: s for s in call(base, "GET", "/crm-export/api/streams").json()}
-        if streams["contacts"]["held"]:
+        # subscriptions runs after contacts (its parent), also when contacts is held
+        if streams["contacts"]["held"] and streams["subscriptions"]["last_run_at"] is not None:
             return streams
         time.sleep(1)
     raise AssertionError("the first CRMExport run never held the contacts stream")
@@ -184,6 +185,9 @@ def test_api_shows_where_each_stream_stands_and_its_errors(airflow):
     assert contacts["held_task_url"].endswith("/tasks/export_contacts")
     assert streams["subscriptions"]["held"] is False
     assert streams["subscriptions"]["last_run_exported"] == 150
+    assert list(streams) == ["accounts", "contacts", "subscriptions"]  # parents first
+    assert (streams["contacts"]["parents"], streams["subscriptions"]["parents"]) == (["accounts"], ["contacts"])
+    assert contacts["held_waiting_for"] is None  # held by its own error, not waiting for its account
 
     page = call(airflow, "GET", "/crm-export/api/errors", params={"status": "open", "stream": "contacts"}).json()
     assert [(e["record_key"], e["error_code"], e["error_fields"]) for e in page["errors"]] == [

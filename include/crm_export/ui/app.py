@@ -29,12 +29,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 
 from include.crm_export import __version__
-from include.crm_export.config import load_streams, stream_definition
+from include.crm_export.config import Stream, load_streams, stream_definition
 from include.crm_export.db import page_queries, run_history, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import Lag
-from include.crm_export.errors import SettingsError, StreamBusy, StreamConfigError, StreamStuck
+from include.crm_export.errors import PARENT_NOT_EXPORTED, SettingsError, StreamBusy, StreamConfigError, StreamStuck
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
 from include.crm_export.pause_variable import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
 from include.crm_export.quoting import one_line, url_segment
@@ -330,9 +330,22 @@ def streams() -> list[dict[str, Any]]:
                     if held and row.get("last_run_id")
                     else None
                 ),
+                "parents": list(stream.parent_streams),
+                "held_waiting_for": _waiting_for(stream, row) if held else None,
             }
         )
     return result
+
+
+def _waiting_for(stream: Stream, row: dict[str, Any]) -> str | None:
+    """The parent stream a held child waits for (its held record's parent is not in Salesforce), if so."""
+    if row.get("held_error_code") != PARENT_NOT_EXPORTED:
+        return None
+    for field in row.get("held_error_fields") or ():
+        lookup = stream.lookup(field)
+        if lookup is not None and lookup.parent_stream is not None:
+            return lookup.parent_stream
+    return None
 
 
 StreamFilter = Annotated[str | None, Query(max_length=NAME_MAX_CHARS, pattern=NO_CONTROL_CHARACTERS)]
