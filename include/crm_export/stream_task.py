@@ -9,6 +9,7 @@ Airflow and nothing else.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
@@ -18,6 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from include.crm_export import lineage
 from include.crm_export.config import Stream
+from include.crm_export.names import STREAMS_SUCCEEDED_TASK_ID
 
 
 class StreamTaskOperator(_PythonDecoratedOperator):
@@ -43,10 +45,6 @@ def stream_task(stream: Stream, **kwargs: Any) -> Any:
     return task_decorator_factory(decorated_operator_class=StreamTaskOperator, outlets=[outlet], **kwargs)
 
 
-#: The task that keeps a run red when a stream's task failed (only in a DAG whose streams have lookups).
-STREAMS_SUCCEEDED_TASK_ID = "all_streams_succeeded"
-
-
 def run_parents_first(streams: dict[str, Stream], tasks: dict[str, Any]) -> None:
     """Each stream's task downstream of its parents' tasks (both DAGs: the export, and the re-export, which
     re-exports parents' errors before their children's).
@@ -62,7 +60,7 @@ def run_parents_first(streams: dict[str, Stream], tasks: dict[str, Any]) -> None
         list(tasks.values()) >> _all_streams_succeeded()
 
 
-@task(task_id=STREAMS_SUCCEEDED_TASK_ID, trigger_rule="all_done", retries=0)
+@task(task_id=STREAMS_SUCCEEDED_TASK_ID, trigger_rule="all_done", retries=0, execution_timeout=timedelta(minutes=5))
 def _all_streams_succeeded(**context: Any) -> None:
     """Once every stream's task is done: fails when one of them failed, so the run is red, and names it."""
     ti = context["ti"]
