@@ -7,7 +7,7 @@ watermark is confirmed in Salesforce or has an open ExportErrors row.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from include.crm_export.errors import RejectedRecord
@@ -31,6 +31,7 @@ class BatchPlan:
     held: tuple[SourceRecord, RejectedRecord] | None  # pause on: the record the stream stops at
     unchanged: int = 0  # of the confirmed: not sent, Salesforce holds their payload already
     fingerprints: dict[str, int] = field(default_factory=dict)  # by external id: of the records confirmed now
+    waiting: tuple[SourceRecord, RejectedRecord] | None = None  # the record the run stops before (it waits)
 
     @property
     def exported(self) -> int:
@@ -70,6 +71,13 @@ def next_request(records: list[SourceRecord], batch_size: int) -> tuple[list[Sou
 
 
 def plan_batch(outcomes: list[RecordOutcome], *, pause_on_error: bool) -> BatchPlan:
+    """What a batch's outcomes commit. A record that waits (``RejectedRecord.waits``) ends the batch before it,
+    whatever the pause: neither it nor anything after it is committed, so the watermark stays before it and the
+    next run reads it again. A hold (pause on) before it comes first."""
+    for index, outcome in enumerate(outcomes):
+        if outcome.rejection is not None and outcome.rejection.waits:
+            plan = plan_batch(outcomes[:index], pause_on_error=pause_on_error)
+            return plan if plan.held is not None else replace(plan, waiting=(outcome.record, outcome.rejection))
     if not outcomes:
         return BatchPlan(None, (), (), None)
     if pause_on_error:

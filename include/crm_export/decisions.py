@@ -168,12 +168,18 @@ class ExportResult:
     stream: str
     tally: RunTally = field(default_factory=RunTally)
     held: HeldRecord | None = None
+    waiting: str | None = None  # the record this run stopped before, waiting for its parent (not an error)
     stopped_because: str = CAUGHT_UP
     pause_on_error: bool = True
     skipped_with_pause_on_error_off: int = 0
     lag: Lag | None = None  # how far behind the source Salesforce is when the run ends
     in_flight_level: int = 1  # requests in flight, on average over the run
     in_flight_text: str = ""  # how the level went, for the closing line
+
+    @property
+    def held_or_waiting(self) -> str | None:
+        """The record the run stopped at: held (pause on), or waiting for its parent."""
+        return self.held.record_key if self.held is not None else self.waiting
 
     def summary(self) -> str:
         text = (

@@ -56,6 +56,9 @@ class RejectedRecord:
     code: str
     message: str
     fields: tuple[str, ...] = ()
+    # Waits for something that comes by itself (a parent its stream has not reached yet, parents.py): the export
+    # stops before it for this run, with no ExportErrors row and no hold; the next run starts at it.
+    waits: bool = False
 
     def __post_init__(self) -> None:
         # Every rejection ends up in ExportErrors and in messages, whichever path or client met it.

@@ -7,10 +7,15 @@ Records", Bulk API 2.0 and Bulk API Developer Guide, describes the reference). W
 us depends on the parent's own stream, and is decided here for every path (sObject Collections, Bulk API
 2.0, the re-export):
 
-- the parent stream holds that parent (an open ExportErrors row, or its hold) or has not reached it yet: the
-  child is **waiting for its parent**, code :data:`PARENT_NOT_EXPORTED`. Its message names the parent stream,
-  the parent record and the parent's own error, so the person on call fixes the parent; the re-export sends
-  the child again once the parent went through.
+- the parent stream holds that parent (an open ExportErrors row, or its hold), or is held before it: the
+  child is **waiting for its parent**, code :data:`PARENT_NOT_EXPORTED`, a rejected record under the pause
+  rules. Its message names the parent stream, the parent record and the parent's own error, so the person on
+  call fixes the parent; the re-export sends the child again once the parent went through.
+- the parent stream has not reached that parent yet (nothing wrong: written together, the parent after the
+  parent stream's read, or that stream stopped by its per-run limits): the child **waits**
+  (``RejectedRecord.waits``): the export stops before it for this run, with no ExportErrors row and no hold,
+  and the next run, after the parent stream's, starts at it. Holding there (a red run) or logging it (a
+  re-export a day later) would turn ordinary timing into an incident.
 - no source row of the parent stream has that external id: an ordinary rejection (Salesforce's code), whose
   message names the missing parent key.
 - the parent stream exported that parent, yet Salesforce has no such record (deleted in Salesforce): an
@@ -98,16 +103,20 @@ class ParentCheck:
         its_error = export_errors.open_rejection(self.conn, parent, key)
         watermark = watermarks.load_watermark(self.conn, parent)
         if its_error is not None or watermark.held_record_key == key:
-            why = (
-                f"Salesforce rejected it with {one_line(its_error.describe())}"
-                if its_error is not None
-                else "its stream is held at it"
-            )
+            why = _its_error(its_error) if its_error is not None else "its stream is held at it"
             return _waiting(lookup, named, key, f"stream '{parent.name}' has not exported it: {why}")
         if parent.name not in self._column_types:
             self._column_types[parent.name] = source.column_types(self.conn, parent)
         if source.is_after(self.conn, parent, key, watermark.position, self._column_types[parent.name]):
-            return _waiting(lookup, named, key, f"stream '{parent.name}' has not reached it yet")
+            held = watermark.held_record_key
+            if held is not None:  # it waits behind the record its stream is held at
+                held_error = export_errors.open_rejection(self.conn, parent, held)
+                why = f" ({_its_error(held_error)})" if held_error is not None else ""
+                return _waiting(
+                    lookup, named, key, f"stream '{parent.name}' is held at its row {shown(held)}, before it{why}"
+                )
+            # Not exported yet, nothing wrong: its stream runs first and reaches it (next run at the latest).
+            return _waiting(lookup, named, key, f"stream '{parent.name}' has not reached it yet", waits=True)
         return _ordinary(
             lookup,
             f"Stream '{parent.name}' exported its row {shown(key)} as {named}, but Salesforce has no such "
@@ -116,15 +125,30 @@ class ParentCheck:
         )
 
 
-def _waiting(lookup: Lookup, named: str, key: str, why: str) -> Callable[[RejectedRecord], RejectedRecord]:
+def _its_error(rejection: RejectedRecord) -> str:
+    if rejection.code == PARENT_NOT_EXPORTED:  # the parent waits for its own parent: say so, not "rejected"
+        return f"it waits in turn. {one_line(rejection.message)}"
+    return f"Salesforce rejected it with {one_line(rejection.describe())}"
+
+
+def _waiting(
+    lookup: Lookup, named: str, key: str, why: str, *, waits: bool = False
+) -> Callable[[RejectedRecord], RejectedRecord]:
+    """``waits``: the parent comes by itself (its stream has not reached it): the export stops before this record
+    for the run, with no error (``RejectedRecord.waits``); otherwise the parent needs a fix first."""
     parent = lookup.parent
     assert parent is not None
+    then = (
+        f"It goes through after stream '{parent.name}' exports that row (it runs first)."
+        if waits
+        else f"Fix the parent (this record is not at fault); it goes through once stream '{parent.name}' exports "
+        "that row."
+    )
     message = (
         f"Waiting for its parent: {lookup.field} points at {named}, row {shown(key)} of stream '{parent.name}', "
-        f"which is not in Salesforce yet: {why}. Fix the parent (this record is not at fault); it goes through once "
-        f"stream '{parent.name}' exports that row."
+        f"which is not in Salesforce yet: {why}. {then}"
     )
-    return lambda _rejection: RejectedRecord(PARENT_NOT_EXPORTED, message, (lookup.field,))
+    return lambda _rejection: RejectedRecord(PARENT_NOT_EXPORTED, message, (lookup.field,), waits=waits)
 
 
 def _ordinary(lookup: Lookup, explanation: str) -> Callable[[RejectedRecord], RejectedRecord]:

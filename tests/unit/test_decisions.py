@@ -57,6 +57,32 @@ def test_pause_on_error_off_holds_nothing_and_counts_what_it_skipped():
     assert "FIELD_CUSTOM_VALIDATION_EXCEPTION: 1" in result.summary()
 
 
+WAITS = RejectedRecord("CRM_EXPORT_PARENT_NOT_EXPORTED", "Waiting for its parent", ("AccountId",), waits=True)
+
+
+def test_a_record_that_waits_ends_the_batch_before_it_under_either_pause():
+    for pause in (True, False):
+        outcomes = [RecordOutcome(record(1), None), RecordOutcome(record(2), WAITS), RecordOutcome(record(3), RULE)]
+        plan = plan_batch(outcomes, pause_on_error=pause)
+        assert plan.new_position == record(1).position
+        assert plan.confirmed_keys == ("1",)
+        assert plan.rejected == ()  # no ExportErrors row for it, nor for what came after it
+        assert plan.held is None
+        assert plan.waiting == (record(2), WAITS)
+
+
+def test_a_record_that_waits_first_commits_nothing_and_a_hold_before_it_wins():
+    first = plan_batch([RecordOutcome(record(1), WAITS), RecordOutcome(record(2), None)], pause_on_error=True)
+    assert (first.new_position, first.confirmed_keys, first.waiting) == (None, (), (record(1), WAITS))
+    held = plan_batch([RecordOutcome(record(1), RULE), RecordOutcome(record(2), WAITS)], pause_on_error=True)
+    assert held.held == (record(1), RULE)
+    assert held.waiting is None
+    skipped = plan_batch([RecordOutcome(record(1), RULE), RecordOutcome(record(2), WAITS)], pause_on_error=False)
+    assert skipped.rejected == ((record(1), RULE),)
+    assert skipped.waiting == (record(2), WAITS)
+    assert skipped.new_position == record(1).position
+
+
 def test_nothing_skipped_means_no_incomplete_warning():
     result = ExportResult("contacts")
     result.add(plan_batch([RecordOutcome(record(1), None)], pause_on_error=True), pause_on_error=True)

@@ -115,8 +115,8 @@ class BulkPath:
         """Jobs a killed task left: one closed and next in line is polled and committed (never uploaded again);
         any other is aborted."""
         for left in self.left:
-            if self.run.result.held is not None:
-                self._abort(left, f"the stream is held at record {shown(self.run.result.held.record_key)}", must=True)
+            if self.run.stopped:
+                self._abort(left, f"the stream stopped at record {shown(self.run.result.held_or_waiting)}", must=True)
                 continue
             if left.state != "closed" or left.after_position != self.run.session.position:
                 self._abort(
@@ -149,7 +149,7 @@ class BulkPath:
 
     def read_next(self) -> None:
         """Read the next job's records into its CSV, after the last job launched (or the watermark)."""
-        if self.next is not None or self.exhausted or self.run.held or len(self.launched) >= 2:
+        if self.next is not None or self.exhausted or self.run.stopped or len(self.launched) >= 2:
             return
         if self.run.limit_reached(self.records_read) or self.run.over_budget():
             self.exhausted = True
@@ -183,7 +183,7 @@ class BulkPath:
 
     def commit_answered(self) -> None:
         """Finish the oldest job (poll, match results, commit) once another stands behind it, or none will."""
-        if not self.launched or self.run.held:
+        if not self.launched or self.run.stopped:
             return
         if len(self.launched) == 1 and self.next is None and not self.exhausted:
             return  # read the next job first, so it is uploaded while Salesforce processes this one

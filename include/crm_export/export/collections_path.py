@@ -127,7 +127,7 @@ class CollectionsPath:
     def commit_answered(self) -> None:
         """Commit the answered batches at the head, in source order; a failed request raises here, after every
         batch before it is committed."""
-        while self.requests and self.requests[0].answer.done() and not self.run.held:
+        while self.requests and self.requests[0].answer.done() and not self.run.stopped:
             request = self.requests.popleft()
             self.run.commit_outcomes(request.answer.result())
 

@@ -111,14 +111,16 @@ def export_stream(
 def _deliver(run: ExportRun, path: DeliveryPath) -> None:
     """The path's steps until it has nothing left to read, send or commit, or the stream is held."""
     path.resume()
-    while not run.held and not path.finished():
+    while not run.stopped and not path.finished():
         path.read_next()
         path.send_ready()
         path.commit_answered()
-        if not run.held:
+        if not run.stopped:
             path.wait()
     if run.result.held is not None:
         path.drop_in_flight(f"the stream is held at record {shown(run.result.held.record_key)}")
+    elif run.result.waiting is not None:
+        path.drop_in_flight(f"record {shown(run.result.waiting)}, which waits for its parent")
 
 
 def _finish_result(run: ExportRun, concurrency: Concurrency) -> None:

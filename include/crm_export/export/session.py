@@ -38,7 +38,7 @@ from include.crm_export.errors import StreamConfigError
 from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.parents import ParentCheck
-from include.crm_export.quoting import shown
+from include.crm_export.quoting import one_line, shown
 from include.crm_export.salesforce import BulkJobs, CollectionWriter
 
 log = logging.getLogger(__name__)
@@ -370,6 +370,11 @@ class ExportRun:
     def held(self) -> bool:
         return self.result.held is not None
 
+    @property
+    def stopped(self) -> bool:
+        """Held, or stopped before a record that waits for its parent: nothing more is sent or committed."""
+        return self.held or self.result.waiting is not None
+
     def requests_sent(self) -> int:
         return self.writer.requests_sent + (self.bulk.requests_sent if self.bulk is not None else 0)
 
@@ -416,6 +421,17 @@ class ExportRun:
         self.result.held = held_record(self.stream, plan)
         if self.result.held is not None:
             self.result.stopped_because = HELD
+        elif plan.waiting is not None:
+            record, rejection = plan.waiting
+            self.result.waiting = record.key
+            self.result.stopped_because = f"record {shown(record.key)} waits for its parent"
+            log.warning(
+                "Stream '%s' stops before record %s for this run (not an error: no ExportErrors row, no hold). %s "
+                "The next run starts at it.",
+                self.stream.name,
+                shown(record.key),
+                one_line(rejection.message),
+            )
 
     def _reread_pause_on_error(self) -> None:
         latest = self.pause_on_error()
