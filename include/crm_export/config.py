@@ -552,6 +552,7 @@ def _link_parents(streams: dict[str, Stream]) -> dict[str, Stream]:
                     f"there is no stream '{lookup.parent_stream}'; streams are {sorted(streams)} (for a parent "
                     "exported elsewhere, write {object: <object>, external_id: <its external id field>, column: …})",
                 )
+            _check_parent(stream, lookup, streams)
     linked: dict[str, Stream] = {}
     for name in parents_first(streams):
         stream = streams[name]
@@ -571,6 +572,46 @@ def _link_parents(streams: dict[str, Stream]) -> dict[str, Stream]:
         )
         linked[name] = stream.model_copy(update={"lookups": lookups})
     return linked
+
+
+def _check_parent(stream: Stream, lookup: Lookup, streams: dict[str, Stream]) -> None:
+    """A lookup must name a parent the export can wait for: a stream of the same org, never itself, and a parent
+    that one of these streams exports is named as that stream (so it goes first and its errors are known)."""
+    where = f"fields.{lookup.field}"
+    if lookup.parent_stream == stream.name:
+        raise _fail(
+            stream.name,
+            f"{where}.parent",
+            "points at its own stream: a record whose parent is a record of the same stream (a hierarchy such as "
+            "Account.ParentId) is not supported yet. Load that link separately, or leave the field out",
+        )
+    if lookup.parent_stream is not None:
+        parent = streams[lookup.parent_stream]
+        if parent.connection != stream.connection:
+            raise _fail(
+                stream.name,
+                f"{where}.parent",
+                f"stream '{parent.name}' writes to connection '{parent.connection}', this stream to "
+                f"'{stream.connection}': a lookup resolves in one org, so its parent must be exported to the same "
+                "one (or name it with {object: …, external_id: …} if this org has it from elsewhere)",
+            )
+        return
+    for other in streams.values():
+        same_parent = (
+            other.connection == stream.connection
+            and other.sobject.lower() == lookup.object.lower()
+            and other.external_id_field.lower() == lookup.external_id_field.lower()
+        )
+        if same_parent:
+            refusal = (
+                "points at its own stream: a record whose parent is a record of the same stream (a hierarchy such "
+                "as Account.ParentId) is not supported yet. Load that link separately, or leave the field out"
+                if other.name == stream.name
+                else f"{lookup.object} by {lookup.external_id_field} is what stream '{other.name}' exports: write "
+                f"{{parent: {other.name}, column: {lookup.column}}}, so that stream goes first and a child waits "
+                "for its parent instead of failing"
+            )
+            raise _fail(stream.name, where, refusal)
 
 
 def _change_stamp(name: str, raw: ChangeStampSettings) -> ChangeStamp:

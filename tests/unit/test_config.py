@@ -94,13 +94,38 @@ def test_a_lookup_to_an_object_exported_elsewhere_needs_no_stream():
             {"parent": "accounts", "object": "Account", "external_id": "X__c", "column": "a"},
             "names its parent twice",
         ),
-        ({"parent": "contacts", "column": "a"}, "lookups go round in a circle (contacts -> contacts)"),
+        ({"parent": "contacts", "column": "a"}, "field 'fields.AccountId.parent': points at its own stream"),
+        (
+            {"object": "contact", "external_id": "crm_contact_id__c", "column": "a"},
+            "field 'fields.AccountId': points at its own stream",
+        ),
+        (
+            {"object": "Account", "external_id": "CRM_Account_Id__c", "column": "a"},
+            "Account by CRM_Account_Id__c is what stream 'accounts' exports: write {parent: accounts, column: a}",
+        ),
     ],
 )
 def test_a_broken_lookup_is_refused_naming_it(lookup, says):
     with pytest.raises(StreamConfigError) as caught:
         parse_config(_lookup_config(AccountId=lookup))
     assert says in str(caught.value)
+
+
+def test_a_parent_stream_on_another_org_is_refused():
+    config = _lookup_config(AccountId={"parent": "accounts", "column": "account_id"})
+    config["streams"]["accounts"]["connection"] = "salesforce_sandbox"
+    with pytest.raises(StreamConfigError) as caught:
+        parse_config(config)
+    assert "stream 'accounts' writes to connection 'salesforce_sandbox', this stream to 'salesforce_default'" in str(
+        caught.value
+    )
+    # The same object in another org is not this file's parent: named by object and external id, it is accepted.
+    config["streams"]["contacts"]["fields"]["AccountId"] = {
+        "object": "Account",
+        "external_id": "CRM_Account_Id__c",
+        "column": "account_id",
+    }
+    assert parse_config(config)["contacts"].parent_streams == ()
 
 
 def test_a_cycle_of_lookups_is_refused_naming_every_stream_in_it():
