@@ -91,7 +91,9 @@ class ParentCheck:
         parent = lookup.parent
         assert parent is not None, "only lookups to one of our streams get here"
         named = f"{lookup.object}.{lookup.external_id_field} = {shown(value)}"
-        keys = source.keys_by_external_id(self.conn, parent, value)
+        if parent.name not in self._column_types:
+            self._column_types[parent.name] = source.column_types(self.conn, parent)
+        keys = source.keys_by_external_id(self.conn, parent, value, self._column_types[parent.name])
         if not keys:
             return _ordinary(
                 lookup,
@@ -105,8 +107,6 @@ class ParentCheck:
         if its_error is not None or watermark.held_record_key == key:
             why = _its_error(its_error) if its_error is not None else "its stream is held at it"
             return _waiting(lookup, named, key, f"stream '{parent.name}' has not exported it: {why}")
-        if parent.name not in self._column_types:
-            self._column_types[parent.name] = source.column_types(self.conn, parent)
         if source.is_after(self.conn, parent, key, watermark.position, self._column_types[parent.name]):
             held = watermark.held_record_key
             if held is not None:  # it waits behind the record its stream is held at

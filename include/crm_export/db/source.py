@@ -382,16 +382,28 @@ def positions_by_key(
     return {row[0]: tuple(row[1:]) for row in conn.execute(query, (keys,)).fetchall()}
 
 
-def keys_by_external_id(conn: psycopg.Connection, stream: Stream, external_id: str) -> list[str]:
+def keys_by_external_id(
+    conn: psycopg.Connection, stream: Stream, external_id: str, column_types: dict[str, str]
+) -> list[str]:
     """The record keys of the source rows whose external id is ``external_id``, as the stream sends it (its
-    text form), in export order (a few at most)."""
-    query = sql.SQL("SELECT {key}::text FROM {table} WHERE {column}::text = %s ORDER BY {order} LIMIT 10").format(
+    text form), in export order (a few at most). Compared in the column's own type first, so an index on it
+    serves (the text form alone would read the whole table); a value that is no such type matches no row."""
+    query = sql.SQL(
+        "SELECT {key}::text FROM {table} WHERE {column} = CAST(CAST(%(value)s AS text) AS {type}) "
+        "AND {column}::text = CAST(%(value)s AS text) "
+        "ORDER BY {order} LIMIT 10"
+    ).format(
         key=sql.Identifier(stream.key),
         table=_table(stream),
         column=sql.Identifier(stream.external_id_column),
+        type=sql.SQL(column_types[stream.external_id_column]),
         order=_columns(stream.order_by),
     )
-    return [row[0] for row in conn.execute(query, (external_id,)).fetchall()]
+    try:
+        with conn.transaction():  # a savepoint: a value the type refuses must not end the caller's transaction
+            return [row[0] for row in conn.execute(query, {"value": external_id}).fetchall()]
+    except psycopg.errors.DataError:
+        return []
 
 
 def is_after(
