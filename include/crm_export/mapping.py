@@ -76,9 +76,9 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
     payload: dict[str, Any] = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
     relationships = getattr(field_types, "relationships", None) or {}
     for sf_field, column in stream.fields:
-        if row[column] is None and sf_field in stream.keep_when_null:
-            continue  # on_null: keep: sending nothing leaves Salesforce's value as it is
         lookup = stream.lookup(sf_field) if stream.lookups else None
+        if sf_field in stream.keep_when_null and _no_value(row[column], lookup is not None):
+            continue  # on_null: keep: sending nothing leaves Salesforce's value as it is
         if lookup is not None:
             relationship = relationships.get(sf_field)
             payload.update(parent_reference(lookup, row[column], relationship.name if relationship else None))
@@ -94,6 +94,11 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
                 RejectedRecord(INVALID_SOURCE_VALUE, f"Source column {column}: {exc}", (sf_field,)),
             )
     return SourceRecord(key, position, external_id, payload)
+
+
+def _no_value(value: Any, is_lookup: bool) -> bool:
+    """Null; for a lookup also empty text, which names no parent (:func:`parent_reference`)."""
+    return value is None or (is_lookup and str(value).strip() == "")
 
 
 def relationship_name(lookup_field: str) -> str:

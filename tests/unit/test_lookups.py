@@ -67,6 +67,38 @@ def test_a_null_or_empty_parent_clears_the_lookup_field_itself():
     assert "Who" not in record.payload
 
 
+def test_on_null_keep_leaves_a_lookup_alone_when_its_parent_column_is_null_or_empty():
+    config = _streams()["tasks"]
+    fields = {
+        "Subject": "subject",
+        "WhoId": {"parent": "contacts", "column": "contact_id", "on_null": "keep"},
+        "WhatId": {"object": "Account", "external_id": "CRM_Account_Id__c", "column": "account", "on_null": "keep"},
+    }
+    raw = {
+        "streams": {
+            "tasks": {
+                "key": "id",
+                "order_by": ["updated_at", "id"],
+                "source": config.source,
+                "sobject": "Task",
+                "external_id": {"field": "CRM_Task_Id__c", "column": "id"},
+                "fields": fields,
+            },
+            "contacts": {
+                "key": "id",
+                "order_by": ["updated_at", "id"],
+                "source": "crm.contacts",
+                "sobject": "Contact",
+                "external_id": {"field": "CRM_Contact_Id__c", "column": "id"},
+                "fields": {"LastName": "last_name"},
+            },
+        }
+    }
+    record = map_row(parse_config(raw)["tasks"], _row(contact_id=None, account="  "), TYPES)
+    for left_alone in ("WhoId", "Who", "WhatId", "What"):
+        assert left_alone not in record.payload
+
+
 def test_the_bulk_csv_has_the_field_to_clear_and_the_parent_by_external_id_each_row_fills_one():
     stream = _streams()["tasks"]
     columns = job_columns(stream, TYPES)
