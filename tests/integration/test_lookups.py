@@ -282,6 +282,40 @@ def test_a_parent_key_is_found_through_its_type_and_one_that_is_no_such_value_ma
         assert source.keys_by_external_id(db, accounts, "3", types) == ["3"]  # the transaction goes on
 
 
+def test_a_child_column_whose_values_print_unlike_the_parents_external_id_is_refused(db, emulator, run_dag, tmp_path):
+    """A numeric(12,2) child column would send "3.00" for the account whose stream sends "3": no contact would
+    ever find its account. The contacts task fails before sending anything and says how to fix it."""
+    insert_accounts(db, 3)
+    insert_contacts(db, 3)
+    link_contacts(db, 3)
+    db.execute(
+        "CREATE OR REPLACE VIEW crm.contacts_priced AS SELECT *, account_id::numeric(12,2) AS account_ref "
+        "FROM crm.contacts"
+    )
+    try:
+        fields = {"LastName": "last_name", "AccountId": {"parent": "accounts", "column": "account_ref"}}
+        streams = write_streams(
+            tmp_path / "streams.yml",
+            {
+                "contacts": contacts_stream(source="crm.contacts_priced", fields=fields, settle_seconds=0),
+                "accounts": accounts_stream(),
+            },
+        )
+        run = run_dag(streams_file=streams, retries=False)
+    finally:
+        db.execute("DROP VIEW crm.contacts_priced")
+
+    assert run.task_states["export_contacts"] == "failed"
+    assert run.task_states["export_accounts"] == "success"
+    assert (
+        "stream 'contacts', field 'fields.AccountId': its column crm.contacts_priced.account_ref is numeric(12,2), "
+        "while stream 'accounts' sends its external id from crm.accounts.id, bigint" in run.log
+    )
+    assert "Export a view that casts account_ref to bigint" in run.log
+    assert salesforce_contacts(emulator) == {}
+    assert len(emulator.records("Account")) == 3
+
+
 def test_a_parent_deleted_in_salesforce_later_is_named_with_the_way_to_send_it_again(
     db, emulator, run_dag, tmp_path, pause_variable
 ):

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from include.crm_export.config import ANY_TIME_ZONE, ChangeColumn, Stream, change_column
+from include.crm_export.config import ANY_TIME_ZONE, ChangeColumn, Lookup, Stream, change_column
 from include.crm_export.db.connection import dict_rows, one_row, one_value
 from include.crm_export.decisions import Lag
 from include.crm_export.errors import StreamConfigError
@@ -109,6 +109,9 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
                 f"would never be exported. Make it NOT NULL (ALTER TABLE {stream.source} ALTER COLUMN {column} SET "
                 "NOT NULL), or export a view that fills it (for example COALESCE(updated_at, created_at))."
             )
+    for lookup in stream.lookups:
+        if lookup.parent is not None:
+            _check_lookup_type(conn, stream, lookup, types[lookup.column])
     change = change_column(stream, types[stream.order_by[0]])
     for zone in change.writer_time_zones:
         if zone != ANY_TIME_ZONE and not one_value(
@@ -119,6 +122,43 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
                 f"PostgreSQL does not know the time zone {zone!r} (see pg_timezone_names, e.g. UTC, Europe/Berlin)."
             )
     return types
+
+
+# Types whose values print alike: a child's key in one finds the parent's in the other by its text.
+_TEXT_KINDS = {"smallint": "integer", "integer": "integer", "bigint": "integer", "text": "text"}
+_TEXT_KINDS.update({"character varying": "text", "citext": "text", "uuid": "uuid"})
+
+
+def _text_kind(type_name: str) -> str:
+    return _TEXT_KINDS.get(type_name.split("(")[0].strip(), type_name)
+
+
+def _check_lookup_type(conn: psycopg.Connection, stream: Stream, lookup: Lookup, child_type: str) -> None:
+    """A lookup finds its parent by the text each stream sends ("17" from a bigint; "17.00" from a numeric(12,2),
+    "17 " from a char(3)): a child column whose values print differently from the parent's external id would
+    never find its parent. Same kind (integers, text) or integers against text pass; anything else must match."""
+    parent = lookup.parent
+    assert parent is not None
+    parent_type = one_value(
+        conn.execute(
+            """SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+               WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped""",
+            (f'"{parent.source_schema}"."{parent.source_table}"', parent.external_id_column),
+        )
+    )
+    if parent_type is None:
+        return  # the parent's own run names what is missing in its source
+    kinds = {_text_kind(child_type), _text_kind(parent_type)}
+    if len(kinds) == 1 or kinds == {"integer", "text"}:
+        return
+    raise StreamConfigError(
+        f"Stream config error in stream '{stream.name}', field 'fields.{lookup.field}': its column "
+        f"{stream.source}.{lookup.column} is {child_type}, while stream '{parent.name}' sends its external id from "
+        f"{parent.source}.{parent.external_id_column}, {parent_type}. A child finds its parent by the text both "
+        "send, and these types print the same value differently (17.00, 17.0 and 17 are three external ids), so "
+        f"no child would find its parent. Export a view that casts {lookup.column} to {parent_type} (or change "
+        "one of the columns)."
+    )
 
 
 def rows_without_a_place(conn: psycopg.Connection, stream: Stream) -> str | None:
