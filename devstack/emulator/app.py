@@ -339,13 +339,14 @@ async def admin_records(request: Request) -> Response:
 
 
 async def admin_record(request: Request) -> Response:
-    """Delete one record, as a person in the org would (its children's lookups to it are cleared)."""
+    """Delete one record, as a person in the org would (children that cascade go with it, other lookups to it are
+    cleared)."""
     org: Org = request.app.state.org
     try:
-        cleared = org.delete_record(request.path_params["sobject"], request.path_params["record_id"])
+        counts = org.delete_record(request.path_params["sobject"], request.path_params["record_id"])
     except RequestRejected as exc:
         return JSONResponse({"error": exc.message}, status_code=404)
-    return JSONResponse({"deleted": True, "lookups_cleared": cleared})
+    return JSONResponse({"deleted": True, **counts})
 
 
 async def admin_counters(request: Request) -> Response:

@@ -315,11 +315,13 @@ class Org:
             out[name] = parent_id
         return out, None
 
-    def delete_record(self, sobject: str, record_id: str) -> int:
-        """Delete a record as someone in the org would; returns how many child lookups it cleared.
+    def delete_record(self, sobject: str, record_id: str) -> dict[str, int]:
+        """Delete a record as someone in the org would: {"lookups_cleared", "children_deleted"}.
 
-        A lookup to the deleted record is cleared, the default of a lookup relationship ("Clear the value of
-        this field", Salesforce Help: "Lookup Relationship Options"); no cascade to children is modelled.
+        A child whose lookup cascades (describe's ``cascadeDelete``: a Contact of a deleted Account, which
+        Salesforce Help's "Delete Accounts" lists among what goes with it) is deleted too; any other lookup to
+        the record is cleared, the default of a lookup relationship ("Clear the value of this field", Salesforce
+        Help: "Lookup Relationship Options").
         """
         schema = self.schema(sobject)
         record = self.records[sobject].pop(record_id, None)
@@ -329,15 +331,23 @@ class Org:
             if indexed_object == schema.name:
                 for match_key in [k for k, v in index.items() if v == record_id]:
                     del index[match_key]
-        cleared = 0
+        counts = {"lookups_cleared": 0, "children_deleted": 0}
         for child in self.objects.values():
             for spec in child.fields.values():
-                if spec.type == "reference" and schema.name in spec.reference_to:
-                    for stored in self.records[child.name].values():
-                        if stored.get(spec.name) == record_id:
-                            stored[spec.name] = None
-                            cleared += 1
-        return cleared
+                if spec.type != "reference" or schema.name not in spec.reference_to:
+                    continue
+                pointing = [i for i, stored in self.records[child.name].items() if stored.get(spec.name) == record_id]
+                for child_id in pointing:
+                    if child_id not in self.records[child.name]:
+                        continue  # gone with an earlier cascade
+                    if spec.cascade_delete:
+                        below = self.delete_record(child.name, child_id)
+                        counts["children_deleted"] += 1 + below["children_deleted"]
+                        counts["lookups_cleared"] += below["lookups_cleared"]
+                    else:
+                        self.records[child.name][child_id][spec.name] = None
+                        counts["lookups_cleared"] += 1
+        return counts
 
     def get_by_external_id(self, sobject: str, field: str, value: str) -> dict[str, Any]:
         schema = self.schema(sobject)

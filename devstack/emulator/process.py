@@ -198,9 +198,10 @@ class EmulatorAdmin:
     def records(self, sobject: str) -> list[dict[str, Any]]:
         return self._call("GET", f"records/{sobject}")
 
-    def delete_record(self, sobject: str, record_id: str) -> int:
-        """Delete a record in the org; returns how many child lookups to it were cleared."""
-        return int(self._call("DELETE", f"records/{sobject}/{record_id}")["lookups_cleared"])
+    def delete_record(self, sobject: str, record_id: str) -> dict[str, int]:
+        """Delete a record in the org: {"lookups_cleared": n, "children_deleted": m} (children that cascade)."""
+        answer = self._call("DELETE", f"records/{sobject}/{record_id}")
+        return {"lookups_cleared": int(answer["lookups_cleared"]), "children_deleted": int(answer["children_deleted"])}
 
     def counters(self) -> dict[str, int]:
         return self._call("GET", "counters")

@@ -124,6 +124,9 @@ class FieldSpec:
     picklist_values: tuple[str, ...] = ()
     reference_to: tuple[str, ...] = ()
     relationship_name_given: str | None = None
+    # Deleting the parent deletes this record too (describe's cascadeDelete): Contact.AccountId, as Salesforce
+    # Help's "Delete Accounts" lists contacts among what goes to the Recycle Bin with an account. Else cleared.
+    cascade_delete: bool = False
 
     @property
     def relationship_name(self) -> str | None:
@@ -166,6 +169,7 @@ class FieldSpec:
             ],
             "referenceTo": list(self.reference_to),
             "relationshipName": self.relationship_name,
+            "cascadeDelete": self.cascade_delete,
             "polymorphicForeignKey": len(self.reference_to) > 1,
             "soapType": _SOAP_TYPES.get(self.type, "xsd:string"),
         }
@@ -231,6 +235,7 @@ class ObjectSchema:
                 picklist_values=tuple(raw.get("picklistValues", ())),
                 reference_to=tuple(raw.get("referenceTo", ())),
                 relationship_name_given=raw.get("relationshipName"),
+                cascade_delete=bool(raw.get("cascadeDelete", False)),
             )
             fields[spec.name] = spec
         return cls(

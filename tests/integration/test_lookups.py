@@ -319,9 +319,9 @@ def test_a_child_column_whose_values_print_unlike_the_parents_external_id_is_ref
 def test_a_parent_deleted_in_salesforce_later_is_named_with_the_way_to_send_it_again(
     db, emulator, run_dag, tmp_path, pause_variable
 ):
-    """The account was exported, then someone deleted it in Salesforce (its contacts' lookups are cleared, as
-    a lookup relationship does by default). A contact changed since is refused: the message says the stream
-    exported that account and how to send it again; after that, the re-export links the contact."""
+    """The account was exported, then someone deleted it in Salesforce, and its contacts with it (Salesforce
+    Help, "Delete Accounts"). A contact changed since is refused: the message says the stream exported that
+    account and how to send it again; after that, the re-export links the contact."""
     pause_variable("false")
     insert_accounts(db, 2)
     insert_contacts(db, 4)
@@ -329,8 +329,9 @@ def test_a_parent_deleted_in_salesforce_later_is_named_with_the_way_to_send_it_a
     streams = _streams(tmp_path)
     assert run_dag(streams_file=streams).state == "success"
     account = next(r for r in emulator.records("Account") if r["CRM_Account_Id__c"] == "2")
-    assert emulator.delete_record("Account", account["Id"]) == 2  # contacts 1 and 3
-    assert salesforce_contacts(emulator)["1"]["AccountId"] is None
+    assert emulator.delete_record("Account", account["Id"]) == {"lookups_cleared": 0, "children_deleted": 2}
+    assert "1" not in salesforce_contacts(emulator)  # contacts 1 and 3 went with their account
+    assert "3" not in salesforce_contacts(emulator)
     db.execute("UPDATE crm.contacts SET title = 'Changed' WHERE id = 1")
 
     run = run_dag(streams_file=streams)
@@ -342,8 +343,8 @@ def test_a_parent_deleted_in_salesforce_later_is_named_with_the_way_to_send_it_a
     assert "Stream 'accounts' exported its row 2" in refused["error_message"]
     assert "send --stream accounts --key 2" in refused["error_message"]
     db.execute("UPDATE crm.accounts SET name = 'Account 2 again' WHERE id = 2")  # exported again by the next run
-    # Contact 3's link was cleared in Salesforce; touched, its payload is unchanged, so only resend_all sends it
-    # again (what fingerprints do not notice: README, "Only what changed is sent").
+    # Contact 3 went with its account; touched, its payload is unchanged, so only resend_all sends it again
+    # (what fingerprints do not notice: README, "Only what changed is sent").
     db.execute("UPDATE crm.contacts SET title = title WHERE id = 3")
     assert run_dag(streams_file=streams, conf={"resend_all": True}).state == "success"
     assert run_dag(dag_id="CRMExport_ExportError", streams_file=streams).state == "success"

@@ -167,3 +167,26 @@ def test_a_named_rule_runs_on_created_records_only_and_an_unknown_one_is_malform
     with pytest.raises(RequestRejected, match="invalid assignment rule id"):
         org.rest_assignment("Lead", "01Q000000000099AAA")
     assert org.bulk_assignment(None).rule is None  # Bulk API 2.0 without assignmentRuleId: no rule runs
+
+
+def test_deleting_an_account_takes_its_contacts_and_clears_lookups_that_do_not_cascade(org):
+    """Salesforce Help, "Delete Accounts": an account's contacts go with it (describe: Contact.AccountId has
+    cascadeDelete). A custom lookup keeps its record and is cleared ("Lookup Relationship Options")."""
+    account = {"attributes": {"type": "Account"}, "CRM_Account_Id__c": "A1", "Name": "Acme"}
+    [saved] = org.upsert("Account", "CRM_Account_Id__c", {"records": [account]})
+    parent = {"attributes": {"type": "Account"}, "CRM_Account_Id__c": "A1"}
+    org.upsert("Contact", "CRM_Contact_Id__c", {"records": [record("c1", Account=parent)]})
+    subscription = {
+        "attributes": {"type": "Subscription__c"},
+        "CRM_Subscription_Id__c": "s1",
+        "Name": "S1",
+        "Contact__r": {"attributes": {"type": "Contact"}, "CRM_Contact_Id__c": "c1"},
+    }
+    [kept] = org.upsert("Subscription__c", "CRM_Subscription_Id__c", {"records": [subscription]})
+    assert kept["success"], kept
+
+    assert org.delete_record("Account", saved["id"]) == {"lookups_cleared": 1, "children_deleted": 1}
+    assert org.records["Contact"] == {}
+    assert org.records["Subscription__c"][kept["id"]]["Contact__c"] is None
+    described = {f["name"]: f for f in org.schema("Contact").describe("62.0")["fields"]}
+    assert described["AccountId"]["cascadeDelete"] is True
