@@ -213,6 +213,16 @@ async def collection_upsert(request: Request, org: Org) -> Any:
     return org.upsert(sobject, request.path_params["field"], body, assign=assign)
 
 
+async def collection_delete(request: Request, org: Org) -> Any:
+    """``DELETE /composite/sobjects?ids=…&allOrNone=…`` ("Delete Records Using sObject Collections")."""
+    ids = [i for i in request.query_params.get("ids", "").split(",") if i]
+    flag = request.query_params.get("allOrNone", "false").lower()
+    if flag not in ("true", "false"):
+        raise RequestRejected(400, "INVALID_QUERY_FILTER_OPERATOR", f"allOrNone must be true or false, not {flag!r}")
+    request.state.records = len(ids)  # the per-record part of the request's time
+    return org.collection_delete(ids, all_or_none=flag == "true")
+
+
 async def bulk_create(request: Request, org: Org) -> Any:
     return org.bulk.create(await _json_body(request), request.path_params["version"])
 
@@ -446,6 +456,7 @@ def create_app(org: Org, *, state_file: Path | None = None) -> Starlette:
         Route(f"{data}/sobjects/{{sobject}}/{{record_id}}", api(record_by_id), methods=["GET"]),
         Route(f"{data}/sobjects/{{sobject}}/{{field}}/{{value}}", api(record_by_external_id), methods=["GET", "PATCH"]),
         Route(f"{data}/composite/sobjects/{{sobject}}/{{field}}", api(collection_upsert), methods=["PATCH"]),
+        Route(f"{data}/composite/sobjects", api(collection_delete), methods=["DELETE"]),
         Route(f"{data}/jobs/ingest", api(bulk_create), methods=["POST"]),
         Route(f"{data}/jobs/ingest/", api(bulk_create), methods=["POST"]),
         Route(f"{data}/jobs/ingest/{{job_id}}", api(bulk_job), methods=["GET", "PATCH", "DELETE"]),

@@ -64,7 +64,16 @@ RECORD_CAUSES: dict[str, tuple[str, str]] = {
         "operation performed with inactive user [005000000000001AAA] as owner",
     ),
     "field_integrity": ("FIELD_INTEGRITY_EXCEPTION", "field integrity exception: unknown (id value of incorrect type)"),
+    # A delete refused because other records depend on the record (a Case, an activated Contract, a master-detail
+    # child); Salesforce names them in the message. Only for rules with "on": "delete".
+    "delete_blocked": (
+        "DELETE_FAILED",
+        "Your attempt to delete this record could not be completed because it is associated with other records.",
+    ),
 }
+
+# What a record rule applies to: saving (insert, update, upsert) or deleting the record.
+RULE_OPERATIONS = ("save", "delete")
 
 # Order in which an org evaluates the causes for one record: sharing and
 # access first, then locks, then validation rules, then automation.
@@ -73,6 +82,7 @@ _CAUSE_ORDER = [
     "no_cross_reference_access",
     "inactive_owner",
     "approval_lock",
+    "delete_blocked",
     "row_lock",
     "field_integrity",
     "restricted_picklist",
@@ -168,6 +178,7 @@ class RecordRule:
     fields: tuple[str, ...]
     times: int | None  # fail only the first N attempts per record (row locks)
     name: str | None
+    on: str = "save"  # RULE_OPERATIONS: a delete rule checks the stored record being deleted
     attempts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -182,8 +193,14 @@ class RecordRule:
         times = raw.get("times")
         if times is not None and (not isinstance(times, int) or times < 1):
             raise RuleError("'times' must be a positive whole number")
+        on = raw.get("on", "save")
+        if on not in RULE_OPERATIONS:
+            raise RuleError(f"'on' must be one of {list(RULE_OPERATIONS)}")
+        if cause == "delete_blocked" and on != "delete":
+            raise RuleError('cause \'delete_blocked\' applies to deletes only: add "on": "delete"')
         return cls(
             id=next(_ids),
+            on=on,
             cause=cause,
             object=raw.get("object"),
             when=Condition.parse(raw.get("when")),
@@ -197,8 +214,10 @@ class RecordRule:
     def status_code(self) -> str:
         return RECORD_CAUSES[self.cause][0]
 
-    def check(self, sobject: str, record_key: str, values: dict[str, Any], record_id: str | None) -> RecordError | None:
-        if self.object and self.object != sobject:
+    def check(
+        self, sobject: str, record_key: str, values: dict[str, Any], record_id: str | None, operation: str = "save"
+    ) -> RecordError | None:
+        if self.on != operation or (self.object and self.object != sobject):
             return None
         if not self.when.matches(values):
             return None
@@ -226,6 +245,7 @@ class RecordRule:
             "fields": list(self.fields),
             "times": self.times,
             "name": self.name,
+            "on": self.on,
         }
 
 
@@ -307,12 +327,17 @@ def parse_rule(raw: dict[str, Any]) -> RecordRule | Fault:
 
 
 def first_record_error(
-    rules: list[RecordRule], sobject: str, record_key: str, values: dict[str, Any], record_id: str | None
+    rules: list[RecordRule],
+    sobject: str,
+    record_key: str,
+    values: dict[str, Any],
+    record_id: str | None,
+    operation: str = "save",
 ) -> RecordError | None:
-    """The error the org reports for this record, if any rule rejects it."""
+    """The error the org reports for saving (or deleting) this record, if any rule rejects it."""
     ordered = sorted(rules, key=lambda r: (_CAUSE_ORDER.index(r.cause), r.id))
     for rule in ordered:
-        error = rule.check(sobject, record_key, values, record_id)
+        error = rule.check(sobject, record_key, values, record_id, operation)
         if error is not None:
             return error
     return None

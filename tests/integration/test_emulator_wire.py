@@ -461,3 +461,59 @@ def test_the_single_record_upsert_by_external_id_creates_then_updates_case_insen
     with pytest.raises(SalesforceMalformedRequest) as refused:
         sf.Contact.upsert("CRM_Contact_Id__c/new-2", {"LastName": ""})
     assert refused.value.content[0]["errorCode"] == "REQUIRED_FIELD_MISSING"
+
+
+def delete(sf, ids, *, all_or_none=False):
+    """sObject Collections delete ("Delete Records Using sObject Collections", REST API Developer Guide)."""
+    return sf.restful(f"composite/sobjects?ids={','.join(ids)}&allOrNone={str(all_or_none).lower()}", method="DELETE")
+
+
+def test_collections_delete_answers_per_id_in_order_and_a_deleted_record_is_deleted(sf, emulator):
+    saved = upsert(sf, [contact("a"), contact("b"), contact("c")])
+    a, b, _c = (item["id"] for item in saved)
+    nowhere = a[:3] + "9" * 12  # a Contact id no record has
+    results = delete(sf, [a, "not-an-id", b, nowhere])
+
+    assert results[0] == {"id": a, "success": True, "errors": []}
+    assert results[1]["success"] is False
+    assert results[1]["errors"][0]["statusCode"] == "MALFORMED_ID"
+    assert "id" not in results[1]  # as the guide's example of a failed item
+    assert results[2] == {"id": b, "success": True, "errors": []}
+    assert results[3]["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    assert [r["CRM_Contact_Id__c"] for r in emulator.records("Contact")] == ["c"]
+    (again,) = delete(sf, [a])
+    assert again["errors"][0] == {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}
+    # The external id is free again: the next upsert creates a new record.
+    (back,) = upsert(sf, [contact("a")])
+    assert back["created"] is True
+    assert back["id"] != a
+
+
+def test_a_delete_rule_refuses_the_delete_and_all_or_none_rolls_the_rest_back(sf, emulator):
+    saved = upsert(sf, [contact("a"), contact("b")])
+    a, b = (item["id"] for item in saved)
+    emulator.add_rule(cause="validation_rule", object="Contact")  # saving rules do not touch deletes
+    emulator.add_rule(
+        cause="delete_blocked",
+        on="delete",
+        object="Contact",
+        when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "b"},
+    )
+
+    rolled_back = delete(sf, [a, b], all_or_none=True)
+    assert rolled_back[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert rolled_back[1]["errors"][0]["statusCode"] == "DELETE_FAILED"
+    assert len(emulator.records("Contact")) == 2
+
+    each = delete(sf, [a, b])
+    assert each[0]["success"] is True
+    assert each[1]["errors"][0]["statusCode"] == "DELETE_FAILED"
+    assert [r["CRM_Contact_Id__c"] for r in emulator.records("Contact")] == ["b"]
+
+
+def test_collections_delete_takes_at_most_200_ids(sf, emulator):
+    (saved,) = upsert(sf, [contact("a")])
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        delete(sf, [saved["id"]] * 201)
+    assert refused.value.content[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+    assert len(emulator.records("Contact")) == 1

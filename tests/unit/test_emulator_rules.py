@@ -190,3 +190,15 @@ def test_deleting_an_account_takes_its_contacts_and_clears_lookups_that_do_not_c
     assert org.records["Subscription__c"][kept["id"]]["Contact__c"] is None
     described = {f["name"]: f for f in org.schema("Contact").describe("62.0")["fields"]}
     assert described["AccountId"]["cascadeDelete"] is True
+
+
+def test_a_delete_rule_says_so_and_a_save_rule_never_refuses_a_delete():
+    with pytest.raises(RuleError, match="applies to deletes only"):
+        parse_rule({"cause": "delete_blocked"})
+    with pytest.raises(RuleError, match="'on' must be one of"):
+        parse_rule({"cause": "no_access", "on": "update"})
+    blocked = parse_rule({"cause": "delete_blocked", "on": "delete"})
+    assert blocked.as_json()["on"] == "delete"
+    assert blocked.check("Contact", "k", {}, "003x", "save") is None
+    assert blocked.check("Contact", "k", {}, "003x", "delete").status_code == "DELETE_FAILED"
+    assert parse_rule({"cause": "no_access"}).check("Contact", "k", {}, "003x", "delete") is None
