@@ -412,7 +412,8 @@ class ExportRun:
         if self.result.tally.batches:
             self._reread_pause_on_error()
         if self.stream.lookups and any(outcome.rejection is not None for outcome in outcomes):
-            check = ParentCheck(self.session.reader, self.stream)
+            # On the connection of the commits (this thread's): the reader serves the thread that reads ahead.
+            check = ParentCheck(self.session.conn, self.stream)
             outcomes = [RecordOutcome(outcome.record, check.explain(outcome.rejection)) for outcome in outcomes]
         plan = plan_batch(outcomes, pause_on_error=self.pause)
         self.session.commit(plan, with_it=with_it)
