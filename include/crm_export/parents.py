@@ -121,7 +121,10 @@ class ParentCheck:
             lookup,
             f"Stream '{parent.name}' exported its row {shown(key)} as {named}, but Salesforce has no such "
             f"{lookup.object} now (deleted or changed in Salesforce?). Send the parent again (python -m "
-            f"include.crm_export send --stream {parent.name} --key {key}); this record goes through after it.",
+            f"include.crm_export send --stream {parent.name} --key {key}); this record goes through after it. "
+            f"Other records of stream '{self.stream.name}' that Salesforce deleted with the parent are not sent "
+            "again by themselves (unchanged since): re-position this stream to before them and run it with "
+            "resend_all.",
         )
 
 

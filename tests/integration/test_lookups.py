@@ -205,6 +205,42 @@ def test_a_child_whose_parent_is_not_exported_yet_waits_without_an_error(
     _assert_linked(db, emulator)
 
 
+def test_a_held_child_whose_parent_then_waits_stays_held_until_it_goes_through(db, emulator, run_dag, tmp_path):
+    """Contacts is held at contact 1, whose account 2 sits behind the accounts stream's hold at account 1. Once
+    account 1 is fixed, the accounts stream (one record a run) has not reached account 2 yet: contact 1 now just
+    waits, and the contacts stream stays held at it (its ExportErrors row still open) instead of a batch of
+    nothing releasing the hold. The run after, account 2 goes first and contact 1 after it."""
+    insert_accounts(db, 5)
+    insert_contacts(db, 5)
+    link_contacts(db, 5)  # contact n belongs to account 1 + n % 5: contact 1 to account 2
+    rule = account_rule(emulator, 1)
+    streams = write_streams(
+        tmp_path / "streams.yml",
+        {"contacts": children_stream(), "accounts": accounts_stream(max_records_per_run=1)},
+    )
+
+    held = run_dag(streams_file=streams, retries=False)
+    assert held.task_states["export_contacts"] == "failed"
+    assert watermark(db, "accounts")[1] == "1"
+    assert watermark(db, "contacts")[1] == "1"
+    assert "stream 'accounts' is held at its row 1, before it" in open_errors(db)[0]["error_message"]
+
+    emulator.remove_rule(rule)
+    waits = run_dag(streams_file=streams, retries=False)
+
+    assert waits.state == "success", waits.log[-3000:]
+    assert watermark(db, "accounts")[1] is None
+    assert watermark(db, "contacts")[1] == "1"  # still held at it: nothing was committed past or for it
+    assert [e["record_key"] for e in open_errors(db)] == ["1"]
+    assert "Stream 'contacts' stops before record 1 for this run" in waits.log
+
+    for _ in range(5):
+        assert run_dag(streams_file=streams, retries=False).state == "success"
+    assert watermark(db, "contacts")[1] is None
+    assert open_errors(db) == []
+    _assert_linked(db, emulator)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_with_pause_off_the_re_export_sends_the_parent_then_the_child(
     db, emulator, run_dag, tmp_path, pause_variable, path

@@ -136,7 +136,8 @@ def _text_kind(type_name: str) -> str:
 def _check_lookup_type(conn: psycopg.Connection, stream: Stream, lookup: Lookup, child_type: str) -> None:
     """A lookup finds its parent by the text each stream sends ("17" from a bigint; "17.00" from a numeric(12,2),
     "17 " from a char(3)): a child column whose values print differently from the parent's external id would
-    never find its parent. Same kind (integers, text) or integers against text pass; anything else must match."""
+    never find its parent. Same kind (integers, text) or integers or uuids against text pass; anything else must
+    match."""
     parent = lookup.parent
     assert parent is not None
     parent_type = one_value(
@@ -149,7 +150,7 @@ def _check_lookup_type(conn: psycopg.Connection, stream: Stream, lookup: Lookup,
     if parent_type is None:
         return  # the parent's own run names what is missing in its source
     kinds = {_text_kind(child_type), _text_kind(parent_type)}
-    if len(kinds) == 1 or kinds == {"integer", "text"}:
+    if len(kinds) == 1 or kinds in ({"integer", "text"}, {"uuid", "text"}):
         return
     raise StreamConfigError(
         f"Stream config error in stream '{stream.name}', field 'fields.{lookup.field}': its column "

@@ -189,8 +189,10 @@ def advance_watermark(
     exported: int,
     run_id: str,
     definition: dict[str, Any],
+    keep_hold: bool = False,
 ) -> None:
-    """Move the watermark to ``position`` (None: it stays) and set or clear the held record.
+    """Move the watermark to ``position`` (None: it stays) and set or clear the held record (``keep_hold``:
+    leave it as it is).
 
     ``definition`` is the stream definition the position belongs to.
 
@@ -200,10 +202,11 @@ def advance_watermark(
         sql.SQL(
             """UPDATE {watermarks} SET
                    position = COALESCE(%(position)s::jsonb, position),
-                   held_since = CASE WHEN %(held)s::text IS NULL THEN NULL
+                   held_since = CASE WHEN %(keep)s THEN held_since
+                                     WHEN %(held)s::text IS NULL THEN NULL
                                      WHEN held_record_key IS DISTINCT FROM %(held)s THEN now()
                                      ELSE held_since END,
-                   held_record_key = %(held)s,
+                   held_record_key = CASE WHEN %(keep)s THEN held_record_key ELSE %(held)s END,
                    last_run_id = %(run_id)s,
                    last_run_at = now(),
                    records_exported = records_exported + %(exported)s,
@@ -217,6 +220,7 @@ def advance_watermark(
             "definition": Jsonb(definition),
             "position": json.dumps(position_to_json(position)) if position is not None else None,
             "held": held_record_key,
+            "keep": keep_hold,
             "run_id": run_id,
             "exported": exported,
             "stream": stream.name,

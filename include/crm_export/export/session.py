@@ -34,7 +34,7 @@ from include.crm_export.decisions import (
     pause_on_error_change,
     stop_reason,
 )
-from include.crm_export.errors import StreamConfigError
+from include.crm_export.errors import RejectedRecord, StreamConfigError
 from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.parents import ParentCheck
@@ -313,6 +313,8 @@ class StreamExport:
                 self.stream,
                 position=plan.new_position,
                 held_record_key=plan.held[0].key if plan.held else None,
+                # A batch whose first record waits moves nothing, so a hold from an earlier run stays as it is.
+                keep_hold=plan.waiting is not None and plan.new_position is None,
                 exported=plan.exported,
                 run_id=self.context.run_id,
                 definition=self.definition,
@@ -423,16 +425,19 @@ class ExportRun:
         if self.result.held is not None:
             self.result.stopped_because = HELD
         elif plan.waiting is not None:
-            record, rejection = plan.waiting
-            self.result.waiting = record.key
-            self.result.stopped_because = f"record {shown(record.key)} waits for its parent"
-            log.warning(
-                "Stream '%s' stops before record %s for this run (not an error: no ExportErrors row, no hold). %s "
-                "The next run starts at it.",
-                self.stream.name,
-                shown(record.key),
-                one_line(rejection.message),
-            )
+            self._note_waiting(plan.waiting)
+
+    def _note_waiting(self, waiting: tuple[SourceRecord, RejectedRecord]) -> None:
+        record, rejection = waiting
+        self.result.waiting = record.key
+        self.result.stopped_because = f"record {shown(record.key)} waits for its parent"
+        log.warning(
+            "Stream '%s' stops before record %s for this run (not an error: no ExportErrors row, no hold). %s "
+            "The next run starts at it.",
+            self.stream.name,
+            shown(record.key),
+            one_line(rejection.message),
+        )
 
     def _reread_pause_on_error(self) -> None:
         latest = self.pause_on_error()
