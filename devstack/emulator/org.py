@@ -372,21 +372,23 @@ class Org:
                 f"record limit reached. cannot submit more than {MAX_COLLECTION_RECORDS} records into this call",
             )
         self._apply_pending_access()
-        by_prefix = {schema.key_prefix: name for name, schema in self.objects.items()}
-        checked: list[tuple[str, str | None, RecordError | None]] = []  # id, object, error
-        for record_id in ids:
-            sobject = by_prefix.get(record_id[:3]) if len(record_id) in (15, 18) else None
+        checked: list[tuple[str | None, str | None, RecordError | None]] = []  # 18-character id, object, error
+        going: set[str] = set()  # every record the deletes so far take with them (cascades included)
+        for given in ids:
+            record_id, sobject = self._find_id(given)
+            error: RecordError | None = None
             if sobject is None:
-                checked.append((record_id, None, RecordError("MALFORMED_ID", f"malformed id {record_id}", ())))
-            elif record_id in self.recycle_bin:
-                checked.append((record_id, sobject, RecordError("ENTITY_IS_DELETED", "entity is deleted", ())))
-            elif record_id not in self.records[sobject]:
+                error = RecordError("MALFORMED_ID", f"malformed id {given}", ())
+            elif record_id is not None and (record_id in self.recycle_bin or record_id in going):
+                error = RecordError("ENTITY_IS_DELETED", "entity is deleted", ())
+            elif record_id is None:
                 error = RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", ())
-                checked.append((record_id, sobject, error))
             else:
-                stored = self.records[sobject][record_id]
-                rule = first_record_error(self.record_rules, sobject, record_id, stored, record_id, "delete")
-                checked.append((record_id, sobject, rule))
+                taken = self._cascade(sobject, record_id)
+                error = self._delete_refusal(taken)  # a child that cannot go keeps its parent too
+                if error is None:
+                    going.update(child_id for _, child_id in taken)
+            checked.append((record_id, sobject, error))
         failed = any(error is not None for _, _, error in checked)
         results: list[dict[str, Any]] = []
         for record_id, sobject, error in checked:
@@ -396,17 +398,50 @@ class Org:
                     "Record rolled back because not all records were valid and the request was using AllOrNone header",
                     (),
                 )
-            if error is None and sobject is not None and record_id in self.recycle_bin:
-                error = RecordError("ENTITY_IS_DELETED", "entity is deleted", ())  # went with an earlier id's cascade
             if error is not None:
                 self.counters[f"record_errors.{error.status_code}"] += 1
                 results.append({"success": False, "errors": [error.as_json()]})
                 continue
             assert sobject is not None
+            assert record_id is not None
             self.delete_record(sobject, record_id)
             self.counters["records_deleted"] += 1
             results.append({"id": record_id, "success": True, "errors": []})
         return results
+
+    def _delete_refusal(self, taken: list[tuple[str, str]]) -> RecordError | None:
+        for sobject, record_id in taken:
+            stored = self.records[sobject][record_id]
+            error = first_record_error(self.record_rules, sobject, record_id, stored, record_id, "delete")
+            if error is not None:
+                return error
+        return None
+
+    def _find_id(self, given: str) -> tuple[str | None, str | None]:
+        """(the record's 18-character id or None, its object or None for a malformed id): Salesforce takes an id
+        in its 15- or 18-character form."""
+        if len(given) not in (15, 18):
+            return None, None
+        sobject = next((name for name, schema in self.objects.items() if schema.key_prefix == given[:3]), None)
+        if sobject is None:
+            return None, None
+        if len(given) == 18:
+            known = given in self.records[sobject] or given in self.recycle_bin
+            return (given if known else None), sobject
+        found = next((i for i in [*self.records[sobject], *self.recycle_bin] if i[:15] == given), None)
+        return found, sobject
+
+    def _cascade(self, sobject: str, record_id: str) -> list[tuple[str, str]]:
+        """The record and every record its delete takes with it (lookups with cascadeDelete), parents first."""
+        taken = [(sobject, record_id)]
+        schema = self.schema(sobject)
+        for child in self.objects.values():
+            for spec in child.fields.values():
+                if spec.type == "reference" and spec.cascade_delete and schema.name in spec.reference_to:
+                    for child_id, stored in self.records[child.name].items():
+                        if stored.get(spec.name) == record_id:
+                            taken += self._cascade(child.name, child_id)
+        return taken
 
     def get_by_external_id(self, sobject: str, field: str, value: str) -> dict[str, Any]:
         schema = self.schema(sobject)

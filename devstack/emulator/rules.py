@@ -74,6 +74,10 @@ RECORD_CAUSES: dict[str, tuple[str, str]] = {
 
 # What a record rule applies to: saving (insert, update, upsert) or deleting the record.
 RULE_OPERATIONS = ("save", "delete")
+# What can refuse a delete (validation, duplicate and picklist rules run on save only).
+DELETE_CAUSES = frozenset(
+    {"delete_blocked", "no_access", "approval_lock", "row_lock", "trigger_failure", "flow_failure"}
+)
 
 # Order in which an org evaluates the causes for one record: sharing and
 # access first, then locks, then validation rules, then automation.
@@ -198,6 +202,8 @@ class RecordRule:
             raise RuleError(f"'on' must be one of {list(RULE_OPERATIONS)}")
         if cause == "delete_blocked" and on != "delete":
             raise RuleError('cause \'delete_blocked\' applies to deletes only: add "on": "delete"')
+        if on == "delete" and cause not in DELETE_CAUSES:
+            raise RuleError(f"a delete is refused only for {sorted(DELETE_CAUSES)}, not {cause!r}")
         return cls(
             id=next(_ids),
             on=on,

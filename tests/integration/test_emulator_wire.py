@@ -517,3 +517,32 @@ def test_collections_delete_takes_at_most_200_ids(sf, emulator):
         delete(sf, [saved["id"]] * 201)
     assert refused.value.content[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
     assert len(emulator.records("Contact")) == 1
+
+
+def test_a_delete_takes_an_accounts_contacts_and_all_or_none_counts_them(sf, emulator):
+    """Contacts go with their account (Salesforce Help, "Delete Accounts"): named again later in the same call
+    they are deleted already, which rolls an allOrNone call back; a Contact's delete rule keeps its account."""
+    (account,) = sf.restful(
+        "composite/sobjects/Account/CRM_Account_Id__c",
+        method="PATCH",
+        json={
+            "allOrNone": False,
+            "records": [{"attributes": {"type": "Account"}, "CRM_Account_Id__c": "A1", "Name": "A"}],
+        },
+    )
+    parent = {"attributes": {"type": "Account"}, "CRM_Account_Id__c": "A1"}
+    (child,) = upsert(sf, [contact("c", Account=parent)])
+
+    rolled_back = delete(sf, [account["id"], child["id"]], all_or_none=True)
+    assert rolled_back[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert rolled_back[1]["errors"][0]["statusCode"] == "ENTITY_IS_DELETED"
+    assert len(emulator.records("Contact")) == 1
+
+    rule = emulator.add_rule(cause="delete_blocked", on="delete", object="Contact")["id"]
+    (kept,) = delete(sf, [account["id"][:15]])  # the 15-character form names the same record
+    assert kept["errors"][0]["statusCode"] == "DELETE_FAILED"
+    assert len(emulator.records("Account")) == 1
+    emulator.remove_rule(rule)
+    (gone,) = delete(sf, [account["id"][:15]])
+    assert gone == {"id": account["id"], "success": True, "errors": []}
+    assert emulator.records("Contact") == []

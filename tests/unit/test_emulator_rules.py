@@ -202,3 +202,9 @@ def test_a_delete_rule_says_so_and_a_save_rule_never_refuses_a_delete():
     assert blocked.check("Contact", "k", {}, "003x", "save") is None
     assert blocked.check("Contact", "k", {}, "003x", "delete").status_code == "DELETE_FAILED"
     assert parse_rule({"cause": "no_access"}).check("Contact", "k", {}, "003x", "delete") is None
+
+
+def test_only_what_can_refuse_a_delete_is_a_delete_rule():
+    with pytest.raises(RuleError, match="a delete is refused only for"):
+        parse_rule({"cause": "validation_rule", "on": "delete"})
+    assert parse_rule({"cause": "approval_lock", "on": "delete"}).on == "delete"
