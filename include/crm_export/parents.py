@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -36,6 +37,9 @@ from include.crm_export.config import Lookup, Stream
 from include.crm_export.db import export_errors, source, watermarks
 from include.crm_export.errors import PARENT_NOT_EXPORTED, RejectedRecord
 from include.crm_export.quoting import one_line, shown
+
+# A child waits this long at most for its parent stream to reach its parent (a few runs), then it is reported.
+MAX_PARENT_WAIT = timedelta(hours=1)
 
 _NOT_FOUND = re.compile(
     r"Foreign key external ID: (?P<value>.*) not found for field (?P<field>\w+) in entity (?P<object>\w+)", re.S
@@ -74,8 +78,14 @@ class ParentCheck:
         self._seen: dict[tuple[str, str], Callable[[RejectedRecord], RejectedRecord]] = {}
         self._column_types: dict[str, dict[str, str]] = {}
 
-    def explain(self, rejection: RejectedRecord | None) -> RejectedRecord | None:
-        """The rejection as the person on call needs it (unchanged unless it is a missing parent of ours)."""
+    def explain(self, rejection: RejectedRecord | None, record_key: str | None = None) -> RejectedRecord | None:
+        """The rejection as the person on call needs it (unchanged unless it is a missing parent of ours).
+
+        ``record_key``: the child's; a child that would wait, but has been the record its stream stops before
+        for longer than :data:`MAX_PARENT_WAIT`, is reported as waiting for its parent instead (a rejected
+        record under the pause rules): a parent its stream never reaches (a change time in the future, a
+        stream stopped by its limits every run) must not stop the child stream in silence.
+        """
         if rejection is None:
             return None
         missing = missing_parent(self.stream, rejection)
@@ -84,7 +94,19 @@ class ParentCheck:
         seen = (missing.lookup.field, missing.external_id)
         if seen not in self._seen:
             self._seen[seen] = self._verdict(missing)
-        return self._seen[seen](rejection)
+        explained = self._seen[seen](rejection)
+        if explained.waits and record_key is not None:
+            since = watermarks.waiting_since(self.conn, self.stream, record_key)
+            if since is not None and datetime.now(UTC) - since > MAX_PARENT_WAIT:
+                return RejectedRecord(
+                    explained.code,
+                    f"{explained.message} It has waited since {since:%Y-%m-%d %H:%M:%S %Z}, longer than a parent "
+                    f"takes to arrive ({MAX_PARENT_WAIT.total_seconds() / 60:.0f} minutes): see why stream "
+                    f"'{missing.lookup.parent.name}' does not reach it (its runs' stop reasons on the CRM Export "
+                    "page; a change time in the future?).",
+                    explained.fields,
+                )
+        return explained
 
     def _verdict(self, missing: MissingParent) -> Callable[[RejectedRecord], RejectedRecord]:
         lookup, value = missing.lookup, missing.external_id

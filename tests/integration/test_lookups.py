@@ -205,6 +205,47 @@ def test_a_child_whose_parent_is_not_exported_yet_waits_without_an_error(
     _assert_linked(db, emulator)
 
 
+def test_a_child_that_has_waited_longer_than_a_parent_takes_is_reported(db, emulator, run_dag, tmp_path):
+    """The accounts stream exports one account a run, so contact 1, whose account 5 comes last, waits. Once it
+    has waited longer than a parent takes to arrive, it is reported as waiting for its parent (pause on: held,
+    naming the parent stream) instead of stopping the contacts stream in silence; it goes through once its
+    account does."""
+    insert_accounts(db, 5)
+    insert_contacts(db, 4)
+    link_contacts(db, 1)  # every contact at account 1 ...
+    db.execute("UPDATE crm.contacts SET account_id = 5 WHERE id = 1")  # ... but the first, at the last account
+    streams = write_streams(
+        tmp_path / "streams.yml",
+        {"contacts": children_stream(), "accounts": accounts_stream(max_records_per_run=1)},
+    )
+
+    first = run_dag(streams_file=streams, retries=False)
+    assert first.state == "success", first.log[-3000:]
+    assert "Stream 'contacts' stops before record 1" in first.log
+    assert open_errors(db) == []
+    # As if it had waited for more than an hour:
+    db.execute(
+        "UPDATE crm_export.stream_watermarks SET waiting_since = now() - interval '61 minutes' "
+        "WHERE stream = 'contacts' AND waiting_record_key = '1'"
+    )
+
+    reported = run_dag(streams_file=streams, retries=False)
+
+    assert reported.task_states["export_contacts"] == "failed"
+    assert watermark(db, "contacts")[1] == "1"
+    (waiting,) = open_errors(db)
+    assert waiting["error_code"] == PARENT_NOT_EXPORTED
+    for says in ("stream 'accounts' has not reached it yet", "It has waited since", "a change time in the future?"):
+        assert says in waiting["error_message"]
+
+    for _ in range(4):  # accounts 3, 4 and 5, one a run; contact 1 goes after its account
+        run_dag(streams_file=streams, retries=False)
+    assert open_errors(db) == []
+    waiting_now = "SELECT waiting_record_key FROM crm_export.stream_watermarks WHERE stream = 'contacts'"
+    assert db.execute(waiting_now).fetchone() == (None,)
+    _assert_linked(db, emulator)
+
+
 def test_a_held_child_whose_parent_then_waits_stays_held_until_it_goes_through(db, emulator, run_dag, tmp_path):
     """Contacts is held at contact 1, whose account 2 sits behind the accounts stream's hold at account 1. Once
     account 1 is fixed, the accounts stream (one record a run) has not reached account 2 yet: contact 1 now just

@@ -113,6 +113,15 @@ def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
     return Watermark(*row)
 
 
+def waiting_since(conn: psycopg.Connection, stream: Stream, record_key: str) -> datetime | None:
+    """Since when ``record_key`` has been the record the stream stops before, waiting for its parent (or None)."""
+    row = conn.execute(
+        sql.SQL("SELECT waiting_since FROM {} WHERE stream = %s AND waiting_record_key = %s").format(WATERMARKS),
+        (stream.name, record_key),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def reposition(
     conn: psycopg.Connection,
     stream: Stream,
@@ -190,9 +199,13 @@ def advance_watermark(
     run_id: str,
     definition: dict[str, Any],
     keep_hold: bool = False,
+    waiting_record_key: str | None = None,
+    settled_keys: tuple[str, ...] = (),
 ) -> None:
     """Move the watermark to ``position`` (None: it stays) and set or clear the held record (``keep_hold``:
-    leave it as it is).
+    leave it as it is). ``waiting_record_key``: the record the batch stopped before, waiting for its parent
+    (since when is kept while it is the same record); ``settled_keys``: the records the batch confirmed or
+    rejected, one of which may have been waiting.
 
     ``definition`` is the stream definition the position belongs to.
 
@@ -207,6 +220,14 @@ def advance_watermark(
                                      WHEN held_record_key IS DISTINCT FROM %(held)s THEN now()
                                      ELSE held_since END,
                    held_record_key = CASE WHEN %(keep)s THEN held_record_key ELSE %(held)s END,
+                   waiting_since = CASE WHEN %(waiting)s::text IS NOT NULL THEN
+                                            CASE WHEN waiting_record_key IS DISTINCT FROM %(waiting)s THEN now()
+                                                 ELSE waiting_since END
+                                        WHEN waiting_record_key = ANY(%(settled)s::text[]) THEN NULL
+                                        ELSE waiting_since END,
+                   waiting_record_key = CASE WHEN %(waiting)s::text IS NOT NULL THEN %(waiting)s
+                                             WHEN waiting_record_key = ANY(%(settled)s::text[]) THEN NULL
+                                             ELSE waiting_record_key END,
                    last_run_id = %(run_id)s,
                    last_run_at = now(),
                    records_exported = records_exported + %(exported)s,
@@ -221,6 +242,8 @@ def advance_watermark(
             "position": json.dumps(position_to_json(position)) if position is not None else None,
             "held": held_record_key,
             "keep": keep_hold,
+            "waiting": waiting_record_key,
+            "settled": list(settled_keys),
             "run_id": run_id,
             "exported": exported,
             "stream": stream.name,

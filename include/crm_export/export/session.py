@@ -315,6 +315,8 @@ class StreamExport:
                 held_record_key=plan.held[0].key if plan.held else None,
                 # A batch whose first record waits moves nothing, so a hold from an earlier run stays as it is.
                 keep_hold=plan.waiting is not None and plan.new_position is None,
+                waiting_record_key=plan.waiting[0].key if plan.waiting else None,
+                settled_keys=(*plan.confirmed_keys, *(record.key for record, _ in plan.rejected)),
                 exported=plan.exported,
                 run_id=self.context.run_id,
                 definition=self.definition,
@@ -416,7 +418,10 @@ class ExportRun:
         if self.stream.lookups and any(outcome.rejection is not None for outcome in outcomes):
             # On the connection of the commits (this thread's): the reader serves the thread that reads ahead.
             check = ParentCheck(self.session.conn, self.stream)
-            outcomes = [RecordOutcome(outcome.record, check.explain(outcome.rejection)) for outcome in outcomes]
+            outcomes = [
+                RecordOutcome(outcome.record, check.explain(outcome.rejection, outcome.record.key))
+                for outcome in outcomes
+            ]
         plan = plan_batch(outcomes, pause_on_error=self.pause)
         self.session.commit(plan, with_it=with_it)
         self.result.add(plan, pause_on_error=self.pause)
