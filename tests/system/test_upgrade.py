@@ -153,5 +153,12 @@ def carry_on(db: psycopg.Connection, database: str, version: str, old: Path, emu
         del os.environ["CRM_EXPORT_STREAMS_FILE"]
     assert open_errors(db) == []
     # Sent again: only the records after 137 in the held request, by each of the two runs that sent it (they
-    # are upserts); nothing of the subscriptions, whose left job was polled rather than uploaded again.
-    assert emulator.counters().get("records_updated", 0) - updates_before <= 2 * 199
+    # are upserts); nothing of the subscriptions, whose left closed job was polled rather than uploaded again.
+    # A job the kill caught between closing it in Salesforce and noting it closed (left "uploaded") may have
+    # been processed: the current code cannot tell, aborts it and sends its records again (as updates).
+    caught_closing = db.execute(
+        "SELECT coalesce(sum(records), 0) FROM crm_export.bulk_jobs WHERE job_id = ANY(%s)",
+        ([job[0] for job in left["jobs"] if job[2] == "uploaded"],),
+    ).fetchone()[0]
+    updated = emulator.counters().get("records_updated", 0) - updates_before
+    assert updated <= 2 * 199 + caught_closing, (updated, left["jobs"])
