@@ -325,31 +325,26 @@ class Org:
         Help: "Lookup Relationship Options").
         """
         schema = self.schema(sobject)
-        record = self.records[sobject].pop(record_id, None)
-        if record is None:
+        if record_id not in self.records[schema.name]:
             raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist")
-        self.recycle_bin[record_id] = schema.name
-        for (indexed_object, _field), index in self.by_external_id.items():
-            if indexed_object == schema.name:
-                for match_key in [k for k, v in index.items() if v == record_id]:
-                    del index[match_key]
-        counts = {"lookups_cleared": 0, "children_deleted": 0}
+        taken = list(dict.fromkeys(self._cascade(schema.name, record_id)))
+        gone = {taken_id for _, taken_id in taken}
+        for taken_object, taken_id in taken:
+            del self.records[taken_object][taken_id]
+            self.recycle_bin[taken_id] = taken_object
+            for (indexed_object, _field), index in self.by_external_id.items():
+                if indexed_object == taken_object:
+                    for match_key in [k for k, v in index.items() if v == taken_id]:
+                        del index[match_key]
+        cleared = 0
         for child in self.objects.values():
             for spec in child.fields.values():
-                if spec.type != "reference" or schema.name not in spec.reference_to:
-                    continue
-                pointing = [i for i, stored in self.records[child.name].items() if stored.get(spec.name) == record_id]
-                for child_id in pointing:
-                    if child_id not in self.records[child.name]:
-                        continue  # gone with an earlier cascade
-                    if spec.cascade_delete:
-                        below = self.delete_record(child.name, child_id)
-                        counts["children_deleted"] += 1 + below["children_deleted"]
-                        counts["lookups_cleared"] += below["lookups_cleared"]
-                    else:
-                        self.records[child.name][child_id][spec.name] = None
-                        counts["lookups_cleared"] += 1
-        return counts
+                if spec.type == "reference" and not spec.cascade_delete:
+                    for stored in self.records[child.name].values():
+                        if stored.get(spec.name) in gone:
+                            stored[spec.name] = None
+                            cleared += 1
+        return {"lookups_cleared": cleared, "children_deleted": len(taken) - 1}
 
     def collection_delete(self, ids: list[str], *, all_or_none: bool = False) -> list[dict[str, Any]]:
         """``DELETE /composite/sobjects?ids=…``: one DeleteResult per id, in the order given ("Delete Records Using

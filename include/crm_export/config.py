@@ -574,17 +574,18 @@ def _link_parents(streams: dict[str, Stream]) -> dict[str, Stream]:
     return linked
 
 
+_OWN_STREAM = (
+    "points at its own stream: a record whose parent is a record of the same stream (a hierarchy such as "
+    "Account.ParentId) is not supported yet. Load that link separately, or leave the field out"
+)
+
+
 def _check_parent(stream: Stream, lookup: Lookup, streams: dict[str, Stream]) -> None:
     """A lookup must name a parent the export can wait for: a stream of the same org, never itself, and a parent
     that one of these streams exports is named as that stream (so it goes first and its errors are known)."""
     where = f"fields.{lookup.field}"
     if lookup.parent_stream == stream.name:
-        raise _fail(
-            stream.name,
-            f"{where}.parent",
-            "points at its own stream: a record whose parent is a record of the same stream (a hierarchy such as "
-            "Account.ParentId) is not supported yet. Load that link separately, or leave the field out",
-        )
+        raise _fail(stream.name, f"{where}.parent", _OWN_STREAM)
     if lookup.parent_stream is not None:
         parent = streams[lookup.parent_stream]
         if parent.connection != stream.connection:
@@ -604,8 +605,7 @@ def _check_parent(stream: Stream, lookup: Lookup, streams: dict[str, Stream]) ->
         )
         if same_parent:
             refusal = (
-                "points at its own stream: a record whose parent is a record of the same stream (a hierarchy such "
-                "as Account.ParentId) is not supported yet. Load that link separately, or leave the field out"
+                _OWN_STREAM
                 if other.name == stream.name
                 else f"{lookup.object} by {lookup.external_id_field} is what stream '{other.name}' exports: write "
                 f"{{parent: {other.name}, column: {lookup.column}}}, so that stream goes first and a child waits "

@@ -77,6 +77,7 @@ class ParentCheck:
         self.stream = stream
         self._seen: dict[tuple[str, str], Callable[[RejectedRecord], RejectedRecord]] = {}
         self._column_types: dict[str, dict[str, str]] = {}
+        self._waiting: tuple[str | None, datetime | None] | None = None  # the stream's, read once when needed
 
     def explain(self, rejection: RejectedRecord | None, record_key: str | None = None) -> RejectedRecord | None:
         """The rejection as the person on call needs it (unchanged unless it is a missing parent of ours).
@@ -96,8 +97,10 @@ class ParentCheck:
             self._seen[seen] = self._verdict(missing)
         explained = self._seen[seen](rejection)
         if explained.waits and record_key is not None:
-            since = watermarks.waiting_since(self.conn, self.stream, record_key)
-            if since is not None and datetime.now(UTC) - since > MAX_PARENT_WAIT:
+            if self._waiting is None:
+                self._waiting = watermarks.waiting(self.conn, self.stream)
+            waiting_key, since = self._waiting
+            if waiting_key == record_key and since is not None and datetime.now(UTC) - since > MAX_PARENT_WAIT:
                 return RejectedRecord(
                     explained.code,
                     f"{explained.message} It has waited since {since:%Y-%m-%d %H:%M:%S %Z}, longer than a parent "

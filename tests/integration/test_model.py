@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from devstack.stack import PROJECT_ROOT
 from include.crm_export.errors import RequestFailed, StreamConfigError
+from tests.support.model import run_model
 
 EXAMPLES = int(os.environ.get("CRM_EXPORT_MODEL_EXAMPLES", "12"))
 # CI's seed; CRM_EXPORT_MODEL_SOAK=1 draws a new one each run (printed, to replay with CRM_EXPORT_MODEL_SEED).
@@ -303,28 +303,7 @@ def _same(sent: Any, stored: Any) -> bool:
 
 
 def test_the_invariant_holds_through_random_sequences(db, emulator, project_conninfo, airflow_db, tmp_path):
-    import random
-
     ExportModel.conninfo = project_conninfo
     ExportModel.emulator = emulator
     ExportModel.folder = tmp_path
-    chosen = SEED if os.environ.get("CRM_EXPORT_MODEL_SOAK") is None else random.SystemRandom().randrange(2**32)
-    print(f"model-based test: seed {chosen} (replay: CRM_EXPORT_MODEL_SEED={chosen})", flush=True)
-    seed(chosen)(ExportModel)
-    previous = os.environ.get("CRM_EXPORT_STREAMS_FILE")
-    try:
-        run_state_machine_as_test(
-            ExportModel,
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=STEPS,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                database=None,
-            ),
-        )
-    finally:
-        if previous is None:
-            os.environ.pop("CRM_EXPORT_STREAMS_FILE", None)
-        else:
-            os.environ["CRM_EXPORT_STREAMS_FILE"] = previous
+    run_model(ExportModel, name="model-based test", default_seed=SEED, examples=EXAMPLES, steps=STEPS)

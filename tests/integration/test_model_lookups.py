@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from include.crm_export.errors import RequestFailed, StreamConfigError
+from tests.support.model import run_model
 
 EXAMPLES = int(os.environ.get("CRM_EXPORT_MODEL_EXAMPLES", "6"))
 SEED = int(os.environ.get("CRM_EXPORT_MODEL_SEED", "20261203"))
@@ -260,28 +260,7 @@ class LookupModel(RuleBasedStateMachine):
 def test_the_invariant_holds_with_lookups_through_random_sequences(
     db, emulator, project_conninfo, airflow_db, tmp_path
 ):
-    import random
-
     LookupModel.conninfo = project_conninfo
     LookupModel.emulator = emulator
     LookupModel.folder = tmp_path
-    chosen = SEED if os.environ.get("CRM_EXPORT_MODEL_SOAK") is None else random.SystemRandom().randrange(2**32)
-    print(f"model-based test with lookups: seed {chosen} (replay: CRM_EXPORT_MODEL_SEED={chosen})", flush=True)
-    seed(chosen)(LookupModel)
-    previous = os.environ.get("CRM_EXPORT_STREAMS_FILE")
-    try:
-        run_state_machine_as_test(
-            LookupModel,
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=STEPS,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                database=None,
-            ),
-        )
-    finally:
-        if previous is None:
-            os.environ.pop("CRM_EXPORT_STREAMS_FILE", None)
-        else:
-            os.environ["CRM_EXPORT_STREAMS_FILE"] = previous
+    run_model(LookupModel, name="model-based test with lookups", default_seed=SEED, examples=EXAMPLES, steps=STEPS)

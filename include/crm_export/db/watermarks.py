@@ -113,13 +113,13 @@ def load_watermark(conn: psycopg.Connection, stream: Stream) -> Watermark:
     return Watermark(*row)
 
 
-def waiting_since(conn: psycopg.Connection, stream: Stream, record_key: str) -> datetime | None:
-    """Since when ``record_key`` has been the record the stream stops before, waiting for its parent (or None)."""
+def waiting(conn: psycopg.Connection, stream: Stream) -> tuple[str | None, datetime | None]:
+    """The record the stream stops before, waiting for its parent, and since when (None, None: none)."""
     row = conn.execute(
-        sql.SQL("SELECT waiting_since FROM {} WHERE stream = %s AND waiting_record_key = %s").format(WATERMARKS),
-        (stream.name, record_key),
+        sql.SQL("SELECT waiting_record_key, waiting_since FROM {} WHERE stream = %s").format(WATERMARKS),
+        (stream.name,),
     ).fetchone()
-    return None if row is None else row[0]
+    return (None, None) if row is None else (row[0], row[1])
 
 
 def reposition(
