@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from devstack.airflow_api import AirflowApi
+from devstack.airflow_api import FINISHED, AirflowApi
 from devstack.compare import compare
 from devstack.demo import BLOCKED_DOMAIN, VALIDATION_RULE
 from devstack.emulator.process import EmulatorAdmin, EmulatorInfo
@@ -80,6 +80,15 @@ class Walkthrough:
         run_id = self.api.trigger(dag_id, conf)
         self.say(f"Triggered {dag_id} (run {run_id}); waiting for it…")
         return run_id, self.api.wait_for_run(dag_id, run_id)
+
+    def _runs_since(self, dag_id: str, before: set[str]) -> list[str]:
+        """The runs of ``dag_id`` not in ``before`` that ran: one queued behind ours (max_active_runs 1) has no
+        task instance to read yet, and took nothing."""
+        return [
+            r["dag_run_id"]
+            for r in self.api.runs(dag_id, limit=20)
+            if r["dag_run_id"] not in before and r["state"] in FINISHED
+        ]
 
     def log_of(self, dag_id: str, run_id: str, task_id: str) -> list[str]:
         ti = next(t for t in self.api.task_instances(dag_id, run_id) if t["task_id"] == task_id)
@@ -160,8 +169,11 @@ class Walkthrough:
         run_id, state = self.run_export(EXPORT)
         self.check(state == "success", f"with pause off the run should be green, it ended {state}")
         # A scheduled run (every 15 minutes) may have picked the records up first: look at every new run.
-        new_runs = [r["dag_run_id"] for r in api.runs(EXPORT, limit=20) if r["dag_run_id"] not in step_started]
-        lines = [line for rid in new_runs for line in self.log_of(EXPORT, rid, "export_contacts")]
+        lines = [
+            line
+            for rid in self._runs_since(EXPORT, step_started)
+            for line in self.log_of(EXPORT, rid, "export_contacts")
+        ]
         warning = next((line for line in lines if "Salesforce is incomplete" in line), None)
         self.check(warning is not None, "no warning that Salesforce is incomplete")
         self.say("The run is green, and its log warns:")
@@ -181,7 +193,7 @@ class Walkthrough:
         run_id, state = self.run_export(REEXPORT)
         self.check(state == "success", f"the re-export ended {state}")
         # Switching it on may start its daily run at once; show what every new run did.
-        for rid in [r["dag_run_id"] for r in api.runs(REEXPORT, limit=20) if r["dag_run_id"] not in before]:
+        for rid in self._runs_since(REEXPORT, before):
             for line in self.log_of(REEXPORT, rid, "reexport_contacts"):
                 if line.startswith("Re-export of stream 'contacts'"):
                     self.say(f"Run {rid}: {line}")
