@@ -47,7 +47,7 @@ def compare(
     expected: dict[str, dict[str, Any]] = {}
     for row in source.read_rows_by_key(conn, stream, source.all_keys(conn, stream), types):
         record = map_row(stream, row)
-        if record.payload is not None:
+        if record.payload is not None and not record.delete:  # a row marked deleted: absent from Salesforce
             expected[record.external_id] = _with_parent_ids(stream, record.payload, parent_records or {})
     result = Comparison(stream.name, source_rows=len(expected), salesforce_records=len(salesforce_records))
     seen: dict[str, dict[str, Any]] = {}

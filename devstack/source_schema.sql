@@ -45,9 +45,11 @@ CREATE TABLE IF NOT EXISTS crm.contacts (
     lifetime_value      numeric(16, 2),
     last_activity_at    timestamptz,
     account_id          bigint,  -- the account's id: the Contact's AccountId, by CRM_Account_Id__c
+    deleted_at          timestamptz,  -- set when the contact is deleted (soft delete): deleted in Salesforce
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE crm.contacts ADD COLUMN IF NOT EXISTS account_id bigint;  -- a source made by an earlier release
+ALTER TABLE crm.contacts ADD COLUMN IF NOT EXISTS deleted_at timestamptz;
 CREATE INDEX IF NOT EXISTS contacts_export_order ON crm.contacts (updated_at, id);
 CREATE OR REPLACE TRIGGER contacts_touch BEFORE UPDATE ON crm.contacts
     FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();

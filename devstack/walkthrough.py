@@ -199,6 +199,8 @@ class Walkthrough:
                     self.say(f"Run {rid}: {line}")
         self.check(self._open_errors() == [], f"errors still open: {self._open_errors()}")
 
+        self._contact_is_deleted(batch1[0])
+
         self.step("Salesforce equals the source.")
         for stream in load_streams():
             self._check_salesforce_equals_source(stream)
@@ -253,6 +255,35 @@ class Walkthrough:
             f"contact {contact} is not linked to account {account} in Salesforce",
         )
         self.say(f"Run {run_id} is green: contact {contact}'s AccountId is {accounts[str(account)]}, its account's Id.")
+
+    def _contact_is_deleted(self, contact: int) -> None:
+        """Deletes: a contact marked deleted in the CRM is deleted in Salesforce by its external id."""
+        self.step("A contact is deleted in the CRM (deleted_at is set); the export deletes it in Salesforce.")
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("UPDATE crm.contacts SET deleted_at = now() WHERE id = %s", (contact,))
+        self.say(
+            f"UPDATE crm.contacts SET deleted_at = now() WHERE id = {contact}; the contacts stream has "
+            "deletes: {column: deleted_at}. A row changed this moment waits out the 30 s settle window first."
+        )
+        time.sleep(31)
+        before = {r["dag_run_id"] for r in self.api.runs(EXPORT, limit=20)}
+        _, state = self.run_export(EXPORT)
+        self.check(state == "success", f"the run ended {state}")
+        in_salesforce = {r["CRM_Contact_Id__c"] for r in self.emulator.records("Contact")}
+        self.check(str(contact) not in in_salesforce, f"contact {contact} is still in Salesforce")
+        # A scheduled run may have taken it first: look at every new run.
+        summary = next(
+            (
+                line
+                for rid in self._runs_since(EXPORT, before)
+                for line in self.log_of(EXPORT, rid, "export_contacts")
+                if line.startswith("Stream 'contacts': exported") and "deleted: 0;" not in line
+            ),
+            None,
+        )
+        self.check(summary is not None, "no run says it deleted a contact")
+        self.say(f"Contact {contact} is gone from Salesforce (in its Recycle Bin). The run says:")
+        self.say(f"  {summary}")
 
     def _wait_for_idle(self, dag_id: str, timeout: float = 600) -> None:
         """Let a scheduled run that is already going finish first (max_active_runs=1)."""

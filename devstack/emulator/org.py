@@ -451,9 +451,14 @@ class Org:
         return self.records[sobject][record_id]
 
     def get_by_id(self, sobject: str, record_id: str) -> dict[str, Any]:
+        """A record by Id; one in the Recycle Bin answers 404 ``ENTITY_IS_DELETED`` ("Status Codes and Error
+        Responses", REST API Developer Guide: the record was deleted), one never known 404 ``NOT_FOUND``."""
         self.schema(sobject)
+        found, _ = self._find_id(record_id)
+        if found is not None and found in self.recycle_bin:
+            raise RequestRejected(404, "ENTITY_IS_DELETED", "entity is deleted")
         try:
-            return self.records[sobject][record_id]
+            return self.records[sobject][found or record_id]
         except KeyError:
             raise RequestRejected(404, "NOT_FOUND", "The requested resource does not exist") from None
 
@@ -575,6 +580,7 @@ class Org:
         return {
             "records": self.records,
             "sequence": self._sequence,
+            "recycle_bin": self.recycle_bin,
             "record_rules": [
                 {k: v for k, v in rule.as_json().items() if k not in ("id", "kind", "statusCode")}
                 for rule in self.record_rules
@@ -595,6 +601,7 @@ class Org:
                         if r.get(spec.name) is not None
                     }
         self._sequence = state.get("sequence", 0)
+        self.recycle_bin = dict(state.get("recycle_bin", {}))
         for raw in state.get("record_rules", []):
             self.add_rule(raw)
 

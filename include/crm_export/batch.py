@@ -32,17 +32,24 @@ class BatchPlan:
     unchanged: int = 0  # of the confirmed: not sent, Salesforce holds their payload already
     fingerprints: dict[str, int] = field(default_factory=dict)  # by external id: of the records confirmed now
     waiting: tuple[SourceRecord, RejectedRecord] | None = None  # the record the run stops before (it waits)
+    deleted: int = 0  # of the confirmed: deleted in Salesforce (or gone already), not unchanged
 
     @property
     def exported(self) -> int:
-        """Records Salesforce confirmed in this batch (sent; the unchanged are counted apart)."""
-        return len(self.confirmed_keys) - self.unchanged
+        """Records Salesforce confirmed written in this batch (sent; the unchanged and deleted are counted
+        apart)."""
+        return len(self.confirmed_keys) - self.unchanged - self.deleted
 
 
-def _confirmed(outcomes: list[RecordOutcome]) -> tuple[tuple[str, ...], int, dict[str, int]]:
+def _confirmed(outcomes: list[RecordOutcome]) -> dict[str, Any]:
+    """The confirmed records' part of a plan: their keys, how many were unchanged or deleted, their fingerprints."""
     confirmed = [o.record for o in outcomes if o.rejection is None]
-    unchanged = sum(1 for record in confirmed if record.unchanged)
-    return tuple(record.key for record in confirmed), unchanged, to_remember(confirmed)
+    return {
+        "confirmed_keys": tuple(record.key for record in confirmed),
+        "unchanged": sum(1 for record in confirmed if record.unchanged),
+        "deleted": sum(1 for record in confirmed if record.delete and not record.unchanged),
+        "fingerprints": to_remember(confirmed),
+    }
 
 
 # A request carries at most batch_size records to send, and the unchanged records read between them
@@ -84,23 +91,17 @@ def plan_batch(outcomes: list[RecordOutcome], *, pause_on_error: bool) -> BatchP
         for index, outcome in enumerate(outcomes):
             if outcome.rejection is not None:
                 before = outcomes[:index]
-                confirmed, unchanged, fingerprints = _confirmed(before)
                 return BatchPlan(
                     new_position=before[-1].record.position if before else None,
-                    confirmed_keys=confirmed,
                     rejected=((outcome.record, outcome.rejection),),
                     held=(outcome.record, outcome.rejection),
-                    unchanged=unchanged,
-                    fingerprints=fingerprints,
+                    **_confirmed(before),
                 )
-    confirmed, unchanged, fingerprints = _confirmed(outcomes)
     return BatchPlan(
         new_position=outcomes[-1].record.position,
-        confirmed_keys=confirmed,
         rejected=tuple((o.record, o.rejection) for o in outcomes if o.rejection is not None),
         held=None,
-        unchanged=unchanged,
-        fingerprints=fingerprints,
+        **_confirmed(outcomes),
     )
 
 
@@ -111,12 +112,14 @@ class RunTally:
     batches: int = 0
     exported: int = 0
     unchanged: int = 0  # confirmed without being sent: Salesforce held their payload already
+    deleted: int = 0  # source rows marked deleted whose Salesforce record is deleted (or was gone already)
     errors_by_code: Counter[str] = field(default_factory=Counter)
 
     def add(self, plan: BatchPlan) -> None:
         self.batches += 1
         self.exported += plan.exported
         self.unchanged += plan.unchanged
+        self.deleted += plan.deleted
         for _, rejection in plan.rejected:
             self.errors_by_code[rejection.code] += 1
 

@@ -33,11 +33,12 @@ class JobRecord:
     position: tuple[Any, ...]
     external_id: str | None
     rejection: RejectedRecord | None = None  # the mapping's: the record could not be sent
-    # Set only for a record a CSV cannot carry exactly (``values.NotInCsv``): it goes through sObject
-    # Collections beside the job, so this payload is what is sent.
+    # Set only for a record a CSV cannot carry exactly (``values.NotInCsv``) or one to delete: it goes through
+    # sObject Collections beside the job, so this payload is what is sent.
     outside_payload: dict[str, Any] | None = None
     fingerprint: int | None = None  # of the payload, written when Salesforce confirms it
     unchanged: bool = False  # Salesforce confirmed this payload last: not in the CSV, confirmed as it is
+    delete: bool = False  # marked deleted in the source: deleted beside the job (``outside_payload``)
 
     @property
     def sent(self) -> bool:
@@ -71,6 +72,13 @@ class JobData:
             self.records.append(JobRecord(record.key, record.position, record.external_id, unchanged=True))
             return True
         fingerprint = record.fingerprint
+        if record.delete:  # deleted through sObject Collections, beside the job (an upsert job cannot delete)
+            self.records.append(
+                JobRecord(
+                    record.key, record.position, record.external_id, None, record.payload, fingerprint, delete=True
+                )
+            )
+            return True
         try:
             line = csv_row(record.payload, self.columns).encode("utf-8")
         except NotInCsv:

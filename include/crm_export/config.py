@@ -232,6 +232,15 @@ class Lookup:
 FieldMapping = Annotated[FieldSettings, BeforeValidator(_field_shorthand)]
 
 
+class DeletesSettings(BaseModel):
+    """Which source rows are deleted in Salesforce: those whose ``column`` marks them deleted (not null, or true
+    for a boolean column; :func:`include.crm_export.mapping.marked_deleted`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    column: SqlIdentifier
+
+
 class ChangeStampSettings(BaseModel):
     """How the change column (the first ``order_by`` column) gets its values; see README, "Late rows"."""
 
@@ -252,6 +261,7 @@ class StreamSettings(RunLimits):
     external_id: ExternalIdSettings
     fields: dict[SalesforceName, FieldMapping]
     mode: Literal["upsert", "update", "insert"] = "upsert"
+    deletes: DeletesSettings | None = None
     change_stamp: ChangeStampSettings = ChangeStampSettings()
     lock_stale_after_minutes: Annotated[Number, Field(ge=0.01)] | None = None
 
@@ -333,6 +343,9 @@ class Stream(RunLimits):
     keep_when_null: frozenset[str] = frozenset()  # fields with on_null: keep
     lookups: tuple[Lookup, ...] = ()  # fields set by a parent's external id, in file order
     mode: str = "upsert"  # upsert, update (never creates) or insert (creates only)
+    # The column that marks a row deleted (its record is then deleted in Salesforce, in every mode); None: rows
+    # are never deleted in Salesforce.
+    deletes_column: str | None = None
     change_stamp: ChangeStamp = Field(default_factory=lambda: ChangeStamp())
     lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
 
@@ -344,6 +357,8 @@ class Stream(RunLimits):
     def source_columns(self) -> tuple[str, ...]:
         """Every column the export reads, each once, in a stable order."""
         wanted = [*self.order_by, self.key, self.external_id_column, *(column for _, column in self.fields)]
+        if self.deletes_column is not None:
+            wanted.append(self.deletes_column)
         return tuple(dict.fromkeys(wanted))
 
     @property
@@ -383,6 +398,7 @@ _SHAPES = {
     "external_id": "must be {field: <Salesforce external id field>, column: <source column>}",
     "fields": "must map Salesforce field names to source columns (or to {column: <column>, on_null: keep})",
     "order_by": "must be a list of columns, for example [updated_at, id]",
+    "deletes": "must be {column: <the column that marks a row deleted>}, for example {column: deleted_at}",
 }
 
 
@@ -442,6 +458,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         keep_when_null=frozenset(sf_field for sf_field, field in settings.fields.items() if field.on_null == "keep"),
         lookups=_lookups(name, settings),
         mode=settings.mode,
+        deletes_column=settings.deletes.column if settings.deletes is not None else None,
         change_stamp=_change_stamp(name, settings.change_stamp),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes

@@ -21,7 +21,7 @@ from include.crm_export.names import (
     REEXPORT_DAG_ID,
     SCHEMA,
 )
-from include.crm_export.quoting import one_line, shown, sql_literal
+from include.crm_export.quoting import one_line, sentence, shown, sql_literal
 
 CAUGHT_UP = "caught up"
 HELD = "held at a rejected record (pause on error)"
@@ -60,7 +60,8 @@ class HeldRecord:
         else:
             what = (
                 f"{where}: Salesforce rejected it with "
-                f"{one_line(self.rejection.describe())}. Records before it are exported; the watermark stays on it, "
+                f"{sentence(one_line(self.rejection.describe()))} Records before it are exported; the watermark stays "
+                "on it, "
                 "so nothing after it is skipped. Fix the cause in Salesforce or in the source row, then clear this "
                 f"task (or wait for the next run) to retry it first. To skip it for now instead, set the Variable "
                 f"{PAUSE_ON_ERROR_VARIABLE} to false (Salesforce stays incomplete until it is re-exported). Details: "
@@ -184,7 +185,7 @@ class ExportResult:
     def summary(self) -> str:
         text = (
             f"Stream '{self.stream}': exported {self.tally.exported} record(s) in {self.tally.batches} batch(es); "
-            f"unchanged (not sent): {self.tally.unchanged}; "
+            f"unchanged (not sent): {self.tally.unchanged}; deleted: {self.tally.deleted}; "
             f"rejected records: {self.tally.errors} ({self.tally.errors_text()}); stopped: {self.stopped_because}."
         )
         if self.held:
@@ -269,7 +270,7 @@ def stream_state(result: ExportResult, stream: Stream) -> str:
     """held:<record>, rejecting (pause on error off, too many rejected), or ok."""
     if result.held is not None:
         return f"held:{result.held.record_key}"
-    sent = result.tally.exported + result.tally.errors
+    sent = result.tally.exported + result.tally.deleted + result.tally.errors
     if not result.pause_on_error and sent and result.tally.errors * 100 > stream.alert_rejected_percent * sent:
         return REJECTING
     return OK
@@ -286,7 +287,7 @@ def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | No
             state, f"{EXPORT_DAG_ID}: {name} is held at record {shown(result.held.record_key)}", result.held.message()
         )
     if state == REJECTING:
-        sent = result.tally.exported + result.tally.errors
+        sent = result.tally.exported + result.tally.deleted + result.tally.errors
         return Alert(
             state,
             f"{EXPORT_DAG_ID}: {name} rejected {result.tally.errors} of {sent} records",

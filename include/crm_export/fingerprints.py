@@ -41,9 +41,12 @@ def _hash64(text: str, *, person: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=person).digest(), "big")
 
 
-def payload_fingerprint(payload: Mapping[str, Any]) -> int:
-    """The fingerprint of a payload as sent (field order does not matter, values do, exactly)."""
+def payload_fingerprint(payload: Mapping[str, Any], *, delete: bool = False) -> int:
+    """The fingerprint of a payload as sent (field order does not matter, values do, exactly); ``delete``: of the
+    record deleted, which no payload sent can hash to."""
     text = exact_json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if delete:
+        text = "deleted:" + text
     return _hash64(text, person=b"crm-export-fp") - _SIGNED
 
 
@@ -74,7 +77,7 @@ def with_fingerprints(
         if record.payload is None or record.external_id is None:
             marked.append(record)
             continue
-        fingerprint = payload_fingerprint(record.payload)
+        fingerprint = payload_fingerprint(record.payload, delete=record.delete)
         unchanged = confirmed is not None and confirmed.get(match_key(record.external_id)) == fingerprint
         marked.append(replace(record, fingerprint=fingerprint, unchanged=unchanged))
     return marked

@@ -36,6 +36,9 @@ class SourceRecord:
     rejection: RejectedRecord | None = None
     fingerprint: int | None = None  # of the payload (fingerprints.py), once looked at
     unchanged: bool = False  # Salesforce confirmed exactly this payload last: nothing to send
+    # The row is marked deleted (the stream's ``deletes``): its Salesforce record is deleted, found by its external
+    # id; the payload then holds only the external id.
+    delete: bool = False
 
     def why_not_sent(self) -> RejectedRecord:
         """Why a record with no payload cannot be sent (every such record carries its rejection)."""
@@ -74,6 +77,8 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
         )
     external_id = str(raw_external_id)
     payload: dict[str, Any] = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
+    if stream.deletes_column is not None and marked_deleted(row[stream.deletes_column]):
+        return SourceRecord(key, position, external_id, payload, delete=True)
     relationships = getattr(field_types, "relationships", None) or {}
     for sf_field, column in stream.fields:
         lookup = stream.lookup(sf_field) if stream.lookups else None
@@ -94,6 +99,14 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
                 RejectedRecord(INVALID_SOURCE_VALUE, f"Source column {column}: {exc}", (sf_field,)),
             )
     return SourceRecord(key, position, external_id, payload)
+
+
+def marked_deleted(value: Any) -> bool:
+    """Whether a ``deletes`` column's value marks its row deleted: true in a boolean column, any value but NULL
+    in another (``deleted_at``). A boolean NULL or false is a row that is not deleted."""
+    if isinstance(value, bool):
+        return value
+    return value is not None
 
 
 def _no_value(value: Any, is_lookup: bool) -> bool:

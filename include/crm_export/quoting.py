@@ -75,3 +75,9 @@ _SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"
 def soql_literal(text: str) -> str:
     """``text`` as a SOQL string literal ("Quoted String Escape Sequences", SOQL and SOSL Reference)."""
     return "'" + "".join(_SOQL_ESCAPES.get(char, char) for char in text) + "'"
+
+
+def sentence(text: str) -> str:
+    """Text ending as a sentence ends (a period unless it ends with one, or with ! or ?), so prose can follow."""
+    text = text.rstrip()
+    return text if not text or text[-1] in ".!?" else f"{text}."

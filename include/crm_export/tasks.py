@@ -134,6 +134,7 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
             "stopped_because": result.stopped_because,
             "held": result.held is not None,
             "unchanged": result.tally.unchanged,
+            "deleted": result.tally.deleted,
         },
     )
     if result.held is not None:
@@ -144,6 +145,7 @@ def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, A
         "stream": stream_name,
         "exported": result.tally.exported,
         "unchanged": result.tally.unchanged,
+        "deleted": result.tally.deleted,
         "rejected_by_code": dict(result.tally.errors_by_code),
         "stopped_because": result.stopped_because,
         "pause_on_error": result.pause_on_error,

@@ -7,6 +7,8 @@
 - ``insert``: creates only. A record Salesforce has already is left as it is:
   not sent, counted as unchanged, the watermark passes it.
 
+A record to delete is deleted in every mode (``deletes.py``).
+
 Whether Salesforce has a record is asked with one SOQL query per request
 (``CollectionWriter.existing``), just before the records are sent.
 """
@@ -39,7 +41,7 @@ def apply_mode(
         return records
     out = []
     for record in records:
-        if record.payload is None or record.unchanged or record.external_id is None:
+        if record.payload is None or record.unchanged or record.external_id is None or record.delete:
             out.append(record)
             continue
         there = match_key(record.external_id) in existing

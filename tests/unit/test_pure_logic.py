@@ -161,7 +161,7 @@ def test_values_go_out_as_the_salesforce_field_takes_them(value, field_type, sen
     ],
 )
 def test_values_a_salesforce_field_would_refuse_become_rejected_records_naming_the_column(value, field_type, says):
-    stream = STREAM.model_copy(update={"fields": (("X__c", "x"),)})
+    stream = STREAM.model_copy(update={"fields": (("X__c", "x"),), "deletes_column": None})
     row = {"updated_at": datetime(2026, 1, 1, tzinfo=UTC), "id": 7, "x": value}
     record = map_row(stream, row, {"X__c": field_type})
     assert record.payload is None

@@ -95,6 +95,8 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
     where_used = {stream.key: "key", stream.external_id_column: "external_id.column"}
     where_used.update({column: "order_by" for column in stream.order_by})
     where_used.update({column: f"fields.{sf_field}" for sf_field, column in stream.fields})
+    if stream.deletes_column is not None:
+        where_used.setdefault(stream.deletes_column, "deletes.column")
     for column in stream.source_columns:
         if column not in types:
             raise StreamConfigError(
@@ -109,6 +111,15 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
                 f"would never be exported. Make it NOT NULL (ALTER TABLE {stream.source} ALTER COLUMN {column} SET "
                 "NOT NULL), or export a view that fills it (for example COALESCE(updated_at, created_at))."
             )
+    deletes = stream.deletes_column
+    never_null = {name for name, _kind, not_null, _relkind in rows if not_null}
+    if deletes is not None and types[deletes] != "boolean" and deletes in never_null:
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'deletes.column': column '{deletes}' of "
+            f"{stream.source} is {types[deletes]} and never NULL, so every row would count as deleted (a row is "
+            "deleted when the column is not NULL, or true for a boolean column). Name the column that is set "
+            "only when a row is deleted, for example deleted_at."
+        )
     for lookup in stream.lookups:
         if lookup.parent is not None:
             _check_lookup_type(conn, stream, lookup, types[lookup.column])

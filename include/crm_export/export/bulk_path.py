@@ -327,7 +327,14 @@ class BulkPath:
             # What Salesforce confirmed: the job's row, or for a record sent again, the version sent again.
             fingerprint = row.fingerprint if index in retried and row is not None else record.fingerprint
             sent = SourceRecord(
-                record.key, record.position, record.external_id, payload, None, fingerprint, record.unchanged
+                record.key,
+                record.position,
+                record.external_id,
+                payload,
+                None,
+                fingerprint,
+                record.unchanged,
+                record.delete,
             )
             outcomes.append(RecordOutcome(sent, rejection))
         job_id = job.job_id
@@ -367,7 +374,8 @@ class BulkPath:
         return matched.rejected
 
     def _send_beside_the_job(self, job: _Job, rejected: dict[int, RejectedRecord]) -> None:
-        """Send the records a CSV cannot carry exactly (``values.NotInCsv``) through sObject Collections.
+        """Send the records a CSV cannot carry exactly (``values.NotInCsv``), and delete those marked deleted,
+        through sObject Collections.
 
         They were read with the job, so no other job or request holds them; they
         are sent once the job is done and committed with it, in source order.
@@ -376,7 +384,7 @@ class BulkPath:
         for start in range(0, len(beside), MAX_BATCH_SIZE):
             indexes = beside[start : start + MAX_BATCH_SIZE]
             records = [job.records[index] for index in indexes]
-            sent = [SourceRecord(r.key, r.position, r.external_id, r.outside_payload) for r in records]
+            sent = [SourceRecord(r.key, r.position, r.external_id, r.outside_payload, delete=r.delete) for r in records]
             for index, outcome in zip(indexes, self.run.writer.send(sent), strict=True):
                 if outcome.rejection is not None:
                     rejected[index] = outcome.rejection

@@ -17,6 +17,7 @@ from include.crm_export import exact_json
 from include.crm_export.batch import RecordOutcome
 from include.crm_export.concurrency import LOCK_CODES, Concurrency
 from include.crm_export.config import Stream
+from include.crm_export.deletes import delete_refusal
 from include.crm_export.errors import (
     NotFound,
     RejectedRecord,
@@ -128,57 +129,80 @@ class CollectionWriter:
             self.requests_sent += 1
 
     def send(self, records: list[SourceRecord], *, counted: bool = False) -> list[RecordOutcome]:
-        """Upsert the records that have a payload; every record gets an outcome, in order.
+        """Upsert the records that have a payload, and delete those marked deleted; every record gets an outcome,
+        in order.
 
         A record the mapping could not turn into a payload keeps its rejection
-        and is not sent; an unchanged one is confirmed without being sent.
+        and is not sent; an unchanged one is confirmed without being sent. A
+        record to delete is found by its external id (one query, with the
+        mode's); one Salesforce does not have counts as deleted (``deletes.py``).
         ``counted``: its first request was counted ahead by :meth:`count_request`.
         """
         self._local.counted_ahead = 1 if counted else 0
-        if self.stream is not None and asks_salesforce(self.stream):
-            records = apply_mode(self.stream, records, self.existing(records), self.match_key)
+        asks = self.stream is not None and asks_salesforce(self.stream)
+        ids = self.salesforce_ids([r for r in to_send(records) if asks or r.delete])
+        if asks:
+            assert self.stream is not None
+            records = apply_mode(self.stream, records, set(ids), self.match_key)
         sendable = to_send(records)
-        if counted and not sendable:  # nothing to send after all
+        upserts = [r.payload for r in sendable if not r.delete and r.payload is not None]
+        found = [ids[key] for key in (self._match(r) for r in sendable if r.delete) if key in ids]
+        upserted = iter(self.upsert(upserts) if upserts else [])
+        deleted = dict(zip(found, self.delete(found), strict=True)) if found else {}
+        if getattr(self._local, "counted_ahead", 0):  # counted ahead, and nothing was sent after all
+            self._local.counted_ahead = 0
             with self._lock:
                 self.requests_sent -= 1
-        answers = iter(self.upsert([r.payload for r in sendable if r.payload is not None]) if sendable else [])
         outcomes = []
         for record in records:
             if record.payload is None:
                 outcomes.append(RecordOutcome(record, record.rejection))
-                continue
-            if record.unchanged:
+            elif record.unchanged:
                 outcomes.append(RecordOutcome(record, None))  # Salesforce holds this payload already
-                continue
-            answer = next(answers)
-            outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
+            elif record.delete:
+                answer = deleted.get(ids.get(self._match(record), ""))
+                refused = answer if isinstance(answer, RejectedRecord) else None
+                rejection = None if refused is None else delete_refusal(self._stream(), record.external_id, refused)
+                outcomes.append(RecordOutcome(record, rejection))  # no answer: Salesforce had no such record
+            else:
+                answer = next(upserted)
+                outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
         return outcomes
+
+    def _stream(self) -> Stream:
+        if self.stream is None:
+            raise ValueError("a writer deletes only for a stream (it names the external id field)")
+        return self.stream
+
+    def _match(self, record: SourceRecord) -> str:
+        return self.match_key(record.external_id or "")
 
     def match_key(self, external_id: str) -> str:
         """An external id as this org matches it (case-insensitively unless the field is case sensitive)."""
         return external_id_match_key(external_id, case_sensitive=self.external_id_case_sensitive)
 
-    def existing(self, records: list[SourceRecord]) -> set[str]:
-        """The external ids (as Salesforce matches them) of these records that Salesforce has: one SOQL query,
-        more only when the ids are too long for one ("SOQL and SOSL Limits": a WHERE clause of at most 4,000
-        characters)."""
-        wanted = sorted({r.external_id for r in to_send(records) if r.external_id})
-        if not wanted or self.stream is None:
-            return set()
-        field = self.stream.external_id_field
-        found: set[str] = set()
+    def salesforce_ids(self, records: list[SourceRecord]) -> dict[str, str]:
+        """The Salesforce Ids of these records that Salesforce has, by external id as Salesforce matches it: one
+        SOQL query, more only when the ids are too long for one ("SOQL and SOSL Limits": a WHERE clause of at
+        most 4,000 characters). A record in the Recycle Bin is not found (a query leaves deleted records out)."""
+        wanted = sorted({r.external_id for r in records if r.external_id})
+        if not wanted:
+            return {}
+        stream = self._stream()
+        field = stream.external_id_field
+        found: dict[str, str] = {}
         for chunk in _in_lists([str(x) if self.external_id_numeric else soql_literal(x) for x in wanted]):
-            soql = f"SELECT {field} FROM {self.stream.sobject} WHERE {field} IN ({chunk})"
+            soql = f"SELECT Id, {field} FROM {stream.sobject} WHERE {field} IN ({chunk})"
             for row in self._query(soql).get("records", []):
                 # Salesforce names the field as its setup does, whatever the case streams.yml wrote it in.
                 value = next((v for k, v in row.items() if k.lower() == field.lower()), None)
                 if value is not None:
-                    found.add(self.match_key(str(value)))
+                    found[self.match_key(str(value))] = str(row["Id"])
         return found
 
     def _query(self, soql: str) -> dict[str, Any]:
-        assert self.stream is not None
-        doing = f"find which records Salesforce has (stream '{self.stream.name}', mode: {self.stream.mode})"
+        stream = self._stream()
+        doing = f"find which records Salesforce has (stream '{stream.name}', mode: {stream.mode})"
         for attempt in range(2):
             with self._lock:
                 self.requests_sent += 1
@@ -195,12 +219,23 @@ class CollectionWriter:
         raise AssertionError("unreachable")
 
     def upsert(self, payloads: list[dict[str, Any]]) -> list[Result]:
-        if len(payloads) > MAX_BATCH_SIZE:
+        """Upsert by external id (``PATCH composite/sobjects/<object>/<field>``): a result per payload, in order."""
+        return self._write(_Call("PATCH", self.path, "upsert"), payloads)
+
+    def delete(self, ids: list[str]) -> list[Result]:
+        """Delete by Salesforce Id (``DELETE composite/sobjects?ids=…&allOrNone=false``, "Delete Records Using
+        sObject Collections"): a result per Id, in order."""
+        return self._write(_Call("DELETE", "composite/sobjects", "delete"), ids)
+
+    def _write(self, call: _Call, items: list[Any]) -> list[Result]:
+        """One sObject Collections call for ``items`` (at most 200), its transient record errors retried (those
+        records only, with exponential backoff) before they count."""
+        if len(items) > MAX_BATCH_SIZE:
             raise ValueError(f"sObject Collections take at most {MAX_BATCH_SIZE} records per request")
-        results: list[Result | None] = [None] * len(payloads)
-        pending = list(range(len(payloads)))
+        results: list[Result | None] = [None] * len(items)
+        pending = list(range(len(items)))
         for attempt in range(self.transient_retries + 1):
-            answers = self._upsert_retrying([payloads[i] for i in pending])
+            answers = self._write_retrying(call, [items[i] for i in pending])
             retry = []
             reason = ""
             for index, answer in zip(pending, answers, strict=True):
@@ -220,12 +255,12 @@ class CollectionWriter:
             pending = retry
         return results  # type: ignore[return-value]
 
-    def _upsert_retrying(self, payloads: list[dict[str, Any]]) -> list[Result]:
+    def _write_retrying(self, call: _Call, items: list[Any]) -> list[Result]:
         """A request Salesforce could not serve (5xx, too many long-running requests) is sent again, after a
         pause and with fewer requests in flight, up to ``request_retries`` times; then it fails the run."""
         for attempt in range(self.request_retries + 1):
             try:
-                return self._upsert_isolating(payloads)
+                return self._write_isolating(call, items)
             except ServerBusy as busy:
                 self._trouble(f"HTTP {busy.status} {busy.code}")
                 if attempt == self.request_retries:
@@ -237,23 +272,23 @@ class CollectionWriter:
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _upsert_isolating(self, payloads: list[dict[str, Any]]) -> list[Result]:
+    def _write_isolating(self, call: _Call, items: list[Any]) -> list[Result]:
         try:
-            return self._send(payloads)
+            return self._send(call, items)
         except _WholeRequestRejected as rejected:
             split = _Split()
-            results = self._isolate(payloads, rejected, split, same_levels=0)
+            results = self._isolate(call, items, rejected, split, same_levels=0)
             log.info(
                 "Salesforce refused a request of %d records with %s; isolating the record(s) it was about took "
                 "%d more request(s)",
-                len(payloads),
+                len(items),
                 rejected.as_record_error().code,
                 split.requests,
             )
             return results
 
     def _isolate(
-        self, payloads: list[dict[str, Any]], rejected: _WholeRequestRejected, split: _Split, *, same_levels: int
+        self, call: _Call, items: list[Any], rejected: _WholeRequestRejected, split: _Split, *, same_levels: int
     ) -> list[Result]:
         """Halve a refused request until the refusal is pinned on records, or shown to be no record's fault.
 
@@ -266,15 +301,15 @@ class CollectionWriter:
         access to, a mapping Salesforce cannot take), not one rejected record
         per row. That costs at most a few requests instead of up to 399.
         """
-        if len(payloads) == 1:
+        if len(items) == 1:
             return [rejected.as_record_error()]
-        middle = len(payloads) // 2
-        halves = (payloads[:middle], payloads[middle:])
+        middle = len(items) // 2
+        halves = (items[:middle], items[middle:])
         answers: list[list[Result] | _WholeRequestRejected] = []
         for half in halves:
             split.requests += 1
             try:
-                answers.append(self._send(half))
+                answers.append(self._send(call, half))
             except _WholeRequestRejected as refused:
                 answers.append(refused)
         every_part_same = all(
@@ -286,23 +321,33 @@ class CollectionWriter:
         results: list[Result] = []
         for half, answer in zip(halves, answers, strict=True):
             if isinstance(answer, _WholeRequestRejected):
-                results += self._isolate(half, answer, split, same_levels=levels)
+                results += self._isolate(call, half, answer, split, same_levels=levels)
             else:
                 results += answer
         return results
 
-    def _send(self, payloads: list[dict[str, Any]], *, renewed: bool = False) -> list[Result]:
-        body = self.request_body(payloads)
-        refused: SalesforceError | None = None
+    def _count_this_request(self) -> None:
         if getattr(self._local, "counted_ahead", 0):
             self._local.counted_ahead = 0
         else:
             with self._lock:
                 self.requests_sent += 1
+
+    def _send(self, call: _Call, items: list[Any], *, renewed: bool = False) -> list[Result]:
+        body: dict[str, Any]
+        sent: dict[str, Any]
+        if call.method == "DELETE":
+            body = {"ids": ",".join(items), "allOrNone": "false"}
+            sent = {"params": body}
+        else:
+            body = self.request_body(items)
+            # Serialized here, so numerics go out exactly (simple-salesforce would pass them through float).
+            sent = {"data": exact_json.dumps(body)}
+        refused: SalesforceError | None = None
+        self._count_this_request()
         started = time.monotonic()
         try:
-            # Serialized here, so numerics go out exactly (simple-salesforce would pass them through float).
-            answer = self.sf.restful(self.path, method="PATCH", data=exact_json.dumps(body))
+            answer = self.sf.restful(call.path, method=call.method, **sent)
         except SalesforceError as exc:
             refused = exc
         except requests.exceptions.Timeout:
@@ -317,36 +362,46 @@ class CollectionWriter:
         if refused is not None:
             # Handled outside the except clause, so what it raises does not chain the client's exception.
             if self.trace is not None:
-                self.trace("PATCH", self.path, body, {"http_status": refused.status, "body": refused.content})
-            return self._after_refusal(refused, payloads, renewed=renewed)
+                self.trace(call.method, call.path, body, {"http_status": refused.status, "body": refused.content})
+            return self._after_refusal(call, refused, items, renewed=renewed)
         if self.trace is not None:
-            self.trace("PATCH", self.path, body, answer)
-        if not isinstance(answer, list) or len(answer) != len(payloads):
+            self.trace(call.method, call.path, body, answer)
+        if not isinstance(answer, list) or len(answer) != len(items):
             raise RequestFailed(
                 f"Salesforce answered {len(answer) if isinstance(answer, list) else 'no list of'} results "
-                f"for {len(payloads)} records"
+                f"for {len(items)} records"
             )
         results = [_result(item) for item in answer]
         self._answered(time.monotonic() - started, results)
         return results
 
-    def _after_refusal(self, exc: SalesforceError, payloads: list[dict[str, Any]], *, renewed: bool) -> list[Result]:
+    def _after_refusal(self, call: _Call, exc: SalesforceError, items: list[Any], *, renewed: bool) -> list[Result]:
         """A refused request: split it (400), renew the session (401), or fail the request."""
+        doing = f"{call.doing} through sObject Collections"
         if isinstance(exc, SalesforceMalformedRequest):
             raise _WholeRequestRejected(exc.content)
         if isinstance(exc, SalesforceExpiredSession):
             if self.renewer is not None and not renewed:
                 log.warning("Salesforce session expired; renewing it through the connection's OAuth client")
                 self.renewer.renew(self.sf)
-                return self._send(payloads, renewed=True)
-            raise refusal(exc, doing="upsert through sObject Collections")
-        failure = refusal(exc, doing="upsert through sObject Collections")
+                return self._send(call, items, renewed=True)
+            raise refusal(exc, doing=doing)
+        failure = refusal(exc, doing=doing)
         if isinstance(failure, NotFound):
             raise StreamConfigError(
-                f"Salesforce answered 404 for {self.path}: {error_message(exc.content)}. "
+                f"Salesforce answered 404 for {call.path}: {error_message(exc.content)}. "
                 "Check the stream's sobject and external_id.field in streams.yml."
             )
         raise failure
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One kind of sObject Collections request: its method, its path, what it does (for messages)."""
+
+    method: str
+    path: str
+    doing: str
 
 
 # Halvings in a row whose every part Salesforce refused for the request's own reason: then it is a request failure.
