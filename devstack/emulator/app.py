@@ -427,10 +427,13 @@ async def admin_timing(request: Request) -> Response:
 async def admin_bulk(request: Request) -> Response:
     """Make the next Bulk API 2.0 job on an object fail after N records ({"object", "fail_after_records"}) or
     complete without recording the results of the records after N ({"object", "unrecorded_after_records"});
-    or set how long ended jobs are kept ({"retention_seconds"})."""
+    or set how long ended jobs are kept ({"retention_seconds"}), or whether the user has the Bulk API Hard Delete
+    permission ({"hard_delete_allowed": true})."""
     raw = await request.json()
     org: Org = request.app.state.org
-    if "retention_seconds" in raw:
+    if "hard_delete_allowed" in raw:
+        org.hard_delete_allowed = bool(raw["hard_delete_allowed"])
+    elif "retention_seconds" in raw:
         org.bulk.retention_seconds = float(raw["retention_seconds"])
     elif "unrecorded_after_records" in raw:
         org.bulk_failures[str(raw["object"])] = (int(raw["unrecorded_after_records"]), "unrecorded")

@@ -78,6 +78,7 @@ class Org:
         """Forget records, rules, counters and extra sessions; keep the objects."""
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.objects}
         self.recycle_bin: dict[str, str] = {}  # deleted record id -> its object
+        self.hard_delete_allowed = False  # the integration user's "Bulk API Hard Delete" permission
         self.by_external_id: dict[tuple[str, str], dict[str, str]] = {}
         self.record_rules: list[RecordRule] = []
         self.faults: list[Fault] = []

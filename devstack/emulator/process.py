@@ -237,6 +237,10 @@ class EmulatorAdmin:
         """Ended Bulk API 2.0 jobs are deleted after ``seconds`` (Salesforce: 7 days); then they answer 404."""
         self._call("POST", "bulk", json={"retention_seconds": seconds})
 
+    def allow_hard_delete(self, allowed: bool = True) -> None:
+        """Give (or take) the integration user the Bulk API Hard Delete permission (``hardDelete`` jobs)."""
+        self._call("POST", "bulk", json={"hard_delete_allowed": allowed})
+
     def timing(self) -> dict[str, Any]:
         """The timing in force and the most requests served at once since it was set."""
         return self._call("GET", "timing")

@@ -167,3 +167,48 @@ def test_an_ended_job_is_deleted_after_the_retention_then_answers_404(sf, emulat
     gone = rest(sf, "GET", f"jobs/ingest/{job_id}")
     assert gone.status_code == 404
     assert gone.json()[0]["errorCode"] == "NOT_FOUND"
+
+
+def _ids_csv(ids) -> str:
+    return "Id\n" + "".join(f"{i}\n" for i in ids)
+
+
+def test_a_delete_job_deletes_by_id_through_simple_salesforces_bulk2_and_says_which_it_could_not(sf, emulator):
+    """Bulk API 2.0 ``delete`` ("Create a Job": operation; "Prepare CSV Files": one Id column): what it deletes
+    goes to the Recycle Bin (a GET by Id answers ENTITY_IS_DELETED), a record a delete rule protects and one
+    deleted already come back as failed records with their codes."""
+    sf.bulk2.Contact.upsert(records=rows(contacts_csv(range(1, 6))), external_id_field=EXT, wait=0.1)
+    ids = {r[EXT]: r["Id"] for r in emulator.records("Contact")}
+    emulator.delete_record("Contact", ids["4"])  # in the Recycle Bin already
+    emulator.add_rule(cause="delete_blocked", on="delete", when={"field": EXT, "op": "eq", "value": "2"})
+
+    (result,) = sf.bulk2.Contact.delete(records=rows(_ids_csv(ids[k] for k in ("1", "2", "3", "4"))), wait=0.1)
+
+    assert (result["numberRecordsProcessed"], result["numberRecordsFailed"]) == (4, 2)
+    failed = {
+        r["Id"]: r["sf__Error"].split(":")[0] for r in rows(sf.bulk2.Contact.get_failed_records(result["job_id"]))
+    }
+    assert failed == {ids["2"]: "DELETE_FAILED", ids["4"]: "ENTITY_IS_DELETED"}
+    successful = rows(sf.bulk2.Contact.get_successful_records(result["job_id"]))
+    assert sorted(r["sf__Id"] for r in successful) == sorted([ids["1"], ids["3"]])
+    assert sorted(r[EXT] for r in emulator.records("Contact")) == ["2", "5"]
+    gone = rest(sf, "GET", f"sobjects/Contact/{ids['1']}")
+    assert (gone.status_code, gone.json()[0]["errorCode"]) == (404, "ENTITY_IS_DELETED")
+
+
+def test_a_hard_delete_needs_its_permission_and_leaves_nothing_in_the_recycle_bin(sf, emulator):
+    sf.bulk2.Contact.upsert(records=rows(contacts_csv(range(1, 3))), external_id_field=EXT, wait=0.1)
+    ids = {r[EXT]: r["Id"] for r in emulator.records("Contact")}
+    body = {"object": "Contact", "operation": "hardDelete", "contentType": "CSV"}
+    refused = rest(sf, "POST", "jobs/ingest", json=body)
+    assert refused.status_code == 400
+    assert refused.json()[0]["errorCode"] == "INVALIDJOB"
+    assert "Bulk API Hard Delete" in refused.json()[0]["message"]
+
+    emulator.allow_hard_delete()
+    (result,) = sf.bulk2.Contact.hard_delete(records=rows(_ids_csv([ids["1"]])), wait=0.1)
+
+    assert (result["numberRecordsProcessed"], result["numberRecordsFailed"]) == (1, 0)
+    assert [r[EXT] for r in emulator.records("Contact")] == ["2"]
+    gone = rest(sf, "GET", f"sobjects/Contact/{ids['1']}")
+    assert (gone.status_code, gone.json()[0]["errorCode"]) == (404, "NOT_FOUND")
