@@ -228,10 +228,12 @@ class EmbeddedPostgres:
             # the WAL before they return) but not a power loss; fine for local
             # runs and tests, never used in a deployment. Prepared transactions
             # are allowed so tests can hold one open, as a two-phase-commit
-            # writer does.
+            # writer does. wal_level=logical: a stream may follow a table
+            # through logical decoding (capture: logical).
             options = (
                 f"-p {port} -c listen_addresses=127.0.0.1 -k {self.socket_dir} "
-                "-c fsync=off -c max_connections=200 -c shared_buffers=128MB -c max_prepared_transactions=20"
+                "-c fsync=off -c max_connections=200 -c shared_buffers=128MB -c max_prepared_transactions=20 "
+                "-c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
             )
             result = self._pg(
                 "pg_ctl",

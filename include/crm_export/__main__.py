@@ -28,7 +28,7 @@ from typing import Any
 
 from include.crm_export import metrics
 from include.crm_export.config import load_streams, stream_definition
-from include.crm_export.db import export_errors, fingerprints, source, watermarks
+from include.crm_export.db import capture, export_errors, fingerprints, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.errors import CrmExportError
@@ -188,6 +188,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    stream = load_streams()[args.stream]
+    with Database().connect(application_name=f"crm-export {stream.name} capture") as conn:
+        migrate(conn)
+        done = capture.setup(conn, stream) if args.action == "setup" else capture.drop(conn, stream)
+    print(f"Stream '{stream.name}': {done}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m include.crm_export", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +239,12 @@ def main() -> int:
     reposition.add_argument("--reason", help="why, for the audit log")
     reposition.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reposition.set_defaults(handler=cmd_reposition)
+    capture_parser = sub.add_parser(
+        "capture", help="set up (or drop) a capture: logical stream's publication and replication slot"
+    )
+    capture_parser.add_argument("action", choices=["setup", "drop"])
+    capture_parser.add_argument("--stream", required=True)
+    capture_parser.set_defaults(handler=cmd_capture)
     migrate_parser = sub.add_parser("migrate", help="bring the crm_export schema up to date")
     migrate_parser.set_defaults(handler=cmd_migrate)
     args = parser.parse_args()

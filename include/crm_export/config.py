@@ -256,16 +256,20 @@ class StreamSettings(RunLimits):
 
     source: str
     key: SqlIdentifier
-    order_by: list[SqlIdentifier]
+    order_by: list[SqlIdentifier] | None = None  # required unless capture: logical
     sobject: SalesforceName
     external_id: ExternalIdSettings
     fields: dict[SalesforceName, FieldMapping]
     mode: Literal["upsert", "update", "insert"] = "upsert"
     deletes: DeletesSettings | None = None
+    # timestamp: follow the change column (order_by); logical: follow the table's commit order through logical
+    # decoding (capture.py), deletes included, no order_by.
+    capture: Literal["timestamp", "logical"] = "timestamp"
     change_stamp: ChangeStampSettings = ChangeStampSettings()
     lock_stale_after_minutes: Annotated[Number, Field(ge=0.01)] | None = None
 
 
+LOGICAL = "logical"
 # How long before its transaction starts an application may stamp a row (the
 # time between computing "now" and BEGIN, plus clock skew), unless the stream says.
 DEFAULT_APPLICATION_LEAD_SECONDS = 300.0
@@ -346,12 +350,18 @@ class Stream(RunLimits):
     # The column that marks a row deleted (its record is then deleted in Salesforce, in every mode); None: rows
     # are never deleted in Salesforce.
     deletes_column: str | None = None
+    capture: str = "timestamp"  # timestamp (order_by) or logical (a replication slot; order_by is the key alone)
     change_stamp: ChangeStamp = Field(default_factory=lambda: ChangeStamp())
     lock_stale_after_minutes: float = 22.0  # longer than any run takes: see lock_stream
 
     @property
     def source(self) -> str:
         return f"{self.source_schema}.{self.source_table}"
+
+    @property
+    def logical(self) -> bool:
+        """Follows its table through logical decoding (``capture: logical``), not a change column."""
+        return self.capture == LOGICAL
 
     @property
     def source_columns(self) -> tuple[str, ...]:
@@ -459,6 +469,7 @@ def parse_stream(name: Any, raw: Any, defaults: dict[str, Any]) -> Stream:
         lookups=_lookups(name, settings),
         mode=settings.mode,
         deletes_column=settings.deletes.column if settings.deletes is not None else None,
+        capture=settings.capture,
         change_stamp=_change_stamp(name, settings.change_stamp),
         lock_stale_after_minutes=float(
             settings.lock_stale_after_minutes
@@ -480,6 +491,16 @@ def _source(name: str, source: str) -> tuple[str, str]:
 
 
 def _order_by(name: str, settings: StreamSettings) -> tuple[str, ...]:
+    if settings.capture == LOGICAL:
+        if settings.order_by is not None:
+            raise _fail(
+                name,
+                "order_by",
+                "a capture: logical stream follows the database's commit order, not a column: remove order_by",
+            )
+        return (settings.key,)
+    if settings.order_by is None:
+        raise _fail(name, "order_by", "missing")
     order_by = tuple(settings.order_by)
     if not order_by:
         raise _fail(name, "order_by", _SHAPES["order_by"])
@@ -703,6 +724,8 @@ def stream_definition(stream: Stream, column_types: dict[str, str], *, org_id: s
         # The mapping: records exported under another one carry it in Salesforce.
         "fields": [_field_definition(stream, field, column) for field, column in sorted(stream.fields)],
     }
+    if stream.logical:
+        definition["capture"] = LOGICAL  # positions are in the table's commit order, not a column's
     if org_id is not None:
         definition["org"] = org_id
     return definition

@@ -31,10 +31,13 @@ def delete_refusal(stream: Stream, external_id: str | None, rejection: RejectedR
     rejected record, saying it was a delete and what the re-export does."""
     if rejection.code in ALREADY_GONE:
         return None
+    why = f"is marked deleted ({stream.deletes_column})" if stream.deletes_column else ""
+    if stream.logical:
+        why = f"was deleted{' or ' + why if why else ''}"
     return RejectedRecord(
         rejection.code,
         f"Salesforce refused to delete the {stream.sobject} with {stream.external_id_field} = "
-        f"{shown(external_id or '')}, whose source row is marked deleted ({stream.deletes_column}): "
+        f"{shown(external_id or '')}, whose source row {why}: "
         f"{sentence(rejection.message)} Fix what Salesforce names (a record that blocks the delete, a lock, the "
         "integration user's access); the re-export deletes it then, or upserts it if the row is no longer marked "
         "deleted.",

@@ -78,7 +78,7 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
     external_id = str(raw_external_id)
     payload: dict[str, Any] = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
     if stream.deletes_column is not None and marked_deleted(row[stream.deletes_column]):
-        return SourceRecord(key, position, external_id, payload, delete=True)
+        return deleted_record(stream, key, position, external_id)
     relationships = getattr(field_types, "relationships", None) or {}
     for sf_field, column in stream.fields:
         lookup = stream.lookup(sf_field) if stream.lookups else None
@@ -99,6 +99,27 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
                 RejectedRecord(INVALID_SOURCE_VALUE, f"Source column {column}: {exc}", (sf_field,)),
             )
     return SourceRecord(key, position, external_id, payload)
+
+
+def deleted_record(stream: Stream, key: str, position: tuple[Any, ...], external_id: str | None) -> SourceRecord:
+    """A source row that is deleted (marked deleted, or gone from a captured table): its Salesforce record is
+    deleted, found by the external id; without one there is nothing to find it by, a rejected record."""
+    if external_id is None or external_id.strip() == "":
+        return SourceRecord(
+            key,
+            position,
+            None,
+            None,
+            RejectedRecord(
+                MISSING_EXTERNAL_ID,
+                f"Source row {shown(key)} is deleted, and what is known of it has no {stream.external_id_column}, "
+                f"so there is no {stream.external_id_field} to find its Salesforce record by. Delete the record in "
+                "Salesforce by hand if it is there, then mark this error resolved.",
+                (stream.external_id_field,),
+            ),
+        )
+    payload = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
+    return SourceRecord(key, position, external_id, payload, delete=True)
 
 
 def marked_deleted(value: Any) -> bool:

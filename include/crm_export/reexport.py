@@ -32,7 +32,7 @@ from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import age_text, api_budget_stop, definition_refusal
 from include.crm_export.errors import RejectedRecord, SettingsError, StreamConfigError
 from include.crm_export.export import RunContext, current_records, one_record_per_external_id
-from include.crm_export.mapping import ExternalIdOwners, SourceRecord
+from include.crm_export.mapping import ExternalIdOwners, SourceRecord, deleted_record
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.parents import ParentCheck
 from include.crm_export.salesforce import CollectionWriter
@@ -252,6 +252,12 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
         processed += len(batch)
         result.batches += 1
         current = _current_records(run, [e.record_key for e in batch])
+        if stream.logical:
+            # A row gone from a captured table was deleted there: its record is deleted in Salesforce too (a
+            # refused delete retried), found by the external id the error recorded.
+            for error in batch:
+                if error.record_key not in current and error.external_id:
+                    current[error.record_key] = deleted_record(stream, error.record_key, (), error.external_id)
         gone = [e for e in batch if e.record_key not in current]
         present = [e for e in batch if e.record_key in current]
         # What the export last confirmed of these records no longer says what Salesforce holds once they are

@@ -97,6 +97,14 @@ def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(project_conninfo, autocommit=True) as conn:
         migrate(conn)
         # Fresh source tables: a test may change them (a column added), and the test database outlives a run.
+        # A capture test's replication slot keeps WAL until dropped: none outlives its test.
+        conn.execute(
+            r"""SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                WHERE slot_name LIKE 'crm\_export\_%' AND NOT active"""
+        )
+        publications = conn.execute(r"SELECT pubname FROM pg_publication WHERE pubname LIKE 'crm\_export\_%'")
+        for (publication,) in publications.fetchall():
+            conn.execute(f'DROP PUBLICATION "{publication}"')
         conn.execute("DROP SCHEMA IF EXISTS crm CASCADE")
         conn.execute(SOURCE_SCHEMA_SQL.read_text())
         conn.execute("DROP SCHEMA IF EXISTS crm_test CASCADE")
@@ -105,7 +113,8 @@ def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
             'crm_export.stream_watermarks, crm_export."ExportErrors", '
             "crm_export.api_requests, crm_export.stream_repositions, crm_export.horizon_samples, "
             "crm_export.export_runs, crm_export.stream_alerts, crm_export.bulk_jobs, crm_export.external_ids, "
-            "crm_export.external_ids_filled, crm_export.fingerprints, crm_export.fingerprint_streams "
+            "crm_export.external_ids_filled, crm_export.fingerprints, crm_export.fingerprint_streams, "
+            "crm_export.captured_changes, crm_export.capture_slots "
             "RESTART IDENTITY"
         )
         conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")

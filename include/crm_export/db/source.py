@@ -111,18 +111,12 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
                 f"would never be exported. Make it NOT NULL (ALTER TABLE {stream.source} ALTER COLUMN {column} SET "
                 "NOT NULL), or export a view that fills it (for example COALESCE(updated_at, created_at))."
             )
-    deletes = stream.deletes_column
-    never_null = {name for name, _kind, not_null, _relkind in rows if not_null}
-    if deletes is not None and types[deletes] != "boolean" and deletes in never_null:
-        raise StreamConfigError(
-            f"Stream config error in stream '{stream.name}', field 'deletes.column': column '{deletes}' of "
-            f"{stream.source} is {types[deletes]} and never NULL, so every row would count as deleted (a row is "
-            "deleted when the column is not NULL, or true for a boolean column). Name the column that is set "
-            "only when a row is deleted, for example deleted_at."
-        )
+    _check_deletes_column(stream, types, {name for name, _kind, not_null, _relkind in rows if not_null})
     for lookup in stream.lookups:
         if lookup.parent is not None:
             _check_lookup_type(conn, stream, lookup, types[lookup.column])
+    if stream.logical:
+        return types  # no change column: the stream follows the table's commit order
     change = change_column(stream, types[stream.order_by[0]])
     for zone in change.writer_time_zones:
         if zone != ANY_TIME_ZONE and not one_value(
@@ -133,6 +127,17 @@ def column_types(conn: psycopg.Connection, stream: Stream) -> dict[str, str]:
                 f"PostgreSQL does not know the time zone {zone!r} (see pg_timezone_names, e.g. UTC, Europe/Berlin)."
             )
     return types
+
+
+def _check_deletes_column(stream: Stream, types: dict[str, str], never_null: set[str]) -> None:
+    deletes = stream.deletes_column
+    if deletes is not None and types[deletes] != "boolean" and deletes in never_null:
+        raise StreamConfigError(
+            f"Stream config error in stream '{stream.name}', field 'deletes.column': column '{deletes}' of "
+            f"{stream.source} is {types[deletes]} and never NULL, so every row would count as deleted (a row is "
+            "deleted when the column is not NULL, or true for a boolean column). Name the column that is set "
+            "only when a row is deleted, for example deleted_at."
+        )
 
 
 # Types whose values print alike: a child's key in one finds the parent's in the other by its text.
@@ -261,6 +266,11 @@ def position_changed_since(conn: psycopg.Connection, stream: Stream, instant: da
     times: the instant becomes the lowest local time any of its
     ``writer_time_zones`` would stamp then, as for the export's horizon.
     """
+    if stream.logical:
+        raise StreamConfigError(
+            f"Stream '{stream.name}' is capture: logical: its rows have no change time to re-position from. "
+            "Re-position it from the start (a read of the whole table, then the slot's changes)."
+        )
     change = change_column(stream, column_types(conn, stream)[stream.order_by[0]])
     if change.kind == "timestamptz":
         return [instant.isoformat()]
@@ -354,6 +364,25 @@ def read_batch(
         table=_table(stream),
         where=sql.SQL(" AND ").join(conditions),
         order=order,
+    )
+    return dict_rows(conn, query, params)
+
+
+def read_after_key(
+    conn: psycopg.Connection, stream: Stream, *, after: str | None, column_types: dict[str, str], limit: int
+) -> list[dict[str, Any]]:
+    """The next ``limit`` rows by key after the record key ``after`` (a capture stream's read of the whole
+    table, keyset paging through the key's index)."""
+    params: dict[str, Any] = {"limit": limit, "after": after}
+    where = (
+        sql.SQL("{key} > CAST(%(after)s AS {key_type})").format(
+            key=sql.Identifier(stream.key), key_type=sql.SQL(column_types[stream.key])
+        )
+        if after is not None
+        else sql.SQL("true")
+    )
+    query = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {key} LIMIT %(limit)s").format(
+        columns=_selected(stream), table=_table(stream), where=where, key=sql.Identifier(stream.key)
     )
     return dict_rows(conn, query, params)
 

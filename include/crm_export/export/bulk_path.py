@@ -86,6 +86,14 @@ class BulkPath:
             return None
         stream = run.stream
         left = bulk_jobs.unfinished(run.session.conn, stream)
+        if stream.logical and not left:
+            if force:
+                log.warning(
+                    "Stream '%s' follows its table's changes (capture: logical); it goes through sObject "
+                    "Collections, not Bulk API 2.0.",
+                    stream.name,
+                )
+            return None
         if asks_salesforce(stream) and not left:
             if force:
                 log.warning(

@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 
 from include.crm_export.batch import BatchPlan, RecordOutcome, plan_batch
 from include.crm_export.config import Stream, change_column, external_ids_unique_by_key, stream_definition
-from include.crm_export.db import export_errors, external_ids, fingerprints, source, watermarks
+from include.crm_export.db import capture, export_errors, external_ids, fingerprints, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import (
@@ -35,6 +36,7 @@ from include.crm_export.decisions import (
     stop_reason,
 )
 from include.crm_export.errors import RejectedRecord, StreamConfigError
+from include.crm_export.export.captured import SNAPSHOT, changes_after, read_captured
 from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.parents import ParentCheck
@@ -141,7 +143,14 @@ class StreamExport:
         self.reader = reader  # reads the source, so a read never waits for a commit
         self.context = context
         self.column_types = source.column_types(conn, stream)
-        self.change = change_column(stream, self.column_types[stream.order_by[0]])
+        # None: a capture stream, which follows its table's commit order (captured.py), not a change column.
+        self.change = None if stream.logical else change_column(stream, self.column_types[stream.order_by[0]])
+        if stream.logical:
+            capture.check_table(conn, stream)
+            moved = capture.move_changes(conn, stream)
+            log.info(
+                "Moved %d change(s) of %s from replication slot %s.", moved, stream.source, capture.slot_name(stream)
+            )
         self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
         self.fingerprint_number = fingerprints.stream_number(conn, stream)
@@ -157,12 +166,15 @@ class StreamExport:
             and not external_ids_unique_by_key(stream, self.column_types),
         )
         self.position = self.watermark.position  # where the watermark is now: moved by each commit
+        exported_changes = changes_after(self.position) if stream.logical else None
+        if exported_changes is not None:
+            capture.forget_exported(conn, stream, exported_changes)
         self.definition = stream_definition(stream, self.column_types, org_id=org_id)
         stored = self.watermark.definition or {}
         if org_id is None and "org" in stored:  # not asked this time (no writer): the org stays as recorded
             self.definition["org"] = stored["org"]
         self._check_definition()
-        if source.is_view(conn, stream):
+        if not stream.logical and source.is_view(conn, stream):
             self._check_every_row_has_a_place()
         self._own_backends = (conn.info.backend_pid, reader.info.backend_pid)
         self._horizon: source.Horizon | None = None
@@ -226,7 +238,9 @@ class StreamExport:
         )
 
     def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:
-        """How far the source may be read now."""
+        """How far the source may be read now (a capture stream: all it holds, committed by construction)."""
+        if self.change is None:
+            return source.Horizon(None, datetime.now(UTC), None)
         # An older horizon is still safe (only more conservative), so it is
         # looked up again at most once a second rather than per batch.
         if fresh or self._horizon is None or clock() - self._horizon_looked_up >= HORIZON_REFRESH_SECONDS:
@@ -250,6 +264,13 @@ class StreamExport:
         one record per external id, each marked unchanged if Salesforce confirmed its payload last (unless
         ``resend_all``, by default the session's)."""
         horizon = horizon or self.horizon(clock)
+        every_record = self.resend_all if resend_all is None else resend_all
+        if self.stream.logical:
+            records = read_captured(self, after, limit)
+            records = one_record_per_external_id(
+                self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
+            )
+            return horizon, self._to_be_sent(records, every_record=every_record)
         rows = source.read_batch(
             self.reader,
             self.stream,
@@ -277,6 +298,10 @@ class StreamExport:
             self.reader, self.fingerprint_number, to_forget_before_sending(marked, confirmed, match_key)
         )
         return marked
+
+    def current_rows(self, keys: list[str]) -> dict[str, SourceRecord]:
+        """The current version of these rows, mapped, by key (a key whose row is gone is left out)."""
+        return current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
 
     def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
         """The current version of these rows, to be sent (never taken for unchanged)."""
@@ -321,6 +346,9 @@ class StreamExport:
                 run_id=self.context.run_id,
                 definition=self.definition,
             )
+            exported_changes = changes_after(position_to_json(plan.new_position)) if plan.new_position else None
+            if self.stream.logical and exported_changes is not None:
+                capture.forget_exported(self.conn, self.stream, exported_changes)  # below the watermark now
             if with_it is not None:
                 with_it()
         if plan.new_position is not None:
@@ -329,10 +357,20 @@ class StreamExport:
     def lag(self) -> Lag | None:
         """How far behind the source the stream is now (closing log line, metrics); never fails the run."""
         try:
+            if self.stream.logical:
+                return self._captured_lag()
             return source.lag(self.reader, self.stream, self.position, self.column_types)
         except psycopg.Error as exc:
             log.warning("Could not measure the lag of stream '%s': %s", self.stream.name, exc)
             return None
+
+    def _captured_lag(self) -> Lag:
+        """Changes waiting in the change table, and while the table is read, its rows not read yet."""
+        waiting = capture.waiting_changes(self.reader, self.stream, changes_after(self.position))
+        if self.position is not None and self.position[0] != SNAPSHOT:
+            return Lag(waiting, True, None)
+        unread = source.lag(self.reader, self.stream, self.position[1:] if self.position else None, self.column_types)
+        return Lag(unread.rows + waiting, unread.exact, None)
 
     def note_idle_run(self) -> None:
         """A run that committed nothing (caught up, or stopped by its limits or the API budget). A held record

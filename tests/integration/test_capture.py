@@ -1,0 +1,265 @@
+"""Change capture through logical decoding (``capture: logical``): a stream follows its table's commit order
+through a replication slot, deletes included, with no change column, no settle window and no horizon.
+
+Every test ends with what a user sees: Salesforce's records (the emulator's state; a deleted row's record is
+absent), the watermark, the ExportErrors rows, the slot's retained WAL, the command's message.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from include.crm_export.config import parse_config
+from include.crm_export.db import capture
+from include.crm_export.errors import StreamConfigError
+from tests.support.helpers import (
+    assert_salesforce_matches_source,
+    cli,
+    open_errors,
+    salesforce_contacts,
+    watermark,
+    write_streams,
+)
+
+STREAM = "people"
+
+
+def people_stream(**overrides):
+    """Contacts from crm.people by CRM_Contact_Id__c = ext (not the key), following the table's commits."""
+    return {
+        "source": "crm.people",
+        "key": "id",
+        "capture": "logical",
+        "sobject": "Contact",
+        "external_id": {"field": "CRM_Contact_Id__c", "column": "ext"},
+        "fields": {"LastName": "last_name", "Title": "title"},
+        **overrides,
+    }
+
+
+@pytest.fixture
+def people(db, tmp_path, monkeypatch):
+    """crm.people (REPLICA IDENTITY FULL: a delete carries the external id), its stream file, and capture set up
+    through the CLI; the slot is dropped after the test."""
+    db.execute(
+        """CREATE TABLE crm.people (id bigint PRIMARY KEY, ext text NOT NULL, last_name text NOT NULL, title text);
+           ALTER TABLE crm.people REPLICA IDENTITY FULL"""
+    )
+    streams = write_streams(tmp_path / "s.yml", {STREAM: people_stream()})
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(streams))
+    done = cli("capture", "setup", "--stream", STREAM, streams=streams)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "created replication slot crm_export_people" in done.stdout
+    yield streams
+    cli("capture", "drop", "--stream", STREAM, streams=streams)
+
+
+def _stream():
+    return parse_config({"streams": {STREAM: people_stream()}})[STREAM]
+
+
+def _insert(db, ids, *, title="Engineer"):
+    db.execute(
+        """INSERT INTO crm.people (id, ext, last_name, title)
+           SELECT g, 'P-' || g, 'Person ' || g, %s FROM unnest(%s::bigint[]) g""",
+        (title, list(ids)),
+    )
+
+
+def _run(run_dag, streams):
+    run = run_dag(streams_file=streams)
+    assert run.state == "success", run.log[-3000:]
+    return run
+
+
+def _history(db):
+    return db.execute(
+        """SELECT exported, deleted, rejected FROM crm_export.export_runs WHERE stream = %s
+           ORDER BY id DESC LIMIT 1""",
+        (STREAM,),
+    ).fetchone()
+
+
+def _retained_wal(db) -> int:
+    return capture.retained_wal_bytes(db, _stream()) or 0
+
+
+def _restart(db) -> int:
+    """Where the slot's retained WAL begins."""
+    return int(
+        db.execute(
+            "SELECT pg_wal_lsn_diff(restart_lsn, '0/0')::bigint FROM pg_replication_slots WHERE slot_name = %s",
+            (capture.slot_name(_stream()),),
+        ).fetchone()[0]
+    )
+
+
+def _wal_now(db) -> int:
+    return int(db.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()[0])
+
+
+def test_updates_that_touch_no_timestamp_inserts_and_hard_deletes_all_arrive(db, emulator, run_dag, people):
+    _insert(db, range(1, 51))
+    _run(run_dag, people)
+    assert len(salesforce_contacts(emulator)) == 50
+    assert watermark(db, STREAM)[0][0] == "changes"  # the read of the table is done; on to the slot's changes
+
+    db.execute("UPDATE crm.people SET title = 'Director' WHERE id <= 10")  # no timestamp anywhere
+    db.execute("DELETE FROM crm.people WHERE id IN (20, 21, 22)")
+    _insert(db, [51, 52])
+    db.execute("UPDATE crm.people SET id = 60, ext = 'P-60' WHERE id = 30")  # a new key: the old one's row is gone
+    _run(run_dag, people)
+
+    contacts = salesforce_contacts(emulator)
+    assert {contacts[f"P-{n}"]["Title"] for n in range(1, 11)} == {"Director"}
+    assert not {"P-20", "P-21", "P-22", "P-30"} & set(contacts)
+    assert {"P-51", "P-52", "P-60"} <= set(contacts)
+    assert_salesforce_matches_source(db, emulator, STREAM)
+    assert _history(db)[1] == 4  # 20, 21, 22 and the old key 30
+    assert open_errors(db, STREAM) == []
+    # Exported changes leave the change table; the slot keeps no WAL beyond the last run.
+    assert db.execute("SELECT count(*) FROM crm_export.captured_changes").fetchone()[0] == 0
+    assert _retained_wal(db) < 1_000_000
+
+
+def test_a_transaction_held_open_across_runs_arrives_once_it_commits(db, emulator, run_dag, people, project_conninfo):
+    """No settle window and no horizon: what committed is sent at once, and a transaction still open is sent
+    when it commits, however long it stays open, without holding back anything committed meanwhile."""
+    _insert(db, range(1, 6))
+    _run(run_dag, people)
+    with psycopg.connect(project_conninfo) as writer:  # a transaction, open across the next run
+        writer.execute("UPDATE crm.people SET title = 'Late' WHERE id = 2")
+        db.execute("UPDATE crm.people SET title = 'Early' WHERE id = 3")  # committed after the other began
+        _run(run_dag, people)
+        contacts = salesforce_contacts(emulator)
+        assert contacts["P-3"]["Title"] == "Early"
+        assert contacts["P-2"]["Title"] == "Engineer"
+        writer.commit()
+    _run(run_dag, people)
+
+    assert salesforce_contacts(emulator)["P-2"]["Title"] == "Late"
+    assert_salesforce_matches_source(db, emulator, STREAM)
+
+
+def test_a_held_stream_keeps_its_changes_in_the_change_table_not_in_the_servers_wal(
+    db, emulator, run_dag, pause_variable, people
+):
+    """While the stream is held, 100,000 changes arrive: each run moves them into the change table (keys only)
+    and advances the slot, so the server keeps about one run's WAL for it, not all of it. Fixed and cleared, the
+    stream sends every row's current version."""
+    _insert(db, range(1, 1001))
+    _run(run_dag, people)
+    rule = emulator.add_rule(
+        cause="validation_rule",
+        when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "P-7"},
+        message="P-7 is under review",
+        fields=["Title"],
+    )
+    pause_variable("true")
+    db.execute("UPDATE crm.people SET title = 'Round 0' WHERE id = 7")
+    held = run_dag(streams_file=people, retries=False)
+    assert held.state == "failed"
+    assert watermark(db, STREAM)[1] == "7"
+
+    wal_before = _wal_now(db)
+    for round_ in range(1, 101):  # 100 rounds of 1,000 updates
+        db.execute("UPDATE crm.people SET title = %s", (f"Round {round_}",))
+    after_changes = _wal_now(db)
+    assert _restart(db) < wal_before  # the slot keeps every change until a run moves it
+    # The server notes which transactions run every 15 s (or at a checkpoint); a slot's restart point can only
+    # move to such a note. The checkpoint stands in for those 15 s.
+    db.execute("CHECKPOINT")
+    still_held = run_dag(streams_file=people, retries=False)
+    assert still_held.state == "failed"
+
+    waiting = db.execute("SELECT count(*) FROM crm_export.captured_changes").fetchone()[0]
+    assert waiting >= 100_000  # the held record and everything after it wait here, as keys
+    assert _restart(db) >= after_changes  # the server keeps none of the 100,000 changes' WAL for the slot
+    assert "P-7 is under review" in still_held.log
+
+    emulator.remove_rule(rule["id"])
+    _run(run_dag, people)
+    contacts = salesforce_contacts(emulator)
+    assert {record["Title"] for record in contacts.values()} == {"Round 100"}
+    assert_salesforce_matches_source(db, emulator, STREAM)
+    assert watermark(db, STREAM)[1] is None
+    _run(run_dag, people)  # a run reads at most max_records_per_run (100,000) changes: the next one the rest
+    assert db.execute("SELECT count(*) FROM crm_export.captured_changes").fetchone()[0] == 0
+
+
+def test_a_refused_delete_is_logged_and_the_reexport_deletes_the_record(db, emulator, run_dag, pause_variable, people):
+    _insert(db, range(1, 6))
+    _run(run_dag, people)
+    rule = emulator.add_rule(
+        cause="delete_blocked",
+        on="delete",
+        when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "P-4"},
+        message="This contact has open cases",
+    )
+    pause_variable("false")
+    db.execute("DELETE FROM crm.people WHERE id IN (3, 4)")
+    _run(run_dag, people)
+
+    [error] = open_errors(db, STREAM)
+    assert (error["record_key"], error["external_id"], error["error_code"]) == ("4", "P-4", "DELETE_FAILED")
+    assert "whose source row was deleted: This contact has open cases." in error["error_message"]
+    assert "P-4" in salesforce_contacts(emulator)
+
+    emulator.remove_rule(rule["id"])
+    assert run_dag(dag_id="CRMExport_ExportError", streams_file=people).state == "success"
+    assert "P-4" not in salesforce_contacts(emulator)
+    assert_salesforce_matches_source(db, emulator, STREAM)
+    assert open_errors(db, STREAM) == []
+
+
+def test_setup_refuses_a_table_whose_deletes_would_not_say_which_record(db, tmp_path):
+    """The external id is not the key and the replica identity is the primary key: a delete would carry the key
+    only. Refused, saying what to change; nothing is created."""
+    db.execute("CREATE TABLE crm.people (id bigint PRIMARY KEY, ext text, last_name text, title text)")
+    streams = write_streams(tmp_path / "s.yml", {STREAM: people_stream()})
+    refused = cli("capture", "setup", "--stream", STREAM, streams=streams)
+    assert refused.returncode == 1
+    assert "ALTER TABLE crm.people REPLICA IDENTITY FULL" in refused.stderr
+    assert "carries only its replica identity (id), not ext" in refused.stderr
+    assert db.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+    db.execute("CREATE VIEW crm.people_view AS SELECT * FROM crm.people")
+    streams = write_streams(tmp_path / "v.yml", {STREAM: people_stream(source="crm.people_view")})
+    refused = cli("capture", "setup", "--stream", STREAM, streams=streams)
+    assert "is not a table" in refused.stderr
+
+
+def test_setup_refuses_a_role_that_may_not_use_replication_naming_what_to_grant(db):
+    db.execute("DROP ROLE IF EXISTS crm_export_no_replication")
+    db.execute("CREATE ROLE crm_export_no_replication NOREPLICATION")
+    try:
+        db.execute("SET ROLE crm_export_no_replication")
+        with pytest.raises(StreamConfigError) as refused:
+            capture.check_server(db, _stream())
+    finally:
+        db.execute("RESET ROLE")
+        db.execute("DROP ROLE crm_export_no_replication")
+    assert "role crm_export_no_replication may not use replication slots" in str(refused.value)
+    assert 'ALTER ROLE "crm_export_no_replication" WITH REPLICATION' in str(refused.value)
+    assert 'GRANT rds_replication TO "crm_export_no_replication"' in str(refused.value)
+
+
+def test_a_slot_someone_else_moved_stops_the_stream_and_says_how_to_start_over(db, emulator, run_dag, people):
+    _insert(db, range(1, 4))
+    _run(run_dag, people)
+    _insert(db, [4])
+    db.execute(
+        "SELECT * FROM pg_logical_slot_get_binary_changes('crm_export_people', NULL, NULL, "
+        "'proto_version', '1', 'publication_names', 'crm_export_people')"
+    )  # consumed by someone else
+    failed = run_dag(streams_file=people, retries=False)
+    assert failed.state == "failed"
+    assert "someone else consumed it or made it anew" in failed.log
+    assert "capture drop --stream people" in failed.log
+
+    assert cli("capture", "drop", "--stream", STREAM, streams=people).returncode == 0
+    again = cli("capture", "setup", "--stream", STREAM, streams=people)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _run(run_dag, people)  # starts over: a read of the whole table
+    assert_salesforce_matches_source(db, emulator, STREAM)
