@@ -7,8 +7,9 @@ watermark is confirmed in Salesforce or has an open ExportErrors row.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from include.crm_export.errors import RejectedRecord
 from include.crm_export.fingerprints import to_remember
@@ -57,19 +58,43 @@ def _confirmed(outcomes: list[RecordOutcome]) -> dict[str, Any]:
 MAX_RECORDS_PER_REQUEST = 5_000
 
 
+class Identified(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def external_id(self) -> str | None: ...
+
+
+def identities(records: Iterable[Identified]) -> frozenset[str]:
+    """What records in flight must not share with other records in flight: their keys, and the Salesforce
+    records they write (external ids, as Salesforce matches them at the loosest: case-insensitively). Two
+    requests or jobs sharing one never fly at once, so a delete and an upsert of one Salesforce record (a row
+    deleted, another row taking its external id) land in source order."""
+    out: set[str] = set()
+    for record in records:
+        out.add(record.key)
+        if record.external_id:
+            out.add("\x00external id:" + record.external_id.lower())
+    return frozenset(out)
+
+
 def next_request(records: list[SourceRecord], batch_size: int) -> tuple[list[SourceRecord], list[SourceRecord]]:
     """The records of the next request (source order; at most ``batch_size`` to send, at most
     :data:`MAX_RECORDS_PER_REQUEST` in all, each record once) and those left for the one after.
 
     A request gathers several reads, and a row changed between two reads is
-    in both: its later version waits for the next request.
+    in both: its later version waits for the next request. So does a record
+    sharing an external id with one before it in the request (:func:`identities`):
+    a request upserts before it deletes.
     """
     sending = 0
     keys: set[str] = set()
     for index, record in enumerate(records):
-        if index == MAX_RECORDS_PER_REQUEST or record.key in keys:
+        mine = identities([record])
+        if index == MAX_RECORDS_PER_REQUEST or mine & keys:
             return records[:index], records[index:]
-        keys.add(record.key)
+        keys |= mine
         if record.payload is not None and not record.unchanged:
             if sending == batch_size:
                 return records[:index], records[index:]

@@ -74,8 +74,8 @@ def with_fingerprints(
     """
     marked = []
     for record in records:
-        if record.payload is None or record.external_id is None:
-            marked.append(record)
+        if record.payload is None or record.external_id is None or record.unchanged:
+            marked.append(record)  # nothing to send: rejected by the mapping, or covered by another record
             continue
         fingerprint = payload_fingerprint(record.payload, delete=record.delete)
         unchanged = confirmed is not None and confirmed.get(match_key(record.external_id)) == fingerprint

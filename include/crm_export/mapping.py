@@ -197,8 +197,8 @@ class ExternalIdOwners:
         return owner
 
     def check(self, record: SourceRecord) -> SourceRecord:
-        if record.payload is None or record.external_id is None:
-            return record
+        if record.payload is None or record.external_id is None or record.delete:
+            return record  # a deleted row holds no external id: another row may take it
         owner = self._claim(self.match_key(record.external_id), record.key)
         if owner == record.key:
             return record

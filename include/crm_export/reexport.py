@@ -30,8 +30,8 @@ from include.crm_export.db.connection import Database, database_now
 from include.crm_export.db.export_errors import OpenError, StillRejected
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import age_text, api_budget_stop, definition_refusal
-from include.crm_export.errors import RejectedRecord, SettingsError, StreamConfigError
-from include.crm_export.export import RunContext, current_records, one_record_per_external_id
+from include.crm_export.errors import RejectedRecord, SettingsError, StreamBusy, StreamConfigError
+from include.crm_export.export import RunContext, covered_deletes, current_records, one_record_per_external_id
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, deleted_record
 from include.crm_export.names import DEFAULT_REEXPORT_LIMIT, MAX_BATCH_SIZE
 from include.crm_export.parents import ParentCheck
@@ -201,14 +201,31 @@ def reexport_stream(
         else:
             if writer is None:
                 raise ValueError("a re-export that is not a dry run needs a writer")
+            if stream.logical and not _lock_capture_stream(run):
+                return run.result
             try:
                 _reexport(run, writer)
             finally:
                 export_errors.release_claims(conn, claimant=run.claimant)
                 api_requests.record(conn, stream, run_id=context.run_id, requests=writer.requests_sent)
+                if stream.logical:
+                    watermarks.unlock_stream(conn, stream)
         run.result.open_left, run.result.oldest_open_since = export_errors.open_error_summary(conn, stream)
         log.info(run.result.summary(database_now(conn)))
     return run.result
+
+
+def _lock_capture_stream(run: ReexportRun) -> bool:
+    """A capture stream is re-exported under its lock, never while it is exported: what changes after the
+    re-export reads a row reaches the change table and is sent after it, so an older version (or a deleted row)
+    never lands last. Busy: nothing is done now; the errors stay open for the next re-export."""
+    try:
+        watermarks.lock_stream(run.conn, run.stream)
+    except StreamBusy as busy:
+        run.result.stopped_because = f"the stream is being exported ({busy}); its errors wait for the next re-export"
+        log.warning("Re-export of capture stream '%s' skipped: %s", run.stream.name, run.result.stopped_because)
+        return False
+    return True
 
 
 def _check_definition(run: ReexportRun, *, org_id: str | None) -> None:
@@ -258,6 +275,7 @@ def _reexport(run: ReexportRun, writer: CollectionWriter) -> None:
             for error in batch:
                 if error.record_key not in current and error.external_id:
                     current[error.record_key] = deleted_record(stream, error.record_key, (), error.external_id)
+        current = {r.key: r for r in covered_deletes(run.conn, stream, list(current.values()), run.column_types)}
         gone = [e for e in batch if e.record_key not in current]
         present = [e for e in batch if e.record_key in current]
         # What the export last confirmed of these records no longer says what Salesforce holds once they are

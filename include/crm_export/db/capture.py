@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from include.crm_export.config import Stream, stream_definition
-from include.crm_export.db import source, watermarks
+from include.crm_export.db import source
 from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.names import SCHEMA
@@ -113,7 +113,26 @@ def _identity_columns(conn: psycopg.Connection, stream: Stream) -> tuple[str, se
     if row is None:
         raise _fail(stream, f"table {stream.source} does not exist (or this role cannot see it).")
     relkind, identity = row
-    if relkind not in ("r", "p"):
+    if relkind == "p":
+        raise _fail(
+            stream,
+            f"{stream.source} is a partitioned table; capture follows plain tables only for now (its changes "
+            "arrive under each partition's name, and each partition has its own replica identity). Use a "
+            "timestamp stream (order_by), or capture each partition as a stream of its own.",
+        )
+    generated = one_value(
+        conn.execute(
+            "SELECT attgenerated <> '' FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s",
+            (regclass, stream.external_id_column),
+        )
+    )
+    if generated:
+        raise _fail(
+            stream,
+            f"the external id column {stream.external_id_column} is a generated column, which logical decoding "
+            "does not carry, so a deleted row's change would not say its external id. Use a stored column.",
+        )
+    if relkind != "r":
         raise _fail(
             stream,
             f"{stream.source} is not a table (a view or another relation); logical decoding follows tables only. "
@@ -174,8 +193,12 @@ def setup(conn: psycopg.Connection, stream: Stream) -> str:
                     )
                 )
                 done.append(f"created publication {name} of {stream.source}")
-        existing = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+        existing = conn.execute(
+            "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (name,)
+        ).fetchone()
         if existing is None:
+            from include.crm_export.db import watermarks  # it starts capture streams over through this module
+
             # A new slot starts the stream over (a read of the whole table, then the slot's changes): a watermark
             # in an older slot's changes would skip what happened in between.
             watermarks.reposition(
@@ -192,8 +215,13 @@ def setup(conn: psycopg.Connection, stream: Stream) -> str:
                 )
                 _record_slot(conn, stream, created, fresh=True)
             done.append(f"created replication slot {name} at {created}")
-        elif existing[0] != "pgoutput":
-            raise _fail(stream, f"a replication slot {name} exists with plugin {existing[0]}, not pgoutput: drop it.")
+        elif existing[0] != "pgoutput" or existing[1] != one_value(conn.execute("SELECT current_database()")):
+            raise _fail(
+                stream,
+                f"a replication slot {name} exists already (plugin {existing[0]}, database {existing[1]}), not this "
+                "stream's: slot names are shared by every database of the server. Drop it if it is a leftover "
+                "(SELECT pg_drop_replication_slot(...)), or rename the stream.",
+            )
         else:
             done.append(f"replication slot {name} exists already")
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -223,12 +251,20 @@ def _record_slot(conn: psycopg.Connection, stream: Stream, lsn: str, *, fresh: b
         conn.execute(sql.SQL("DELETE FROM {} WHERE stream = %s").format(CHANGES), (stream.name,))
 
 
+def forget_for_start_over(conn: psycopg.Connection, stream: Stream) -> None:
+    """A stream that starts over reads the whole table: the changes waiting are covered by that read, except
+    deletes (a deleted row is not in it) and a truncate is left behind (the person chose to go on)."""
+    conn.execute(sql.SQL("DELETE FROM {} WHERE stream = %s AND operation <> 'D'").format(CHANGES), (stream.name,))
+
+
 def drop(conn: psycopg.Connection, stream: Stream) -> str:
     """Drop the stream's slot and publication (the server keeps no WAL for it any more), and its captured changes.
     A capture set up again starts over with a read of the whole table (the export sees the new slot)."""
     name = slot_name(stream)
     done = []
-    if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone():
+    if conn.execute(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()", (name,)
+    ).fetchone():
         conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
         done.append(f"dropped replication slot {name}")
     if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone():
@@ -253,7 +289,9 @@ def slot_state(conn: psycopg.Connection, stream: Stream) -> SlotState:
         sql.SQL("SELECT moved_upto::text, created_at::text FROM {} WHERE stream = %s").format(SLOTS), (stream.name,)
     ).fetchone()
     slot = conn.execute(
-        "SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = %s", (name,)
+        """SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots
+           WHERE slot_name = %s AND database = current_database()""",
+        (name,),
     ).fetchone()
     setup_command = f"python -m include.crm_export capture setup --stream {stream.name}"
     if known is None or slot is None:
@@ -273,12 +311,15 @@ def slot_state(conn: psycopg.Connection, stream: Stream) -> SlotState:
     return SlotState(known[0], known[1])
 
 
-def move_changes(conn: psycopg.Connection, stream: Stream) -> int:
+def move_changes(conn: psycopg.Connection, stream: Stream, key_type: str) -> int:
     """Move every change the slot holds, committed before now, into the change table, then advance the slot past
     them: how many row changes were moved. Runs outside any transaction of the caller's."""
     slot_state(conn, stream)
     name = slot_name(stream)
-    upto = one_value(conn.execute("SELECT pg_current_wal_lsn()::text"))
+    # The flushed end of the WAL, not its write position: decoding reads only flushed WAL, so a commit between
+    # the two (synchronous_commit off, a bulk load) would be passed over by an advance to the write position.
+    # Every transaction that committed before this point is in what the peeks return.
+    upto = one_value(conn.execute("SELECT pg_current_wal_flush_lsn()::text"))
     moved = 0
     while True:
         with conn.transaction():
@@ -292,7 +333,7 @@ def move_changes(conn: psycopg.Connection, stream: Stream) -> int:
         done = len(rows) < PEEK_MESSAGES or decoder.last_commit_end is None
         through = upto if done else lsn_text(decoder.last_commit_end or 0)
         with conn.transaction():
-            moved += _insert(conn, stream, changes)
+            moved += _insert(conn, stream, changes, key_type)
             conn.execute(
                 sql.SQL("UPDATE {} SET moved_upto = GREATEST(moved_upto, %s::pg_lsn) WHERE stream = %s").format(SLOTS),
                 (through, stream.name),
@@ -302,15 +343,18 @@ def move_changes(conn: psycopg.Connection, stream: Stream) -> int:
             return moved
 
 
-def _insert(conn: psycopg.Connection, stream: Stream, changes: list[Change]) -> int:
+def _insert(conn: psycopg.Connection, stream: Stream, changes: list[Change], key_type: str) -> int:
+    """The changes as change-table rows. A key is stored as ``key::text`` prints it, the record key everywhere
+    else (pgoutput prints some types otherwise: a char(n) with its padding, an inet without its /32)."""
     rows = [row for change in changes for row in _rows(stream, change)]
     if rows:
         with conn.cursor() as cursor:
             cursor.executemany(
                 sql.SQL(
                     """INSERT INTO {} (stream, commit_lsn, seq, record_key, operation, external_id)
-                       VALUES (%s, %s::pg_lsn, %s, %s, %s, %s) ON CONFLICT DO NOTHING"""
-                ).format(CHANGES),
+                       VALUES (%s, %s::pg_lsn, %s, COALESCE(CAST(CAST(NULLIF(%s, '') AS {}) AS text), ''), %s, %s)
+                       ON CONFLICT DO NOTHING"""
+                ).format(CHANGES, sql.SQL(key_type)),
                 rows,
             )
     return len(rows)
@@ -333,8 +377,11 @@ def _rows(stream: Stream, change: Change) -> list[tuple[str, str, int, str, str,
         return [(stream.name, lsn, change.seq * 2, key, DELETE, _external_id(stream, change.values, key))]
     rows = []
     old_key = change.old.get(stream.key) if change.old is not None else None
-    if change.old is not None and old_key is not None and old_key != key:
-        rows.append((stream.name, lsn, change.seq * 2, old_key, DELETE, _external_id(stream, change.old, old_key)))
+    old_external_id = _external_id(stream, change.old, old_key) if change.old is not None and old_key else None
+    if old_key is not None and old_key != key and old_external_id != _external_id(stream, change.values, key):
+        # The key changed, and with it the external id: the old one's record goes (a key change that keeps the
+        # external id is the same Salesforce record, updated by the upsert).
+        rows.append((stream.name, lsn, change.seq * 2, old_key, DELETE, old_external_id))
     rows.append((stream.name, lsn, change.seq * 2 + 1, key, UPSERT, None))
     return rows
 

@@ -17,7 +17,7 @@ from include.crm_export.config import ANY_TIME_ZONE, ChangeColumn, Lookup, Strea
 from include.crm_export.db.connection import dict_rows, one_row, one_value
 from include.crm_export.decisions import Lag
 from include.crm_export.errors import StreamConfigError
-from include.crm_export.mapping import RECORD_KEY
+from include.crm_export.mapping import RECORD_KEY, marked_deleted
 from include.crm_export.names import POSTGRES_CONN_ID
 
 # Backends that never write user rows: their transactions (a long autovacuum)
@@ -485,6 +485,43 @@ def keys_by_external_id(
             return [row[0] for row in conn.execute(query, {"value": external_id}).fetchall()]
     except psycopg.errors.DataError:
         return []
+
+
+def live_holders(
+    conn: psycopg.Connection, stream: Stream, external_ids: list[str], column_types: dict[str, str]
+) -> dict[str, set[str]]:
+    """Of these external ids (as the stream sends them), the record keys of the source rows that hold each now
+    and are not marked deleted. Compared in the column's own type first, so an index on it serves."""
+    select: list[sql.Composable] = [
+        sql.SQL("{}::text").format(sql.Identifier(stream.external_id_column)),
+        sql.SQL("{}::text").format(sql.Identifier(stream.key)),
+    ]
+    if stream.deletes_column is not None:
+        select.append(sql.Identifier(stream.deletes_column))
+    query = sql.SQL(
+        "SELECT {select} FROM {table} WHERE {column} = ANY(CAST(%(values)s AS {type}[])) "
+        "AND {column}::text = ANY(CAST(%(texts)s AS text[]))"
+    ).format(
+        select=sql.SQL(", ").join(select),
+        table=_table(stream),
+        column=sql.Identifier(stream.external_id_column),
+        type=sql.SQL(column_types[stream.external_id_column]),
+    )
+    try:
+        with conn.transaction():  # a savepoint: a value the type refuses must not end the caller's transaction
+            rows = conn.execute(query, {"values": external_ids, "texts": external_ids}).fetchall()
+    except psycopg.errors.DataError:  # one of them is no such value: look each up on its own
+        rows = [
+            (value, key, None)
+            for value in external_ids
+            for key in keys_by_external_id(conn, stream, value, column_types)
+        ]
+    holders: dict[str, set[str]] = {}
+    for row in rows:
+        if len(row) > 2 and marked_deleted(row[2]):
+            continue
+        holders.setdefault(row[0], set()).add(row[1])
+    return holders
 
 
 def is_after(

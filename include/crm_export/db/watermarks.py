@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from include.crm_export.config import Stream
-from include.crm_export.db import bulk_jobs, fingerprints, source
+from include.crm_export.db import bulk_jobs, capture, fingerprints, source
 from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import StreamBusy, StreamStuck
 from include.crm_export.mapping import position_to_json
@@ -149,6 +149,8 @@ def reposition(
             bulk_jobs.set_aside(conn, stream)
             # What Salesforce confirmed under the old definition counts for nothing: every record is sent again.
             fingerprints.forget(conn, stream)
+            if stream.logical:
+                capture.forget_for_start_over(conn, stream)
             conn.execute(
                 sql.SQL(
                     """UPDATE {} SET position = %(position)s, held_record_key = NULL, held_since = NULL,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         ExportRun,
         RunContext,
         StreamExport,
+        covered_deletes,
         current_records,
         one_record_per_external_id,
     )
@@ -28,6 +29,7 @@ _WHERE = {
     "ExportRun": "session",
     "RunContext": "session",
     "StreamExport": "session",
+    "covered_deletes": "session",
     "current_records": "session",
     "one_record_per_external_id": "session",
 }
@@ -36,6 +38,7 @@ __all__ = [
     "ExportRun",
     "RunContext",
     "StreamExport",
+    "covered_deletes",
     "current_records",
     "export_stream",
     "one_record_per_external_id",

@@ -28,7 +28,7 @@ from functools import cached_property
 
 import psycopg
 
-from include.crm_export.batch import RecordOutcome
+from include.crm_export.batch import RecordOutcome, identities
 from include.crm_export.bulk_csv import JobData, JobRecord, job_columns, match_results
 from include.crm_export.db import bulk_jobs
 from include.crm_export.errors import JobResultsUnreadable, NotFound, RejectedRecord, RequestFailed
@@ -63,7 +63,7 @@ class _Job:
 
     @cached_property
     def keys(self) -> frozenset[str]:
-        return frozenset(record.key for record in self.records)
+        return identities(self.records)
 
 
 class BulkPath:
@@ -180,7 +180,7 @@ class BulkPath:
             log.info(
                 "%d record(s) of stream '%s' changed while job %s, which sends their earlier version, runs; the "
                 "next job waits for it.",
-                len(shared),
+                sum(1 for record in self.next.records if identities([record]) & shared),
                 self.stream.name,
                 self.launched[-1].job_id,
             )

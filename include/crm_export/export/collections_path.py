@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, next_request
+from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, identities, next_request
 from include.crm_export.concurrency import Concurrency
 from include.crm_export.db import source
 from include.crm_export.decisions import next_batch_size
@@ -105,7 +105,7 @@ class CollectionsPath:
             and not self._a_request_failed()
         ):
             records, rest = next_request(self.waiting, self.run.stream.batch_size)
-            keys = frozenset(record.key for record in records)
+            keys = identities(records)
             running = (r.keys for r in self.requests if not r.answer.done())
             if in_flight_already(keys, running):
                 return

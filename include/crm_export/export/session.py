@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -89,19 +89,37 @@ def one_record_per_external_id(
         return records
     wanted: dict[str, str] = {}
     for record in records:
-        if record.payload is not None and record.external_id is not None:
+        if record.payload is not None and record.external_id is not None and not record.delete:
             wanted.setdefault(owners.match_key(record.external_id), record.key)
     others = external_ids.reserve(reader, stream, wanted)
     if others:
         now = current_records(reader, stream, sorted(set(others.values())), column_types, field_types)
         for match, holder in others.items():
             current = now.get(holder)
-            kept = current.external_id if current is not None else None
+            # A holder deleted since (marked deleted) holds it no more.
+            kept = current.external_id if current is not None and not current.delete else None
             if kept is not None and owners.match_key(kept) == match:
                 owners.held_by(match, holder)
             elif not external_ids.hand_over(reader, stream, match, holder=holder, to=wanted[match]):
                 owners.held_by(match, "another row")  # taken meanwhile by another run: the stricter answer
     return owners.check_all(records)
+
+
+def covered_deletes(
+    reader: psycopg.Connection, stream: Stream, records: list[SourceRecord], column_types: dict[str, str]
+) -> list[SourceRecord]:
+    """The records, each delete whose external id a live source row (another row, not marked deleted) holds
+    now confirmed as it is, nothing sent: the live row's record is that Salesforce record."""
+    deletes = sorted({r.external_id for r in records if r.delete and r.external_id and not r.unchanged})
+    if not deletes:
+        return records
+    holders = source.live_holders(reader, stream, deletes, column_types)
+    return [
+        replace(record, unchanged=True, fingerprint=None)
+        if record.delete and record.external_id and holders.get(record.external_id, set()) - {record.key}
+        else record
+        for record in records
+    ]
 
 
 @dataclass(frozen=True)
@@ -128,7 +146,10 @@ class StreamExport:
         external_id_case_sensitive: bool = False,
         org_id: str | None = None,
         resend_all: bool = False,
+        move_changes: bool = False,
     ):
+        """``move_changes``: a capture stream's slot is moved into the change table first (only under the
+        stream's lock, which :meth:`open` takes; a dry run reads what is there)."""
         self.stream = stream
         self.resend_all = resend_all  # send every record read, unchanged or not (``--resend-all``)
         self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
@@ -147,7 +168,8 @@ class StreamExport:
         self.change = None if stream.logical else change_column(stream, self.column_types[stream.order_by[0]])
         if stream.logical:
             capture.check_table(conn, stream)
-            moved = capture.move_changes(conn, stream)
+        if stream.logical and move_changes:
+            moved = capture.move_changes(conn, stream, self.column_types[stream.key])
             log.info(
                 "Moved %d change(s) of %s from replication slot %s.", moved, stream.source, capture.slot_name(stream)
             )
@@ -235,6 +257,7 @@ class StreamExport:
             external_id_case_sensitive=writer.external_id_case_sensitive if writer is not None else False,
             org_id=writer.org_id if writer is not None else None,
             resend_all=resend_all,
+            move_changes=True,
         )
 
     def horizon(self, clock: Callable[[], float] = time.monotonic, *, fresh: bool = False) -> source.Horizon:
@@ -266,7 +289,7 @@ class StreamExport:
         horizon = horizon or self.horizon(clock)
         every_record = self.resend_all if resend_all is None else resend_all
         if self.stream.logical:
-            records = read_captured(self, after, limit)
+            records = self.deletes_covered(read_captured(self, after, limit))
             records = one_record_per_external_id(
                 self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
             )
@@ -280,7 +303,7 @@ class StreamExport:
             limit=limit,
             until=until,
         )
-        records = [map_row(self.stream, row, self.field_types) for row in rows]
+        records = self.deletes_covered([map_row(self.stream, row, self.field_types) for row in rows])
         records = one_record_per_external_id(
             self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
         )
@@ -298,6 +321,12 @@ class StreamExport:
             self.reader, self.fingerprint_number, to_forget_before_sending(marked, confirmed, match_key)
         )
         return marked
+
+    def deletes_covered(self, records: list[SourceRecord]) -> list[SourceRecord]:
+        """Each delete whose external id a live source row holds now made a record confirmed as it is: that row
+        writes the Salesforce record (a row deleted and another one taking its external id, a key changed): the
+        record stays, with the live row's values, and keeps its Salesforce Id."""
+        return covered_deletes(self.reader, self.stream, records, self.column_types)
 
     def current_rows(self, keys: list[str]) -> dict[str, SourceRecord]:
         """The current version of these rows, mapped, by key (a key whose row is gone is left out)."""

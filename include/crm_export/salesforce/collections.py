@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
@@ -143,7 +144,7 @@ class CollectionWriter:
         ids = self.salesforce_ids([r for r in to_send(records) if asks or r.delete])
         if asks:
             assert self.stream is not None
-            records = apply_mode(self.stream, records, set(ids), self.match_key)
+            records = apply_mode(self.stream, records, set(ids), self._id_key)
         sendable = to_send(records)
         upserts = [r.payload for r in sendable if not r.delete and r.payload is not None]
         found = [ids[key] for key in (self._match(r) for r in sendable if r.delete) if key in ids]
@@ -175,7 +176,18 @@ class CollectionWriter:
         return self.stream
 
     def _match(self, record: SourceRecord) -> str:
-        return self.match_key(record.external_id or "")
+        return self._id_key(record.external_id or "")
+
+    def _id_key(self, external_id: str) -> str:
+        """An external id as :meth:`salesforce_ids` keys it: as Salesforce matches it, and a Number field's value
+        by its number (the query answers 5.0 for the 5 sent, "Number" fields are doubles in JSON)."""
+        if self.external_id_numeric:
+            try:
+                number = Decimal(external_id)
+            except InvalidOperation:
+                return external_id
+            return format(number.normalize(), "f") if number == number.to_integral_value() else str(number.normalize())
+        return self.match_key(external_id)
 
     def match_key(self, external_id: str) -> str:
         """An external id as this org matches it (case-insensitively unless the field is case sensitive)."""
@@ -197,7 +209,7 @@ class CollectionWriter:
                 # Salesforce names the field as its setup does, whatever the case streams.yml wrote it in.
                 value = next((v for k, v in row.items() if k.lower() == field.lower()), None)
                 if value is not None:
-                    found[self.match_key(str(value))] = str(row["Id"])
+                    found[self._id_key(str(value))] = str(row["Id"])
         return found
 
     def _query(self, soql: str) -> dict[str, Any]:
