@@ -139,6 +139,7 @@ class Walkthrough:
         self.check(all(str(key) in in_salesforce for key in batch1), "not every new contact reached Salesforce")
         self.say(f"All 40 new contacts are in Salesforce, including {blocked}.")
 
+        deleted_contact = self._mark_a_contact_deleted(batch1[0])
         self._contact_waits_for_its_account()
 
         self.step("Turn pause on export errors off (Admin > Variables).")
@@ -199,7 +200,7 @@ class Walkthrough:
                     self.say(f"Run {rid}: {line}")
         self.check(self._open_errors() == [], f"errors still open: {self._open_errors()}")
 
-        self._contact_is_deleted(batch1[0])
+        self._contact_is_deleted(*deleted_contact)
 
         self.step("Salesforce equals the source.")
         for stream in load_streams():
@@ -256,17 +257,22 @@ class Walkthrough:
         )
         self.say(f"Run {run_id} is green: contact {contact}'s AccountId is {accounts[str(account)]}, its account's Id.")
 
-    def _contact_is_deleted(self, contact: int) -> None:
-        """Deletes: a contact marked deleted in the CRM is deleted in Salesforce by its external id."""
-        self.step("A contact is deleted in the CRM (deleted_at is set); the export deletes it in Salesforce.")
+    def _mark_a_contact_deleted(self, contact: int) -> tuple[int, float, set[str]]:
+        """Deletes, first half: a contact is marked deleted now; it is looked at once the settle window is over
+        (any run from now on may delete it)."""
+        before = {r["dag_run_id"] for r in self.api.runs(EXPORT, limit=20)}
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute("UPDATE crm.contacts SET deleted_at = now() WHERE id = %s", (contact,))
+        return contact, time.monotonic(), before
+
+    def _contact_is_deleted(self, contact: int, marked_at: float, before: set[str]) -> None:
+        """Deletes: a contact marked deleted in the CRM is deleted in Salesforce by its external id."""
+        self.step("A contact was deleted in the CRM (deleted_at is set); the export deletes it in Salesforce.")
         self.say(
-            f"UPDATE crm.contacts SET deleted_at = now() WHERE id = {contact}; the contacts stream has "
-            "deletes: {column: deleted_at}. A row changed this moment waits out the 30 s settle window first."
+            f"Earlier, while the steps above ran: UPDATE crm.contacts SET deleted_at = now() WHERE id = {contact}. "
+            "The contacts stream has deletes: {column: deleted_at}; a changed row waits out the 30 s settle window."
         )
-        time.sleep(31)
-        before = {r["dag_run_id"] for r in self.api.runs(EXPORT, limit=20)}
+        time.sleep(max(0.0, 31 - (time.monotonic() - marked_at)))
         _, state = self.run_export(EXPORT)
         self.check(state == "success", f"the run ended {state}")
         in_salesforce = {r["CRM_Contact_Id__c"] for r in self.emulator.records("Contact")}

@@ -51,6 +51,7 @@ class Change:
     # Of an update: the old row as the replica identity carries it, sent when the key changed (or always, with
     # REPLICA IDENTITY FULL); None otherwise.
     old: dict[str, str | None] | None = None
+    xid: int = 0  # of its transaction (Begin): decodable once committed, visible to others a moment later
 
 
 class DecodeError(ValueError):
@@ -115,6 +116,7 @@ class Decoder:
         self.commit_lsn: int | None = None  # of the transaction being read
         self.seq = 0
         self.last_commit_end: int | None = None  # the end LSN of the last transaction read whole
+        self.xid = 0  # of the transaction being read
 
     def feed(self, data: bytes) -> list[Change]:
         reader = _Reader(data)
@@ -136,6 +138,8 @@ class Decoder:
 
     def _begin(self, reader: _Reader) -> list[Change]:
         self.commit_lsn, self.seq = reader.int64(), 0
+        reader.int64()  # the commit time
+        self.xid = reader.int32() & 0xFFFFFFFF
         return []
 
     def _commit(self, reader: _Reader) -> list[Change]:
@@ -201,7 +205,7 @@ class Decoder:
         if self.commit_lsn is None:
             raise DecodeError("a change outside a transaction (no Begin before it)")
         self.seq += 1
-        return Change(self.commit_lsn, self.seq, relation, operation, values, old)
+        return Change(self.commit_lsn, self.seq, relation, operation, values, old, self.xid)
 
 
 def lsn_text(lsn: int) -> str:

@@ -331,3 +331,14 @@ def test_a_char_key_is_the_same_record_key_in_the_read_and_in_the_changes(db, em
         assert salesforce_contacts(emulator)["A1"]["Title"] == "changed"
     finally:
         cli("capture", "drop", "--stream", "coded", streams=streams)
+
+
+def test_a_transaction_is_seen_as_ending_until_it_lets_go_of_its_id(db, project_conninfo):
+    """A change is read only once its transaction is visible to other sessions: a commit that waits for a
+    synchronous standby is decoded before that, and holds its transaction id lock until it is visible, as an
+    open transaction does."""
+    with psycopg.connect(project_conninfo) as writer:
+        xid = int(writer.execute("SELECT txid_current() % 4294967296").fetchone()[0])
+        assert capture.still_ending(db, {xid, 3}) == {xid}
+        writer.commit()
+    assert capture.still_ending(db, {xid}) == set()

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CHANGES = sql.Identifier(SCHEMA, "captured_changes")
 SLOTS = sql.Identifier(SCHEMA, "capture_slots")
+# Retained WAL a run warns about: well past what one run's changes write on a busy table.
+RETAINED_WAL_WARNING_BYTES = 1_000_000_000
 # Messages a peek returns at most (it finishes the transaction it is in): a move takes as many peeks as it needs.
 PEEK_MESSAGES = 20_000
 
@@ -79,6 +81,7 @@ class CapturedChange:
     record_key: str
     operation: str  # pgoutput.UPSERT, DELETE or TRUNCATE
     external_id: str | None  # of a delete, as the deleted row had it
+    xid: int | None = None  # of its transaction
 
     @property
     def position(self) -> tuple[str, str, str]:
@@ -351,8 +354,9 @@ def _insert(conn: psycopg.Connection, stream: Stream, changes: list[Change], key
         with conn.cursor() as cursor:
             cursor.executemany(
                 sql.SQL(
-                    """INSERT INTO {} (stream, commit_lsn, seq, record_key, operation, external_id)
-                       VALUES (%s, %s::pg_lsn, %s, COALESCE(CAST(CAST(NULLIF(%s, '') AS {}) AS text), ''), %s, %s)
+                    """INSERT INTO {} (stream, commit_lsn, seq, record_key, operation, external_id, xid)
+                       VALUES (%s, %s::pg_lsn, %s, COALESCE(CAST(CAST(NULLIF(%s, '') AS {}) AS text), ''), %s, %s,
+                               %s)
                        ON CONFLICT DO NOTHING"""
                 ).format(CHANGES, sql.SQL(key_type)),
                 rows,
@@ -360,7 +364,7 @@ def _insert(conn: psycopg.Connection, stream: Stream, changes: list[Change], key
     return len(rows)
 
 
-def _rows(stream: Stream, change: Change) -> list[tuple[str, str, int, str, str, str | None]]:
+def _rows(stream: Stream, change: Change) -> list[tuple[str, str, int, str, str, str | None, int]]:
     """A decoded change as change-table rows (stream, commit_lsn, seq, key, operation, external_id). An update
     that changed the key is the old key's delete, then the new key's upsert (seq * 2 and seq * 2 + 1 keep both
     in order)."""
@@ -369,20 +373,20 @@ def _rows(stream: Stream, change: Change) -> list[tuple[str, str, int, str, str,
         return []
     lsn = lsn_text(change.commit_lsn)
     if change.operation == TRUNCATE:
-        return [(stream.name, lsn, change.seq * 2, "", TRUNCATE, None)]
+        return [(stream.name, lsn, change.seq * 2, "", TRUNCATE, None, change.xid)]
     key = change.values.get(stream.key)
     if key is None:
         raise _fail(stream, f"a change at {lsn} carries no value of the key column {stream.key}.")
     if change.operation == DELETE:
-        return [(stream.name, lsn, change.seq * 2, key, DELETE, _external_id(stream, change.values, key))]
+        return [(stream.name, lsn, change.seq * 2, key, DELETE, _external_id(stream, change.values, key), change.xid)]
     rows = []
     old_key = change.old.get(stream.key) if change.old is not None else None
     old_external_id = _external_id(stream, change.old, old_key) if change.old is not None and old_key else None
     if old_key is not None and old_key != key and old_external_id != _external_id(stream, change.values, key):
         # The key changed, and with it the external id: the old one's record goes (a key change that keeps the
         # external id is the same Salesforce record, updated by the upsert).
-        rows.append((stream.name, lsn, change.seq * 2, old_key, DELETE, old_external_id))
-    rows.append((stream.name, lsn, change.seq * 2 + 1, key, UPSERT, None))
+        rows.append((stream.name, lsn, change.seq * 2, old_key, DELETE, old_external_id, change.xid))
+    rows.append((stream.name, lsn, change.seq * 2 + 1, key, UPSERT, None, change.xid))
     return rows
 
 
@@ -401,14 +405,26 @@ def read_changes(
         params.update(lsn=after[0], seq=after[1])
     rows = conn.execute(
         sql.SQL(
-            """SELECT commit_lsn::text, seq, record_key, operation, external_id FROM {} WHERE {}
+            """SELECT commit_lsn::text, seq, record_key, operation, external_id, xid FROM {} WHERE {}
                ORDER BY commit_lsn, seq LIMIT %(limit)s"""
         ).format(CHANGES, where),
         params,
     ).fetchall()
-    return [
-        CapturedChange(lsn, seq, key, str(operation), external_id) for lsn, seq, key, operation, external_id in rows
-    ]
+    return [CapturedChange(lsn, seq, key, str(operation), ext, xid) for lsn, seq, key, operation, ext, xid in rows]
+
+
+def still_ending(conn: psycopg.Connection, xids: set[int]) -> set[int]:
+    """Of these transactions, those that committed but are not visible to other sessions yet: they still hold
+    their transaction id lock (a commit waiting for a synchronous standby is decoded before it is visible, so
+    reading its rows then would read their older versions)."""
+    if not xids:
+        return set()
+    rows = conn.execute(
+        """SELECT DISTINCT transactionid::text::bigint FROM pg_locks
+           WHERE locktype = 'transactionid' AND transactionid::text::bigint = ANY(%s)""",
+        (sorted(xids),),
+    ).fetchall()
+    return {int(xid) for (xid,) in rows}
 
 
 def forget_exported(conn: psycopg.Connection, stream: Stream, upto: tuple[str, str]) -> int:

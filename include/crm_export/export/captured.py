@@ -62,6 +62,9 @@ def read_captured(session: StreamExport, after: list[str] | None, limit: int) ->
 
 def _changed_records(session: StreamExport, changes: list[capture.CapturedChange]) -> list[SourceRecord]:
     stream = session.stream
+    ending = capture.still_ending(session.reader, {c.xid for c in changes if c.xid})
+    if ending:  # read up to the first change not visible yet; the next read (or run) takes it
+        changes = changes[: next(i for i, c in enumerate(changes) if c.xid in ending)]
     last = {change.record_key: index for index, change in enumerate(changes)}
     wanted = [
         c.record_key for i, c in enumerate(changes) if c.operation not in (DELETE, TRUNCATE) and last[c.record_key] == i

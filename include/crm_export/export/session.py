@@ -170,8 +170,19 @@ class StreamExport:
             capture.check_table(conn, stream)
         if stream.logical and move_changes:
             moved = capture.move_changes(conn, stream, self.column_types[stream.key])
-            log.info(
-                "Moved %d change(s) of %s from replication slot %s.", moved, stream.source, capture.slot_name(stream)
+            retained = capture.retained_wal_bytes(conn, stream) or 0
+            too_much = retained > capture.RETAINED_WAL_WARNING_BYTES
+            log.log(
+                logging.WARNING if too_much else logging.INFO,
+                "Moved %d change(s) of %s from replication slot %s; the server keeps %.1f MB of WAL for it%s.",
+                moved,
+                stream.source,
+                capture.slot_name(stream),
+                retained / 1e6,
+                " (more than it should: the slot's restart point waits for the server's next note of running "
+                "transactions, or for a transaction open since long before this run)"
+                if too_much
+                else "",
             )
         self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
