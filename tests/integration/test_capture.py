@@ -7,15 +7,21 @@ absent), the watermark, the ExportErrors rows, the slot's retained WAL, the comm
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import psycopg
 import pytest
 
+from devstack.stack import PROJECT_ROOT
 from include.crm_export.config import parse_config
 from include.crm_export.db import capture
 from include.crm_export.errors import StreamConfigError
 from tests.support.helpers import (
     assert_salesforce_matches_source,
     cli,
+    kill_when,
     open_errors,
     salesforce_contacts,
     watermark,
@@ -342,3 +348,37 @@ def test_a_transaction_is_seen_as_ending_until_it_lets_go_of_its_id(db, project_
         assert capture.still_ending(db, {xid, 3}) == {xid}
         writer.commit()
     assert capture.still_ending(db, {xid}) == set()
+
+
+def test_a_worker_killed_mid_run_loses_nothing(db, emulator, run_dag, people):
+    """Killed while its requests are in Salesforce and the table is half read; changes and deletes arrive
+    meanwhile: the next run goes on from the watermark and Salesforce equals the source."""
+    _insert(db, range(1, 3001))
+    emulator.set_timing(latency_ms=40)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "include.crm_export", "export", "--stream", STREAM, "--pause-on-error", "true"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "CRM_EXPORT_STREAMS_FILE": str(people)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    kill_when(worker, lambda: (watermark(db, STREAM)[0] or [""])[0] == "snapshot", never="no batch was committed")
+    db.execute("UPDATE crm.people SET title = 'After the kill' WHERE id % 3 = 0")
+    db.execute("DELETE FROM crm.people WHERE id % 7 = 0")
+    emulator.set_timing(latency_ms=0)
+
+    _run(run_dag, people)
+
+    assert_salesforce_matches_source(db, emulator, STREAM)
+    assert open_errors(db, STREAM) == []
+
+
+def test_the_page_lists_each_slot_with_the_wal_it_keeps_and_one_no_stream_follows(db, people):
+    db.execute("SELECT pg_create_logical_replication_slot('crm_export_gone', 'pgoutput')")
+    try:
+        listed = {slot["slot"]: slot for slot in capture.slots(db, [_stream()])}
+    finally:
+        db.execute("SELECT pg_drop_replication_slot('crm_export_gone')")
+    assert listed["crm_export_people"]["stream"] == STREAM
+    assert listed["crm_export_gone"]["stream"] is None  # abandoned: nothing moves it, its WAL only grows
+    assert all(slot["retained_wal_bytes"] >= 0 for slot in listed.values())

@@ -29,6 +29,7 @@ def test_reads_need_the_export_dag_and_changes_need_its_runs_or_the_variable():
     assert needed == {
         ("GET", "/"): "read the DAG CRMExport",
         ("GET", "/api/streams"): "read the DAG CRMExport",
+        ("GET", "/api/capture-slots"): "read the DAG CRMExport",
         ("GET", "/api/runs"): "read runs of the DAG CRMExport",
         ("GET", "/api/late-rows"): "read the DAG CRMExport",
         ("GET", "/api/error-counts"): "read the DAG CRMExport",

@@ -444,6 +444,27 @@ def waiting_changes(conn: psycopg.Connection, stream: Stream, after: tuple[str, 
     return int(one_value(conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(CHANGES, where), params)))
 
 
+def slots(conn: psycopg.Connection, streams: list[Stream]) -> list[dict[str, object]]:
+    """The crm-export slots of this database: name, the stream following it (None: none does), the WAL kept for
+    it, and whether that is past :data:`RETAINED_WAL_WARNING_BYTES`."""
+    owners = {slot_name(stream): stream.name for stream in streams if stream.logical}
+    rows = conn.execute(
+        r"""SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active
+            FROM pg_replication_slots
+            WHERE database = current_database() AND slot_name LIKE 'crm\_export\_%' ORDER BY slot_name"""
+    ).fetchall()
+    return [
+        {
+            "slot": name,
+            "stream": owners.get(name),
+            "retained_wal_bytes": int(retained or 0),
+            "too_much": int(retained or 0) > RETAINED_WAL_WARNING_BYTES,
+            "active": bool(active),
+        }
+        for name, retained, active in rows
+    ]
+
+
 def retained_wal_bytes(conn: psycopg.Connection, stream: Stream) -> int | None:
     """How much WAL the server keeps for the stream's slot (None: no slot)."""
     value = one_value(

@@ -21,7 +21,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
+from include.crm_export.config import Stream
 from include.crm_export.db import capture, source
+from include.crm_export.decisions import Lag
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.mapping import SourceRecord, deleted_record, map_row
 from include.crm_export.pgoutput import DELETE, TRUNCATE
@@ -30,6 +34,18 @@ if TYPE_CHECKING:
     from include.crm_export.export.session import StreamExport
 
 SNAPSHOT, CHANGES = "snapshot", "changes"
+
+
+def captured_lag(
+    conn: psycopg.Connection, stream: Stream, position: list[str] | None, column_types: dict[str, str]
+) -> Lag:
+    """How far behind its table a capture stream is: the changes waiting in the change table, and while the
+    table is read, its rows not read yet (the run's closing line, the metrics and the page)."""
+    waiting = capture.waiting_changes(conn, stream, changes_after(position))
+    if position is not None and position[0] != SNAPSHOT:
+        return Lag(waiting, True, None)
+    unread = source.lag(conn, stream, position[1:] if position else None, column_types)
+    return Lag(unread.rows + waiting, unread.exact, None)
 
 
 def changes_after(position: list[str] | None) -> tuple[str, str] | None:

@@ -36,7 +36,7 @@ from include.crm_export.decisions import (
     stop_reason,
 )
 from include.crm_export.errors import RejectedRecord, StreamConfigError
-from include.crm_export.export.captured import SNAPSHOT, changes_after, read_captured
+from include.crm_export.export.captured import captured_lag, changes_after, read_captured
 from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.parents import ParentCheck
@@ -398,19 +398,11 @@ class StreamExport:
         """How far behind the source the stream is now (closing log line, metrics); never fails the run."""
         try:
             if self.stream.logical:
-                return self._captured_lag()
+                return captured_lag(self.reader, self.stream, self.position, self.column_types)
             return source.lag(self.reader, self.stream, self.position, self.column_types)
         except psycopg.Error as exc:
             log.warning("Could not measure the lag of stream '%s': %s", self.stream.name, exc)
             return None
-
-    def _captured_lag(self) -> Lag:
-        """Changes waiting in the change table, and while the table is read, its rows not read yet."""
-        waiting = capture.waiting_changes(self.reader, self.stream, changes_after(self.position))
-        if self.position is not None and self.position[0] != SNAPSHOT:
-            return Lag(waiting, True, None)
-        unread = source.lag(self.reader, self.stream, self.position[1:] if self.position else None, self.column_types)
-        return Lag(unread.rows + waiting, unread.exact, None)
 
     def note_idle_run(self) -> None:
         """A run that committed nothing (caught up, or stopped by its limits or the API budget). A held record

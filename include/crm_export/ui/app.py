@@ -30,11 +30,12 @@ from pydantic import BaseModel, Field
 
 from include.crm_export import __version__
 from include.crm_export.config import Stream, load_streams, stream_definition
-from include.crm_export.db import page_queries, run_history, source, watermarks
+from include.crm_export.db import capture, page_queries, run_history, source, watermarks
 from include.crm_export.db.connection import Database
 from include.crm_export.db.migrate import migrate
 from include.crm_export.decisions import Lag
 from include.crm_export.errors import PARENT_NOT_EXPORTED, SettingsError, StreamBusy, StreamConfigError, StreamStuck
+from include.crm_export.export.captured import captured_lag
 from include.crm_export.names import ERROR_STATUSES, EXPORT_DAG_ID, PAUSE_ON_ERROR_VARIABLE, REEXPORT_DAG_ID
 from include.crm_export.pause_variable import PAUSE_ON_ERROR_DESCRIPTION, parse_pause_on_error
 from include.crm_export.quoting import one_line, url_segment
@@ -394,10 +395,22 @@ def late_rows() -> dict[str, Any]:
 def _lag(conn: psycopg.Connection, stream: Any, position: list[str] | None) -> Lag | None:
     """A stream's lag, or None when its source cannot be read (the page still shows the rest)."""
     try:
-        return source.lag(conn, stream, position, source.column_types(conn, stream))
+        types = source.column_types(conn, stream)
+        if stream.logical:
+            return captured_lag(conn, stream, position, types)
+        return source.lag(conn, stream, position, types)
     except (psycopg.Error, StreamConfigError) as exc:
         log.warning("CRM Export page: no lag for stream %s: %s", stream.name, exc)
         return None
+
+
+@app.get("/api/capture-slots")
+@needs(READ_EXPORT)
+def capture_slots() -> list[dict[str, Any]]:
+    """Every crm-export replication slot of this database, the WAL the server keeps for it, and the capture
+    stream that follows it (None: no stream of the file does, so nothing moves it and its WAL only grows)."""
+    with _db() as conn:
+        return capture.slots(conn, list(load_streams().values()))
 
 
 @app.get("/api/error-counts")
@@ -524,6 +537,8 @@ def reposition_stream(stream_name: str, ask: RepositionRequest, user: User) -> d
             )
         except (StreamBusy, StreamStuck) as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
+        except StreamConfigError as exc:  # a capture stream has no change time to start from
+            raise HTTPException(status_code=400, detail=str(exc)) from None
     log.warning("CRM Export page: %s re-positioned stream %s to %s", by, stream.name, done["new_position"])
     return done
 
