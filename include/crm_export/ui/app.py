@@ -537,8 +537,6 @@ def reposition_stream(stream_name: str, ask: RepositionRequest, user: User) -> d
             )
         except (StreamBusy, StreamStuck) as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
-        except StreamConfigError as exc:  # a capture stream has no change time to start from
-            raise HTTPException(status_code=400, detail=str(exc)) from None
     log.warning("CRM Export page: %s re-positioned stream %s to %s", by, stream.name, done["new_position"])
     return done
 
