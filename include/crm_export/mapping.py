@@ -62,21 +62,16 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
     key = row[RECORD_KEY] if RECORD_KEY in row else str(row[stream.key])
     position = tuple(row[column] for column in stream.order_by)
     raw_external_id = row[stream.external_id_column]
-    if raw_external_id is None or str(raw_external_id).strip() == "":
-        return SourceRecord(
+    if _blank(raw_external_id):
+        return _without_external_id(
+            stream,
             key,
             position,
-            None,
-            None,
-            RejectedRecord(
-                MISSING_EXTERNAL_ID,
-                f"Source column {stream.external_id_column} is empty, so the record has no "
-                f"{stream.external_id_field} to upsert by. Fill it in the source.",
-                (stream.external_id_field,),
-            ),
+            f"Source column {stream.external_id_column} is empty, so the record has no {stream.external_id_field} "
+            "to upsert by. Fill it in the source.",
         )
     external_id = str(raw_external_id)
-    payload: dict[str, Any] = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
+    payload = _identified(stream, external_id)
     if stream.deletes_column is not None and marked_deleted(row[stream.deletes_column]):
         return deleted_record(stream, key, position, external_id)
     relationships = getattr(field_types, "relationships", None) or {}
@@ -104,22 +99,32 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
 def deleted_record(stream: Stream, key: str, position: tuple[Any, ...], external_id: str | None) -> SourceRecord:
     """A source row that is deleted (marked deleted, or gone from a captured table): its Salesforce record is
     deleted, found by the external id; without one there is nothing to find it by, a rejected record."""
-    if external_id is None or external_id.strip() == "":
-        return SourceRecord(
+    if external_id is None or _blank(external_id):
+        return _without_external_id(
+            stream,
             key,
             position,
-            None,
-            None,
-            RejectedRecord(
-                MISSING_EXTERNAL_ID,
-                f"Source row {shown(key)} is deleted, and what is known of it has no {stream.external_id_column}, "
-                f"so there is no {stream.external_id_field} to find its Salesforce record by. Delete the record in "
-                "Salesforce by hand if it is there, then mark this error resolved.",
-                (stream.external_id_field,),
-            ),
+            f"Source row {shown(key)} is deleted, and what is known of it has no {stream.external_id_column}, so "
+            f"there is no {stream.external_id_field} to find its Salesforce record by. Delete the record in "
+            "Salesforce by hand if it is there, then mark this error resolved.",
         )
-    payload = {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
-    return SourceRecord(key, position, external_id, payload, delete=True)
+    return SourceRecord(key, position, external_id, _identified(stream, external_id), delete=True)
+
+
+def _blank(external_id: Any) -> bool:
+    return external_id is None or str(external_id).strip() == ""
+
+
+def _identified(stream: Stream, external_id: str) -> dict[str, Any]:
+    """The start of every payload: the object and the external id (all a delete needs)."""
+    return {"attributes": {"type": stream.sobject}, stream.external_id_field: external_id}
+
+
+def _without_external_id(stream: Stream, key: str, position: tuple[Any, ...], message: str) -> SourceRecord:
+    """A record with no external id: nothing to find its Salesforce record by, a rejected record."""
+    return SourceRecord(
+        key, position, None, None, RejectedRecord(MISSING_EXTERNAL_ID, message, (stream.external_id_field,))
+    )
 
 
 def marked_deleted(value: Any) -> bool:

@@ -45,6 +45,11 @@ def sql_literal(text: str) -> str:
     return "'" + quoted + "'"
 
 
+def sql_identifier(name: str) -> str:
+    """``name`` as a quoted PostgreSQL identifier, for a statement a message tells a person to run."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def shown(text: str | None, *, none: str = "none") -> str:
     """A source value for prose: as it is when it is a plain token, else JSON-quoted; one line, bounded.
 

@@ -29,6 +29,7 @@ from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.names import SCHEMA
 from include.crm_export.pgoutput import DELETE, TRUNCATE, UPSERT, Change, Decoder, lsn_text, lsn_value
+from include.crm_export.quoting import sql_identifier
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,6 @@ def _replication_help(role: str) -> str:
         f"server, Google Cloud SQL, Azure Database for PostgreSQL); on Amazon RDS or Aurora GRANT rds_replication "
         f"TO {quoted}."
     )
-
-
-def sql_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def slot_name(stream: Stream) -> str:
@@ -216,7 +213,7 @@ def setup(conn: psycopg.Connection, stream: Stream) -> str:
                 created = one_value(
                     conn.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
                 )
-                _record_slot(conn, stream, created, fresh=True)
+                _record_slot(conn, stream, created)
             done.append(f"created replication slot {name} at {created}")
         elif existing[0] != "pgoutput" or existing[1] != one_value(conn.execute("SELECT current_database()")):
             raise _fail(
@@ -240,8 +237,9 @@ def setup(conn: psycopg.Connection, stream: Stream) -> str:
     )
 
 
-def _record_slot(conn: psycopg.Connection, stream: Stream, lsn: str, *, fresh: bool) -> None:
-    """Note the slot (made anew: its changes start at ``lsn``; the stream starts over with a read of the table)."""
+def _record_slot(conn: psycopg.Connection, stream: Stream, lsn: str) -> None:
+    """Note a slot made anew: its changes start at ``lsn``, and the stream starts over with a read of the table, so
+    no change of an older slot is left."""
     conn.execute(
         sql.SQL(
             """INSERT INTO {} (stream, slot_name, moved_upto) VALUES (%s, %s, %s)
@@ -250,8 +248,7 @@ def _record_slot(conn: psycopg.Connection, stream: Stream, lsn: str, *, fresh: b
         ).format(SLOTS),
         (stream.name, slot_name(stream), lsn),
     )
-    if fresh:
-        conn.execute(sql.SQL("DELETE FROM {} WHERE stream = %s").format(CHANGES), (stream.name,))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE stream = %s").format(CHANGES), (stream.name,))
 
 
 def forget_for_start_over(conn: psycopg.Connection, stream: Stream) -> None:
@@ -279,17 +276,11 @@ def drop(conn: psycopg.Connection, stream: Stream) -> str:
     return "; ".join(done) or f"stream '{stream.name}' had no slot or publication"
 
 
-@dataclass(frozen=True)
-class SlotState:
-    moved_upto: str  # how far its changes are in the change table
-    created_at: str  # when capture setup made it: the stream's start (a watermark older than that starts over)
-
-
-def slot_state(conn: psycopg.Connection, stream: Stream) -> SlotState:
-    """The stream's slot as the export knows it; a missing slot or one someone else moved stops the stream."""
+def check_slot(conn: psycopg.Connection, stream: Stream) -> None:
+    """The stream's slot is where the export left it; a missing slot or one someone else moved stops the stream."""
     name = slot_name(stream)
     known = conn.execute(
-        sql.SQL("SELECT moved_upto::text, created_at::text FROM {} WHERE stream = %s").format(SLOTS), (stream.name,)
+        sql.SQL("SELECT moved_upto::text FROM {} WHERE stream = %s").format(SLOTS), (stream.name,)
     ).fetchone()
     slot = conn.execute(
         """SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots
@@ -311,13 +302,12 @@ def slot_state(conn: psycopg.Connection, stream: Stream) -> SlotState:
             "else consumed it or made it anew, and changes in between may be lost. Start over: "
             f"python -m include.crm_export capture drop --stream {stream.name}, then {setup_command}.",
         )
-    return SlotState(known[0], known[1])
 
 
 def move_changes(conn: psycopg.Connection, stream: Stream, key_type: str) -> int:
     """Move every change the slot holds, committed before now, into the change table, then advance the slot past
     them: how many row changes were moved. Runs outside any transaction of the caller's."""
-    slot_state(conn, stream)
+    check_slot(conn, stream)
     name = slot_name(stream)
     # The flushed end of the WAL, not its write position: decoding reads only flushed WAL, so a commit between
     # the two (synchronous_commit off, a bulk load) would be passed over by an advance to the write position.

@@ -298,25 +298,21 @@ class StreamExport:
         one record per external id, each marked unchanged if Salesforce confirmed its payload last (unless
         ``resend_all``, by default the session's)."""
         horizon = horizon or self.horizon(clock)
-        every_record = self.resend_all if resend_all is None else resend_all
         if self.stream.logical:
-            records = self.deletes_covered(read_captured(self, after, limit))
-            records = one_record_per_external_id(
-                self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
+            records = read_captured(self, after, limit)
+        else:
+            rows = source.read_batch(
+                self.reader,
+                self.stream,
+                after=after,
+                horizon=horizon.at,
+                column_types=self.column_types,
+                limit=limit,
+                until=until,
             )
-            return horizon, self._to_be_sent(records, every_record=every_record)
-        rows = source.read_batch(
-            self.reader,
-            self.stream,
-            after=after,
-            horizon=horizon.at,
-            column_types=self.column_types,
-            limit=limit,
-            until=until,
-        )
-        records = self.deletes_covered([map_row(self.stream, row, self.field_types) for row in rows])
+            records = [map_row(self.stream, row, self.field_types) for row in rows]
         records = one_record_per_external_id(
-            self.reader, self.stream, records, self.sent_ids, self.column_types, self.field_types
+            self.reader, self.stream, self.deletes_covered(records), self.sent_ids, self.column_types, self.field_types
         )
         every_record = self.resend_all if resend_all is None else resend_all
         return horizon, self._to_be_sent(records, every_record=every_record)
