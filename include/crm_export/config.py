@@ -112,6 +112,14 @@ class RunLimits(BaseModel):
         Number,
         Field(ge=0, le=100, description="With pause on error off: notify above this share of records rejected."),
     ] = 5.0
+    alert_retained_wal_mb: Annotated[
+        Number,
+        Field(
+            ge=0.001,
+            description="Notify (and flag on the page) when the server keeps more WAL than this for a capture "
+            "stream's replication slot; a slot no stream follows takes the smallest value of any stream.",
+        ),
+    ] = 1000.0
     run_history_days: Annotated[
         WholeNumber, Field(ge=1, description="How long a stream's runs are kept for the page's history.")
     ] = 90

@@ -21,7 +21,7 @@ from include.crm_export.names import (
     REEXPORT_DAG_ID,
     SCHEMA,
 )
-from include.crm_export.quoting import one_line, sentence, shown, sql_literal
+from include.crm_export.quoting import one_line, sentence, shown, sql_identifier, sql_literal
 
 CAUGHT_UP = "caught up"
 HELD = "held at a rejected record (pause on error)"
@@ -304,4 +304,53 @@ def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | No
         )
     return Alert(
         state, f"{EXPORT_DAG_ID}: {name} recovered", f"Rejections are back below the threshold. {result.summary()}"
+    )
+
+
+RETAINING = "retaining"
+
+
+def slot_alert_for(previous: str, slot: str, found: dict[str, Any] | None) -> Alert | None:
+    """The notification a replication slot calls for (``found``: its row of ``capture.slots``, None: the slot is
+    gone): one when the server starts keeping too much WAL for it, one when that ends; never one per run."""
+    state = RETAINING if found is not None and found["too_much"] else OK
+    if state == previous:
+        return None
+    if found is None:
+        return Alert(
+            state,
+            f"{EXPORT_DAG_ID}: replication slot {slot} was dropped",
+            f"The replication slot {slot} no longer exists, so the server no longer keeps WAL for it.",
+        )
+    kept = f"{found['retained_wal_bytes'] / 1e6:,.1f} MB"
+    limit = f"{found['limit_bytes'] / 1e6:,.1f} MB"
+    if state == OK:
+        return Alert(
+            state,
+            f"{EXPORT_DAG_ID}: replication slot {slot} is back under its WAL alert",
+            f"The server keeps {kept} of WAL for the replication slot {slot}, under the alert's {limit}.",
+        )
+    stream = found["stream"]
+    if stream is None:
+        cause = (
+            "No stream in the stream file follows it any more, so nothing moves it: the server keeps every WAL "
+            "segment written since, until its disk is full. If the stream is gone for good, drop the slot and its "
+            f"publication: SELECT pg_drop_replication_slot({sql_literal(slot)}); DROP PUBLICATION IF EXISTS "
+            f"{sql_identifier(slot)}; "
+            "If it is coming back, put the stream back in the stream file."
+        )
+    else:
+        cause = (
+            f"Only the task export_{stream} of {EXPORT_DAG_ID} moves it, at the start of each run. Check that the "
+            f"DAG is on and that the task gets that far (its log says 'Moved N change(s) ... from replication slot "
+            f"{slot}'); a failing task or a DAG left off makes the server keep every WAL segment written since, "
+            f"until its disk is full. If the stream is not wanted any more: python -m include.crm_export capture "
+            f"drop --stream {stream}. A stream that does move it keeps more than one run's WAL only while a "
+            "transaction stays open on the server."
+        )
+    return Alert(
+        state,
+        f"{EXPORT_DAG_ID}: replication slot {slot} keeps {kept} of WAL",
+        f"The server keeps {kept} of WAL for the replication slot {slot} (the alert is at {limit}, "
+        f"alert_retained_wal_mb). {cause}",
     )

@@ -9,6 +9,12 @@ Each channel is off until its Airflow connection exists:
   Slack provider's ``SlackWebhookNotifier``; the webhook URL (or its token) is
   the connection's password.
 
+The replication slots of change capture are watched the same way: a message
+when the server keeps more WAL for one than ``alert_retained_wal_mb``, one
+when that ends. Every export task looks at every slot of the database, so a
+slot whose stream fails early, or that no stream follows any more, is still
+announced while any stream runs.
+
 One message per change of state and channel (remembered in PostgreSQL), never
 one per run; a channel that fails to deliver is logged and tried again by the
 next run, the others are not repeated, and the export's outcome never depends
@@ -23,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from include.crm_export.config import Stream
-from include.crm_export.db import watermarks
+from include.crm_export.config import Stream, load_streams
+from include.crm_export.db import capture, watermarks
 from include.crm_export.db.connection import Database
-from include.crm_export.decisions import Alert, ExportResult, alert_for
+from include.crm_export.decisions import Alert, ExportResult, alert_for, slot_alert_for
 from include.crm_export.names import EMAIL_CONN_ID, SLACK_CONN_ID
 
 log = logging.getLogger(__name__)
@@ -103,21 +109,56 @@ def notify_state_change(stream: Stream, result: ExportResult, database: Database
                 alert = alert_for(watermarks.alert_state(conn, stream, channel.name), result, stream)
                 if alert is None:
                     continue
-                try:
-                    channel.send(connection, alert)
-                except Exception as exc:  # a notification must never cost the export its outcome
-                    log.warning(
-                        "Could not send the %s notification for stream '%s' (connection %s; the next run tries "
-                        "again): %s",
-                        channel.name,
-                        stream.name,
-                        channel.conn_id,
-                        exc,
-                    )
+                if not _deliver(channel, connection, alert, f"stream '{stream.name}'"):
                     continue
                 watermarks.set_alert_state(conn, stream, channel.name, alert.state)
-                log.info("Notified by %s: %s", channel.name, alert.subject)
                 sent.append(alert)
     except Exception as exc:
         log.warning("Could not notify about stream '%s' (the next run tries again): %s", stream.name, exc)
+    return sent
+
+
+def _deliver(channel: Channel, connection: Any, alert: Alert, about: str) -> bool:
+    try:
+        channel.send(connection, alert)
+    except Exception as exc:  # a notification must never cost the export its outcome
+        log.warning(
+            "Could not send the %s notification for %s (connection %s; the next run tries again): %s",
+            channel.name,
+            about,
+            channel.conn_id,
+            exc,
+        )
+        return False
+    log.info("Notified by %s: %s", channel.name, alert.subject)
+    return True
+
+
+def notify_slots(database: Database) -> list[Alert]:
+    """Send, on each configured channel, what the replication slots of this database call for; the alerts sent.
+
+    A slot's state is locked while its message goes out, so two tasks running at once announce it once.
+    """
+    channels = _configured()
+    if not channels:
+        return []
+    sent = []
+    try:
+        streams = list(load_streams().values())
+    except Exception:  # the task's own outcome says what is wrong with the stream file
+        return []
+    try:
+        with database.connect(application_name="crm-export slots notify") as conn:
+            found = {str(slot["slot"]): slot for slot in capture.slots(conn, streams)}
+            for channel, connection in channels:
+                for slot in sorted(found.keys() | watermarks.slots_alerted(conn, channel.name)):
+                    with conn.transaction():
+                        previous = watermarks.claim_slot_alert(conn, slot, channel.name)
+                        alert = None if previous is None else slot_alert_for(previous, slot, found.get(slot))
+                        if alert is None or not _deliver(channel, connection, alert, f"replication slot {slot}"):
+                            continue
+                        watermarks.set_slot_alert(conn, slot, channel.name, alert.state, gone=slot not in found)
+                        sent.append(alert)
+    except Exception as exc:
+        log.warning("Could not notify about the replication slots (the next run tries again): %s", exc)
     return sent

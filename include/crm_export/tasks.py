@@ -29,7 +29,7 @@ from include.crm_export.errors import (
 from include.crm_export.export import RunContext, export_stream
 from include.crm_export.metrics import emit_run_metrics
 from include.crm_export.names import PAUSE_ON_ERROR_VARIABLE
-from include.crm_export.notify import notify_state_change
+from include.crm_export.notify import notify_slots, notify_state_change
 from include.crm_export.pause_variable import parse_pause_on_error
 from include.crm_export.reexport import ReexportOptions, reexport_stream
 from include.crm_export.salesforce import bulk_jobs_for, writer_for
@@ -94,7 +94,17 @@ def _connection_of(stream_name: str) -> str:
 
 
 def export_stream_task(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:
-    """Body of ``CRMExport.export_<stream>``; ``context`` is the task's Airflow context."""
+    """Body of ``CRMExport.export_<stream>``; ``context`` is the task's Airflow context.
+
+    Whatever its outcome, the task then looks at the replication slots of change capture (notify.py).
+    """
+    try:
+        return _export_stream(stream_name, context)
+    finally:
+        notify_slots(Database())
+
+
+def _export_stream(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowFailException
 
     dag_id, run_id = context["dag"].dag_id, context["run_id"]

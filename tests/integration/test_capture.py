@@ -21,6 +21,7 @@ from include.crm_export.errors import StreamConfigError
 from tests.support.helpers import (
     assert_salesforce_matches_source,
     cli,
+    contacts_stream,
     kill_when,
     open_errors,
     salesforce_contacts,
@@ -382,3 +383,28 @@ def test_the_page_lists_each_slot_with_the_wal_it_keeps_and_one_no_stream_follow
     assert listed["crm_export_people"]["stream"] == STREAM
     assert listed["crm_export_gone"]["stream"] is None  # abandoned: nothing moves it, its WAL only grows
     assert all(slot["retained_wal_bytes"] >= 0 for slot in listed.values())
+
+
+def test_a_slot_no_stream_follows_is_announced_once_when_it_keeps_too_much_wal_and_once_when_dropped(
+    db, emulator, run_dag, people, mailbox, tmp_path
+):
+    """The stream left the stream file but its slot stayed: nothing moves it, so the server keeps every WAL
+    segment written since. Any stream's run announces it (once), and its drop (once)."""
+    others = write_streams(tmp_path / "others.yml", {"contacts": contacts_stream()}, alert_retained_wal_mb=0.1)
+    _insert(db, range(1, 5001))  # about 1 MB of WAL the abandoned slot keeps
+    _run(run_dag, others)
+    _run(run_dag, others)  # still too much: no second message
+    ((_, kept),) = mailbox
+    assert kept["Subject"].startswith("CRMExport: replication slot crm_export_people keeps ")
+    text = kept.get_body(preferencelist=("html", "plain")).get_content()
+    assert "the alert is at 0.1 MB" in text
+    assert "No stream in the stream file follows it" in text
+    assert "SELECT pg_drop_replication_slot(&#x27;crm_export_people&#x27;)" in text
+
+    assert cli("capture", "drop", "--stream", STREAM, streams=people).returncode == 0
+    _run(run_dag, others)
+    _run(run_dag, others)
+    assert [message["Subject"] for _, message in mailbox][1:] == [
+        "CRMExport: replication slot crm_export_people was dropped"
+    ]
+    assert db.execute("SELECT count(*) FROM crm_export.slot_alerts").fetchone()[0] == 0

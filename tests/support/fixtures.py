@@ -114,7 +114,7 @@ def db(project_conninfo: str) -> Iterator[psycopg.Connection]:
             "crm_export.api_requests, crm_export.stream_repositions, crm_export.horizon_samples, "
             "crm_export.export_runs, crm_export.stream_alerts, crm_export.bulk_jobs, crm_export.external_ids, "
             "crm_export.external_ids_filled, crm_export.fingerprints, crm_export.fingerprint_streams, "
-            "crm_export.captured_changes, crm_export.capture_slots "
+            "crm_export.captured_changes, crm_export.capture_slots, crm_export.slot_alerts "
             "RESTART IDENTITY"
         )
         conn.execute("DROP TRIGGER IF EXISTS fail_watermark_update ON crm_export.stream_watermarks")

@@ -7,10 +7,13 @@ from include.crm_export.config import load_streams
 from include.crm_export.decisions import (
     CAUGHT_UP,
     INCONSISTENCY_WARNING,
+    OK,
+    RETAINING,
     ExportResult,
     held_record,
     next_batch_size,
     pause_on_error_change,
+    slot_alert_for,
     stop_reason,
 )
 from include.crm_export.errors import RejectedRecord
@@ -108,3 +111,45 @@ def test_the_api_budget_stops_a_run_before_it_overspends():
     assert ours.startswith("API budget: crm-export has made 1,000 Salesforce API requests in the last 24 hours")
     org = api_budget_stop(stream, ours_last_day=10, org_usage=(90_000, 100_000))
     assert "10,000 are left, at or below the 10% (10,000) kept for its other integrations" in org
+
+
+def slot(retained_mb: float, *, stream: str | None = "people", limit_mb: float = 1000) -> dict:
+    return {
+        "slot": "crm_export_people",
+        "stream": stream,
+        "retained_wal_bytes": int(retained_mb * 1e6),
+        "limit_bytes": int(limit_mb * 1e6),
+        "too_much": retained_mb > limit_mb,
+        "active": False,
+    }
+
+
+def test_a_slot_that_keeps_too_much_wal_is_announced_once_and_its_end_once():
+    name = "crm_export_people"
+    assert slot_alert_for(OK, name, slot(3)) is None
+    alert = slot_alert_for(OK, name, slot(1500))
+    assert alert is not None
+    assert alert.state == RETAINING
+    assert alert.subject == "CRMExport: replication slot crm_export_people keeps 1,500.0 MB of WAL"
+    assert "the alert is at 1,000.0 MB" in alert.body
+    assert "export_people" in alert.body
+    assert "capture drop --stream people" in alert.body
+    assert slot_alert_for(RETAINING, name, slot(2500)) is None  # still too much: said already
+    back = slot_alert_for(RETAINING, name, slot(3))
+    assert back is not None
+    assert back.state == OK
+    assert "under the alert's 1,000.0 MB" in back.body
+
+
+def test_a_slot_no_stream_follows_says_how_to_drop_it_and_a_dropped_slot_is_announced_once():
+    name = "crm_export_people"
+    orphan = slot_alert_for(OK, name, slot(5, stream=None, limit_mb=1))
+    assert orphan is not None
+    assert orphan.state == RETAINING
+    assert "No stream in the stream file follows it" in orphan.body
+    assert "SELECT pg_drop_replication_slot('crm_export_people'); DROP PUBLICATION IF EXISTS" in orphan.body
+    dropped = slot_alert_for(RETAINING, name, None)
+    assert dropped is not None
+    assert dropped.state == OK
+    assert dropped.subject.endswith("was dropped")
+    assert slot_alert_for(OK, name, None) is None

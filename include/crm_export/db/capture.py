@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from include.crm_export.config import Stream, stream_definition
+from include.crm_export.config import RunLimits, Stream, stream_definition
 from include.crm_export.db import source
 from include.crm_export.db.connection import one_row, one_value
 from include.crm_export.errors import StreamConfigError
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 CHANGES = sql.Identifier(SCHEMA, "captured_changes")
 SLOTS = sql.Identifier(SCHEMA, "capture_slots")
-# Retained WAL a run warns about: well past what one run's changes write on a busy table.
-RETAINED_WAL_WARNING_BYTES = 1_000_000_000
 # Messages a peek returns at most (it finishes the transaction it is in): a move takes as many peeks as it needs.
 PEEK_MESSAGES = 20_000
 
@@ -434,25 +432,37 @@ def waiting_changes(conn: psycopg.Connection, stream: Stream, after: tuple[str, 
     return int(one_value(conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(CHANGES, where), params)))
 
 
+def wal_limit_bytes(slot: str, streams: list[Stream]) -> int:
+    """Retained WAL past which a slot is flagged and notified: the ``alert_retained_wal_mb`` of the stream that
+    follows it, or for a slot no stream follows, the smallest any stream sets (the default with no stream)."""
+    following = [stream for stream in streams if stream.logical and slot_name(stream) == slot]
+    megabytes = [stream.alert_retained_wal_mb for stream in following or streams]
+    return int(1_000_000 * min(megabytes, default=RunLimits().alert_retained_wal_mb))
+
+
 def slots(conn: psycopg.Connection, streams: list[Stream]) -> list[dict[str, object]]:
     """The crm-export slots of this database: name, the stream following it (None: none does), the WAL kept for
-    it, and whether that is past :data:`RETAINED_WAL_WARNING_BYTES`."""
+    it, and whether that is past :func:`wal_limit_bytes`."""
     owners = {slot_name(stream): stream.name for stream in streams if stream.logical}
     rows = conn.execute(
         r"""SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active
             FROM pg_replication_slots
             WHERE database = current_database() AND slot_name LIKE 'crm\_export\_%' ORDER BY slot_name"""
     ).fetchall()
-    return [
-        {
-            "slot": name,
-            "stream": owners.get(name),
-            "retained_wal_bytes": int(retained or 0),
-            "too_much": int(retained or 0) > RETAINED_WAL_WARNING_BYTES,
-            "active": bool(active),
-        }
-        for name, retained, active in rows
-    ]
+    listed = []
+    for name, retained, active in rows:
+        limit = wal_limit_bytes(name, streams)
+        listed.append(
+            {
+                "slot": name,
+                "stream": owners.get(name),
+                "retained_wal_bytes": int(retained or 0),
+                "limit_bytes": limit,
+                "too_much": int(retained or 0) > limit,
+                "active": bool(active),
+            }
+        )
+    return listed
 
 
 def retained_wal_bytes(conn: psycopg.Connection, stream: Stream) -> int | None:

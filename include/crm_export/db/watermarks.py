@@ -26,6 +26,7 @@ from include.crm_export.names import SCHEMA, WATERMARKS_TABLE
 
 WATERMARKS = sql.Identifier(SCHEMA, WATERMARKS_TABLE)
 STREAM_ALERTS = sql.Identifier(SCHEMA, "stream_alerts")
+SLOT_ALERTS = sql.Identifier(SCHEMA, "slot_alerts")
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,40 @@ def set_alert_state(conn: psycopg.Connection, stream: Stream, channel: str, stat
             "ON CONFLICT (stream, channel) DO UPDATE SET state = excluded.state, announced_at = now()"
         ).format(STREAM_ALERTS),
         (stream.name, channel, state),
+    )
+
+
+def slots_alerted(conn: psycopg.Connection, channel: str) -> set[str]:
+    """The replication slots whose last notification on ``channel`` announced something other than ``ok``."""
+    rows = conn.execute(
+        sql.SQL("SELECT slot FROM {} WHERE channel = %s AND state <> 'ok'").format(SLOT_ALERTS), (channel,)
+    ).fetchall()
+    return {slot for (slot,) in rows}
+
+
+def claim_slot_alert(conn: psycopg.Connection, slot: str, channel: str) -> str | None:
+    """Lock the slot's alert state on ``channel`` for this transaction and return it (``ok`` if none); None when
+    another task holds it (that task announces whatever there is to announce)."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (slot, channel, state) VALUES (%s, %s, 'ok') ON CONFLICT DO NOTHING").format(
+            SLOT_ALERTS
+        ),
+        (slot, channel),
+    )
+    found = conn.execute(
+        sql.SQL("SELECT state FROM {} WHERE slot = %s AND channel = %s FOR UPDATE SKIP LOCKED").format(SLOT_ALERTS),
+        (slot, channel),
+    ).fetchone()
+    return None if found is None else str(found[0])
+
+
+def set_slot_alert(conn: psycopg.Connection, slot: str, channel: str, state: str, *, gone: bool) -> None:
+    if gone:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE slot = %s AND channel = %s").format(SLOT_ALERTS), (slot, channel))
+        return
+    conn.execute(
+        sql.SQL("UPDATE {} SET state = %s, announced_at = now() WHERE slot = %s AND channel = %s").format(SLOT_ALERTS),
+        (state, slot, channel),
     )
 
 

@@ -171,7 +171,7 @@ class StreamExport:
         if stream.logical and move_changes:
             moved = capture.move_changes(conn, stream, self.column_types[stream.key])
             retained = capture.retained_wal_bytes(conn, stream) or 0
-            too_much = retained > capture.RETAINED_WAL_WARNING_BYTES
+            too_much = retained > capture.wal_limit_bytes(capture.slot_name(stream), [stream])
             log.log(
                 logging.WARNING if too_much else logging.INFO,
                 "Moved %d change(s) of %s from replication slot %s; the server keeps %.1f MB of WAL for it%s.",
