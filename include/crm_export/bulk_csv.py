@@ -38,7 +38,7 @@ class JobRecord:
     outside_payload: dict[str, Any] | None = None
     fingerprint: int | None = None  # of the payload, written when Salesforce confirms it
     unchanged: bool = False  # Salesforce confirmed this payload last: not in the CSV, confirmed as it is
-    delete: bool = False  # marked deleted in the source: deleted beside the job (``outside_payload``)
+    delete: bool = False  # marked deleted in the source: deleted once the job is done (``outside_payload``)
 
     @property
     def sent(self) -> bool:
@@ -72,7 +72,7 @@ class JobData:
             self.records.append(JobRecord(record.key, record.position, record.external_id, unchanged=True))
             return True
         fingerprint = record.fingerprint
-        if record.delete:  # deleted through sObject Collections, beside the job (an upsert job cannot delete)
+        if record.delete:  # deleted once the job is done, in a delete job or through sObject Collections
             self.records.append(
                 JobRecord(
                     record.key, record.position, record.external_id, None, record.payload, fingerprint, delete=True

@@ -13,8 +13,10 @@ from tests.support.helpers import (
     assert_salesforce_matches_source,
     contacts_stream,
     insert_contacts,
+    kill_when,
     open_errors,
     salesforce_contacts,
+    start_cli_export,
     table_stream,
     watermark,
     write_streams,
@@ -255,3 +257,74 @@ def test_a_row_marked_deleted_whose_external_id_another_row_takes_leaves_the_rec
     assert open_errors(db) == []
     assert_salesforce_matches_source(db, emulator)
     db.execute("DROP TABLE crm.reused")
+
+
+def _bulk_jobs(db):
+    return db.execute("SELECT operation, state, records FROM crm_export.bulk_jobs ORDER BY created_at").fetchall()
+
+
+def test_a_mass_delete_on_the_bulk_path_goes_in_one_bulk_delete_job(db, emulator, run_dag, pause_variable, tmp_path):
+    """1,100 rows marked deleted on the Bulk path: their Ids found by query, then deleted in one Bulk API 2.0
+    delete job ("Create a Job", operation delete, after the upsert job of the rows changed with them). One deleted
+    by hand counts as deleted without being sent; one Salesforce refuses (DELETE_FAILED) is a rejected record,
+    and with pause off the re-export deletes it once fixed."""
+    insert_contacts(db, 1200)
+    streams = _streams(tmp_path)
+    _run(run_dag, streams, "Bulk API 2.0")
+    emulator.delete_record("Contact", salesforce_contacts(emulator)["7"]["Id"])
+    deleted_before = emulator.counters().get("records_deleted", 0)
+    rule = _block_delete(emulator, 500)
+    pause_variable("false")
+
+    _mark_deleted(db, *range(1, 1101))
+    db.execute("UPDATE crm.contacts SET title = 'Changed' WHERE id > 1150")
+    run = _run(run_dag, streams, "Bulk API 2.0")
+
+    # The upsert job's records are the 1,150 read (50 in its CSV); the hand-deleted one is not in the delete job.
+    assert _bulk_jobs(db)[-2:] == [("upsert", "done", 1150), ("delete", "done", 1099)]
+    assert emulator.counters().get("records_deleted", 0) - deleted_before == 1098
+    assert _last_run(db) == (50, 0, 1099, 1)
+    assert "Bulk API 2.0 delete job" in run.log
+    [error] = open_errors(db)
+    assert (error["record_key"], error["error_code"]) == ("500", "DELETE_FAILED")
+    assert error["error_message"].startswith("Salesforce refused to delete the Contact with CRM_Contact_Id__c = 500")
+    assert set(salesforce_contacts(emulator)) == {"500"} | {str(n) for n in range(1101, 1201)}
+
+    emulator.remove_rule(rule)
+    assert run_dag(dag_id="CRMExport_ExportError", streams_file=streams, retries=False).state == "success"
+    assert_salesforce_matches_source(db, emulator)
+    assert open_errors(db) == []
+
+
+def test_a_delete_job_left_by_a_killed_task_is_aborted_before_its_records_are_read_again(
+    db, emulator, run_dag, tmp_path
+):
+    """Killed while Salesforce processes the delete job: the next run aborts it first (a delete still running
+    could land after a row that came back is written again), resumes the upsert job by polling, and asks the
+    deletes again; those done already count as deleted."""
+    insert_contacts(db, 1100)
+    streams = _streams(tmp_path, bulk_threshold=1000)
+    _run(run_dag, streams, "Bulk API 2.0")
+    _mark_deleted(db, *range(1, 1051))
+    db.execute("UPDATE crm.contacts SET title = 'Changed' WHERE id > 1050")
+    emulator.set_timing(bulk_records_per_second=150)  # the delete job takes about 7 s
+    worker = start_cli_export(streams)
+    kill_when(
+        worker,
+        lambda: db.execute(
+            "SELECT 1 FROM crm_export.bulk_jobs WHERE operation = 'delete' AND state = 'closed'"
+        ).fetchone(),
+        never="the worker never closed a delete job",
+    )
+    emulator.set_timing(bulk_records_per_second=0)
+    assert watermark(db)[0][1] == "1100"  # the first export's: nothing of the killed run was committed
+
+    resumed = _run(run_dag, streams, "Bulk API 2.0")
+    assert "a delete job left by an earlier task; its deletes are asked again" in resumed.log
+    states = [row[:2] for row in _bulk_jobs(db)]
+    assert states.count(("delete", "aborted")) == 1
+    assert {state for _, state in states} == {"done", "aborted"}
+    assert set(salesforce_contacts(emulator)) == {str(n) for n in range(1051, 1101)}
+    assert_salesforce_matches_source(db, emulator)
+    assert watermark(db)[0][1] == "1100"
+    assert open_errors(db) == []

@@ -19,6 +19,7 @@ class RecordedJob:
     after_position: list[str] | None
     last_position: list[str]
     records: int
+    operation: str  # upsert, or delete: the deletes of the upsert job with the same positions
 
 
 def record(
@@ -30,11 +31,13 @@ def record(
     after: list[str] | None,
     last: list[str],
     records: int,
+    operation: str = "upsert",
 ) -> None:
     conn.execute(
-        """INSERT INTO crm_export.bulk_jobs (job_id, stream, run_id, state, after_position, last_position, records)
-           VALUES (%s, %s, %s, 'created', %s, %s, %s)""",
-        (job_id, stream.name, run_id, Jsonb(after) if after is not None else None, Jsonb(last), records),
+        """INSERT INTO crm_export.bulk_jobs
+               (job_id, stream, run_id, state, after_position, last_position, records, operation)
+           VALUES (%s, %s, %s, 'created', %s, %s, %s, %s)""",
+        (job_id, stream.name, run_id, Jsonb(after) if after is not None else None, Jsonb(last), records, operation),
     )
 
 
@@ -47,7 +50,7 @@ def set_state(conn: psycopg.Connection, job_id: str, state: str) -> None:
 
 def unfinished(conn: psycopg.Connection, stream: Stream) -> list[RecordedJob]:
     rows = conn.execute(
-        """SELECT job_id, state, after_position, last_position, records FROM crm_export.bulk_jobs
+        """SELECT job_id, state, after_position, last_position, records, operation FROM crm_export.bulk_jobs
            WHERE stream = %s AND finished_at IS NULL ORDER BY created_at""",
         (stream.name,),
     ).fetchall()

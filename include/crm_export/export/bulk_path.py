@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 # only Open, UploadComplete and InProgress jobs).
 _ENDED = "INVALIDJOBSTATE"
 _FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
+# A job's deletes go in a Bulk API 2.0 delete job from this many on; fewer go through sObject Collections. A
+# delete job costs about six requests however large (create, upload, close, a poll or more, two result sets);
+# Collections one per 200 records. Finding the Ids costs the same on both (queries of up to 4,000 characters).
+DELETE_JOB_RECORDS = 1_000
 
 
 @dataclass
@@ -121,8 +125,12 @@ class BulkPath:
 
     def resume(self) -> None:
         """Jobs a killed task left: one closed and next in line is polled and committed (never uploaded again);
-        any other is aborted."""
-        for left in self.left:
+        any other is aborted. A delete job left is aborted first, whatever its state: its upsert job's records are
+        read again, and their deletes asked again after it."""
+        for left in sorted(self.left, key=lambda job: job.operation != "delete"):
+            if left.operation == "delete":
+                self._abort(left, "a delete job left by an earlier task; its deletes are asked again", must=True)
+                continue
             if self.run.stopped:
                 self._abort(left, f"the stream stopped at record {shown(self.run.result.held_or_waiting)}", must=True)
                 continue
@@ -273,7 +281,7 @@ class BulkPath:
         log.info(
             "Bulk API 2.0 job %s: %d records of stream '%s' uploaded; Salesforce is processing them.",
             job.job_id,
-            len(job.records),
+            sum(1 for record in job.records if record.sent),
             self.stream.name,
         )
 
@@ -382,20 +390,81 @@ class BulkPath:
         return matched.rejected
 
     def _send_beside_the_job(self, job: _Job, rejected: dict[int, RejectedRecord]) -> None:
-        """Send the records a CSV cannot carry exactly (``values.NotInCsv``), and delete those marked deleted,
-        through sObject Collections.
+        """Send the records a CSV cannot carry exactly (``values.NotInCsv``) through sObject Collections, and delete
+        those marked deleted: through sObject Collections, or when there are at least :data:`DELETE_JOB_RECORDS`,
+        in one Bulk API 2.0 delete job.
 
         They were read with the job, so no other job or request holds them; they
         are sent once the job is done and committed with it, in source order.
         """
+
+        def sent(index: int) -> SourceRecord:
+            r = job.records[index]
+            return SourceRecord(r.key, r.position, r.external_id, r.outside_payload, delete=r.delete)
+
         beside = [index for index, record in enumerate(job.records) if record.outside_payload is not None]
+        deletes = [index for index in beside if job.records[index].delete]
+        outcomes: list[tuple[int, RecordOutcome]] = []
+        if len(deletes) >= DELETE_JOB_RECORDS:
+            beside = [index for index in beside if not job.records[index].delete]
+            gone = self.run.writer.delete_by([sent(index) for index in deletes], lambda ids: self._delete_job(job, ids))
+            outcomes += zip(deletes, gone, strict=True)
         for start in range(0, len(beside), MAX_BATCH_SIZE):
             indexes = beside[start : start + MAX_BATCH_SIZE]
-            records = [job.records[index] for index in indexes]
-            sent = [SourceRecord(r.key, r.position, r.external_id, r.outside_payload, delete=r.delete) for r in records]
-            for index, outcome in zip(indexes, self.run.writer.send(sent), strict=True):
-                if outcome.rejection is not None:
-                    rejected[index] = outcome.rejection
+            outcomes += zip(indexes, self.run.writer.send([sent(index) for index in indexes]), strict=True)
+        for index, outcome in outcomes:
+            if outcome.rejection is not None:
+                rejected[index] = outcome.rejection
+
+    def _delete_job(self, job: _Job, ids: list[str]) -> dict[str, RejectedRecord]:
+        """Delete these Salesforce Ids in one Bulk API 2.0 delete job ("Create a Job", operation ``delete``); the
+        refusals by Id. Recorded first, so a job a killed task left is aborted by the next run before anything
+        else is sent. A job that fails or leaves records unprocessed is a request failure, as an upsert job's."""
+        job_id = self.jobs.create("delete")
+        with self.run.session.conn.transaction():
+            bulk_jobs.record(
+                self.run.session.conn,
+                self.stream,
+                job_id,
+                run_id=self.run.session.context.run_id,
+                after=job.after,
+                last=job.last,
+                records=len(ids),
+                operation="delete",
+            )
+        try:
+            self.jobs.upload(job_id, "Id\n" + "".join(f"{salesforce_id}\n" for salesforce_id in ids))
+            self.jobs.close(job_id)
+        except RequestFailed:
+            self._abort(_Job(job.after, [], None, job_id), "its upload failed")
+            raise
+        bulk_jobs.set_state(self.run.session.conn, job_id, "closed")
+        log.info(
+            "Bulk API 2.0 delete job %s: %d records of stream '%s' marked deleted%s.",
+            job_id,
+            len(ids),
+            self.stream.name,
+            "" if job.job_id is None else f", after upsert job {job.job_id}",
+        )
+        info = self.jobs.wait(job_id, records=len(ids))
+        failed_state = info["state"] != "JobComplete"
+        saved, refused = (set(), {}) if failed_state else self.jobs.results(job_id, by_id=True)
+        unprocessed = [
+            salesforce_id for salesforce_id in ids if salesforce_id not in saved and salesforce_id not in refused
+        ]
+        if failed_state or unprocessed:
+            bulk_jobs.set_state(self.run.session.conn, job_id, "failed")
+            why = (
+                f"ended {info['state']}: {info.get('errorMessage') or 'Salesforce gave no reason'}"
+                if failed_state
+                else f"left {len(unprocessed)} record(s) unprocessed (the first: Id {unprocessed[0]})"
+            )
+            raise RequestFailed(
+                f"Bulk API 2.0 delete job {job_id} of stream '{self.stream.name}' {why}. Nothing of it (nor of the "
+                "records read with it) was recorded and the watermark did not move; they are read and sent again."
+            )
+        bulk_jobs.set_state(self.run.session.conn, job_id, "done")
+        return refused
 
     def _current_rows(self, job: _Job, rejected: dict[int, RejectedRecord]) -> dict[str, SourceRecord]:
         """The rows of the records Salesforce rejected, read again by key: their payloads were not kept.

@@ -131,21 +131,23 @@ class BulkJobs:
         self.client.headers["Authorization"] = token
         return True
 
-    def create(self) -> str:
-        """ "Create a Job" (Bulk API 2.0): an upsert by the external id, CSV, and the assignment rule to run."""
+    def create(self, operation: str = "upsert") -> str:
+        """ "Create a Job" (Bulk API 2.0), CSV: an upsert by the external id with the assignment rule to run, or a
+        ``delete`` (its data one ``Id`` column, "Prepare CSV Files"; deleted records go to the Recycle Bin)."""
         payload = {
             "object": self.sobject,
-            "operation": "upsert",
-            "externalIdFieldName": self.external_id_field,
+            "operation": operation,
             "contentType": "CSV",
             "columnDelimiter": "COMMA",
             "lineEnding": "LF",
         }
-        rule = self._assignment_rule_id
-        if rule is not None:
-            payload["assignmentRuleId"] = rule
+        if operation == "upsert":
+            payload["externalIdFieldName"] = self.external_id_field
+            rule = self._assignment_rule_id
+            if rule is not None:
+                payload["assignmentRuleId"] = rule
         info = self._call(
-            f"create a Bulk API 2.0 upsert job on {self.sobject}",
+            f"create a Bulk API 2.0 {operation} job on {self.sobject}",
             lambda: call_salesforce(
                 url=self.client._construct_request_url(None, False),
                 method="POST",
@@ -216,8 +218,9 @@ class BulkJobs:
             last = seen
             self.sleep(pause)
 
-    def results(self, job_id: str) -> tuple[set[str], dict[str, RejectedRecord]]:
-        """The external ids saved and those rejected (with their errors), read from the two result sets.
+    def results(self, job_id: str, *, by_id: bool = False) -> tuple[set[str], dict[str, RejectedRecord]]:
+        """The external ids saved and those rejected (with their errors), read from the two result sets; ``by_id``:
+        the Salesforce Ids instead, for a delete job (an Id is matched exactly).
 
         Each set is downloaded as bytes and read as UTF-8 (the encoding of Bulk
         API 2.0 data, "Prepare CSV Files"): a CSV response without a charset
@@ -230,15 +233,12 @@ class BulkJobs:
             # A result row repeats the values sent, up to Bulk API 2.0's 32,000 characters a field (more than
             # the csv module's default limit of 131,072 once several are quoted): no field limit when reading.
             csv.field_size_limit(sys.maxsize)
+            field, exact = ("Id", True) if by_id else (self.external_id_field, self.case_sensitive)
             try:
                 with saved.open(encoding="utf-8", newline="") as rows:
-                    saved_ids = bulk_csv.saved_ids(
-                        csv.reader(rows), self.external_id_field, case_sensitive=self.case_sensitive
-                    )
+                    saved_ids = bulk_csv.saved_ids(csv.reader(rows), field, case_sensitive=exact)
                 with failed.open(encoding="utf-8", newline="") as rows:
-                    failed_ids = bulk_csv.rejections(
-                        csv.reader(rows), self.external_id_field, case_sensitive=self.case_sensitive
-                    )
+                    failed_ids = bulk_csv.rejections(csv.reader(rows), field, case_sensitive=exact)
                     return saved_ids, failed_ids
             except (UnicodeDecodeError, csv.Error, ValueError) as exc:
                 raise JobResultsUnreadable(

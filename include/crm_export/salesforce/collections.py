@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -147,7 +147,7 @@ class CollectionWriter:
             records = apply_mode(self.stream, records, set(ids), self._id_key)
         sendable = to_send(records)
         upserts = [r.payload for r in sendable if not r.delete and r.payload is not None]
-        found = [ids[key] for key in (self._match(r) for r in sendable if r.delete) if key in ids]
+        found = self._found([r for r in sendable if r.delete], ids)
         upserted = iter(self.upsert(upserts) if upserts else [])
         deleted = dict(zip(found, self.delete(found), strict=True)) if found else {}
         if getattr(self._local, "counted_ahead", 0):  # counted ahead, and nothing was sent after all
@@ -161,14 +161,34 @@ class CollectionWriter:
             elif record.unchanged:
                 outcomes.append(RecordOutcome(record, None))  # Salesforce holds this payload already
             elif record.delete:
-                answer = deleted.get(ids.get(self._match(record), ""))
-                refused = answer if isinstance(answer, RejectedRecord) else None
-                rejection = None if refused is None else delete_refusal(self._stream(), record.external_id, refused)
-                outcomes.append(RecordOutcome(record, rejection))  # no answer: Salesforce had no such record
+                outcomes.append(self._deleted(record, ids, deleted))
             else:
                 answer = next(upserted)
                 outcomes.append(RecordOutcome(record, None if isinstance(answer, Saved) else answer))
         return outcomes
+
+    def delete_by(
+        self, records: list[SourceRecord], remove: Callable[[list[str]], Mapping[str, Result]]
+    ) -> list[RecordOutcome]:
+        """Delete records marked deleted (none unchanged or rejected) through ``remove`` (Salesforce Ids -> each
+        one's answer), as :meth:`send` deletes them: the Bulk path's delete job."""
+        ids = self.salesforce_ids(records)
+        found = self._found(records, ids)
+        answers = remove(found) if found else {}
+        return [self._deleted(record, ids, answers) for record in records]
+
+    def _found(self, records: list[SourceRecord], ids: dict[str, str]) -> list[str]:
+        """The Salesforce Ids of the records to delete that Salesforce has, each once."""
+        return list(dict.fromkeys(ids[key] for key in (self._match(r) for r in records) if key in ids))
+
+    def _deleted(self, record: SourceRecord, ids: dict[str, str], answers: Mapping[str, Result]) -> RecordOutcome:
+        """A delete's outcome from Salesforce's answer for its record's Id (``deletes.py`` decides what a refusal
+        means); no answer: Salesforce had no record with that external id, so it is gone already."""
+        answer = answers.get(ids.get(self._match(record), ""))
+        refused = answer if isinstance(answer, RejectedRecord) else None
+        return RecordOutcome(
+            record, None if refused is None else delete_refusal(self._stream(), record.external_id, refused)
+        )
 
     def _stream(self) -> Stream:
         if self.stream is None:
