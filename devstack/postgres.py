@@ -100,8 +100,9 @@ class EmbeddedPostgres:
 
     user = "crm_export"
 
-    def __init__(self, root: Path, *, port: int | None = None) -> None:
+    def __init__(self, root: Path, *, port: int | None = None, wal_level: str = "logical") -> None:
         self.root = Path(root).resolve()
+        self.wal_level = wal_level  # replica: a server as most are set up, without logical decoding
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "run"
         self.log_file = self.root / "postgres.log"
@@ -233,7 +234,7 @@ class EmbeddedPostgres:
             options = (
                 f"-p {port} -c listen_addresses=127.0.0.1 -k {self.socket_dir} "
                 "-c fsync=off -c max_connections=200 -c shared_buffers=128MB -c max_prepared_transactions=20 "
-                "-c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
+                f"-c wal_level={self.wal_level} -c max_replication_slots=20 -c max_wal_senders=20"
             )
             result = self._pg(
                 "pg_ctl",

@@ -257,6 +257,29 @@ def test_setup_refuses_a_role_that_may_not_use_replication_naming_what_to_grant(
     assert 'GRANT rds_replication TO "crm_export_no_replication"' in str(refused.value)
 
 
+def test_setup_on_a_server_without_logical_decoding_says_where_to_turn_it_on(tmp_path):
+    """A server as most are set up (wal_level=replica, PostgreSQL's default): refused before anything is created,
+    naming the setting on one's own server, RDS/Aurora, Cloud SQL and Azure."""
+    from devstack.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path / "replica", wal_level="replica")
+    address = server.start()
+    try:
+        with psycopg.connect(address.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA crm")
+            conn.execute("CREATE TABLE crm.people (id bigint PRIMARY KEY, ext text NOT NULL, last_name text)")
+            with pytest.raises(StreamConfigError) as refused:
+                capture.setup(conn, _stream())
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+    finally:
+        server.stop()
+    message = str(refused.value)
+    assert "the server's wal_level is replica, and logical decoding needs logical" in message
+    for where in ("ALTER SYSTEM SET wal_level = logical", "rds.logical_replication = 1", "cloudsql.logical_decoding"):
+        assert where in message
+    assert "Azure Database for PostgreSQL flexible server" in message
+
+
 def test_a_slot_someone_else_moved_stops_the_stream_and_says_how_to_start_over(db, emulator, run_dag, people):
     _insert(db, range(1, 4))
     _run(run_dag, people)
