@@ -11,7 +11,9 @@ each request in ``--latency-ms``:
 3. ``--singles`` times: one row changed and committed, then a run started at once (as a scheduled run
    would start): seconds from the commit to the new value in Salesforce. The target (issue 23): under one
    run's interval plus a second, with no settle wait; a timestamp stream waits its settle window (30 s by
-   default) on top.
+   default) on top;
+4. every row updated in one transaction, and its changes moved into the change table by themselves: time and
+   the mover's peak memory (a transaction is one peek however large: read through a server-side cursor).
 
 Each export is ``python -m include.crm_export export`` as a fresh process, wall clock (its start-up included).
 The last line is one JSON object.
@@ -59,6 +61,33 @@ def export(env: dict[str, str]) -> dict[str, float]:
     seconds, out = cli(env, "export", "--stream", "people", "--pause-on-error", "true")
     sent = int(re.search(r"exported (\d+) record", out).group(1))  # type: ignore[union-attr]
     return {"seconds": round(seconds, 2), "sent": sent, "records_per_s": round(sent / seconds)}
+
+
+MOVE = """
+import sys, time, tracemalloc
+from include.crm_export.config import load_streams
+from include.crm_export.db import capture
+from include.crm_export.db.connection import Database
+stream = load_streams()["people"]
+with Database().connect() as conn:
+    tracemalloc.start()
+    started = time.perf_counter()
+    moved = capture.move_changes(conn, stream, "bigint")
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+print(moved, round(seconds, 2), round(peak / 1e6, 1))
+"""
+
+
+def move_alone(env: dict[str, str]) -> dict[str, float]:
+    """The slot's changes moved into the change table by themselves (no export): time (under tracemalloc, so
+    slower than in a run), and the most memory Python held for it (one transaction is one peek, however large:
+    it is read through a server-side cursor)."""
+    done = subprocess.run([sys.executable, "-c", MOVE], env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"moving the changes failed:\n{done.stderr[-3000:]}")
+    moved, seconds, peak = done.stdout.split()[-3:]
+    return {"changes": int(moved), "seconds_traced": float(seconds), "python_peak_mb": float(peak)}
 
 
 def main() -> None:
@@ -122,6 +151,9 @@ def main() -> None:
                 singles.append(round(time.perf_counter() - committed, 2))
             figures["commit_to_salesforce_seconds"] = singles
             print(f"one change, commit to Salesforce (a run started at the commit): {singles} s", flush=True)
+            conn.execute("UPDATE crm.people SET title = 'Everyone'")  # every row, one transaction
+            figures["one_transaction_move"] = moved = move_alone(env)
+            print(f"one transaction of {args.rows} updates, moved into the change table alone: {moved}", flush=True)
             wal = conn.execute(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots "
                 "WHERE slot_name = 'crm_export_people'"

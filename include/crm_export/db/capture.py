@@ -37,6 +37,8 @@ CHANGES = sql.Identifier(SCHEMA, "captured_changes")
 SLOTS = sql.Identifier(SCHEMA, "capture_slots")
 # Messages a peek returns at most (it finishes the transaction it is in): a move takes as many peeks as it needs.
 PEEK_MESSAGES = 20_000
+# Changes decoded, then written to the change table, at a time.
+MOVE_CHUNK = 10_000
 
 # Where each platform sets wal_level and grants replication (checked 2026-12):
 # - Amazon RDS / Aurora PostgreSQL, "Performing logical replication for Amazon RDS for PostgreSQL":
@@ -313,18 +315,28 @@ def move_changes(conn: psycopg.Connection, stream: Stream, key_type: str) -> int
     upto = one_value(conn.execute("SELECT pg_current_wal_flush_lsn()::text"))
     moved = 0
     while True:
-        with conn.transaction():
-            rows = conn.execute(
-                """SELECT data FROM pg_logical_slot_peek_binary_changes(
-                       %s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)""",
-                (name, upto, PEEK_MESSAGES, name),
-            ).fetchall()
         decoder = Decoder()
-        changes = [change for (data,) in rows for change in decoder.feed(bytes(data))]
-        done = len(rows) < PEEK_MESSAGES or decoder.last_commit_end is None
-        through = upto if done else lsn_text(decoder.last_commit_end or 0)
+        messages = 0
         with conn.transaction():
-            moved += _insert(conn, stream, changes, key_type)
+            # Read through a server-side cursor and written as it goes: a peek ends only at a commit, so one
+            # transaction of millions of rows (a nightly rewrite) is one peek, and must not be held in memory.
+            with conn.cursor(name=f"crm_export_peek_{stream.name}") as peek:
+                peek.itersize = MOVE_CHUNK
+                peek.execute(
+                    """SELECT data FROM pg_logical_slot_peek_binary_changes(
+                           %s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)""",
+                    (name, upto, PEEK_MESSAGES, name),
+                )
+                changes: list[Change] = []
+                for (data,) in peek:
+                    messages += 1
+                    changes += decoder.feed(bytes(data))
+                    if len(changes) >= MOVE_CHUNK:
+                        moved += _insert(conn, stream, changes, key_type)
+                        changes = []
+                moved += _insert(conn, stream, changes, key_type)
+            done = messages < PEEK_MESSAGES or decoder.last_commit_end is None
+            through = upto if done else lsn_text(decoder.last_commit_end or 0)
             conn.execute(
                 sql.SQL("UPDATE {} SET moved_upto = GREATEST(moved_upto, %s::pg_lsn) WHERE stream = %s").format(SLOTS),
                 (through, stream.name),
