@@ -266,14 +266,18 @@ def _bulk_jobs(db):
 def test_a_mass_delete_on_the_bulk_path_goes_in_one_bulk_delete_job(db, emulator, run_dag, pause_variable, tmp_path):
     """1,100 rows marked deleted on the Bulk path: their Ids found by query, then deleted in one Bulk API 2.0
     delete job ("Create a Job", operation delete, after the upsert job of the rows changed with them). One deleted
-    by hand counts as deleted without being sent; one Salesforce refuses (DELETE_FAILED) is a rejected record,
-    and with pause off the re-export deletes it once fixed."""
+    by hand counts as deleted without being sent; one refused for a row lock is deleted again before it counts;
+    one Salesforce refuses (DELETE_FAILED) is a rejected record, and with pause off the re-export deletes it once
+    fixed."""
     insert_contacts(db, 1200)
     streams = _streams(tmp_path)
     _run(run_dag, streams, "Bulk API 2.0")
     emulator.delete_record("Contact", salesforce_contacts(emulator)["7"]["Id"])
     deleted_before = emulator.counters().get("records_deleted", 0)
     rule = _block_delete(emulator, 500)
+    emulator.add_rule(  # once: refused in the job, then deleted through sObject Collections before it counts
+        cause="row_lock", on="delete", times=1, when={"field": "CRM_Contact_Id__c", "op": "eq", "value": "600"}
+    )
     pause_variable("false")
 
     _mark_deleted(db, *range(1, 1101))

@@ -464,6 +464,16 @@ class BulkPath:
                 "records read with it) was recorded and the watermark did not move; they are read and sent again."
             )
         bulk_jobs.set_state(self.run.session.conn, job_id, "done")
+        # Refused for a transient reason (a row lock): deleted again through sObject Collections, which retries
+        # such refusals itself, before they count, as an upsert job's are sent again (_retry_transient).
+        transient = [salesforce_id for salesforce_id, rejection in refused.items() if rejection.transient]
+        for start in range(0, len(transient), MAX_BATCH_SIZE):
+            chunk = transient[start : start + MAX_BATCH_SIZE]
+            for salesforce_id, answer in zip(chunk, self.run.writer.delete(chunk), strict=True):
+                if isinstance(answer, RejectedRecord):
+                    refused[salesforce_id] = answer
+                else:
+                    del refused[salesforce_id]
         return refused
 
     def _current_rows(self, job: _Job, rejected: dict[int, RejectedRecord]) -> dict[str, SourceRecord]:
