@@ -310,10 +310,23 @@ def alert_for(previous: str, result: ExportResult, stream: Stream) -> Alert | No
 RETAINING = "retaining"
 
 
+def slot_state(previous: str, found: dict[str, Any] | None) -> str:
+    """retaining while the server keeps more WAL for the slot than its limit, or lost WAL it needed; announced
+    as over only once it is back under 80% of the limit, so a slot hovering at the limit is not announced at
+    every crossing."""
+    if found is None:
+        return OK
+    if found["lost"] or found["too_much"]:
+        return RETAINING
+    if previous == RETAINING and found["retained_wal_bytes"] > 0.8 * found["limit_bytes"]:
+        return RETAINING
+    return OK
+
+
 def slot_alert_for(previous: str, slot: str, found: dict[str, Any] | None) -> Alert | None:
     """The notification a replication slot calls for (``found``: its row of ``capture.slots``, None: the slot is
     gone): one when the server starts keeping too much WAL for it, one when that ends; never one per run."""
-    state = RETAINING if found is not None and found["too_much"] else OK
+    state = slot_state(previous, found)
     if state == previous:
         return None
     if found is None:
@@ -331,6 +344,19 @@ def slot_alert_for(previous: str, slot: str, found: dict[str, Any] | None) -> Al
             f"The server keeps {kept} of WAL for the replication slot {slot}, under the alert's {limit}.",
         )
     stream = found["stream"]
+    if found["lost"]:
+        again = (
+            f"python -m include.crm_export capture drop --stream {stream}, then capture setup --stream {stream} "
+            "(the stream starts over with a read of the whole table)"
+            if stream is not None
+            else f"SELECT pg_drop_replication_slot({sql_literal(slot)}); no stream follows it"
+        )
+        return Alert(
+            state,
+            f"{EXPORT_DAG_ID}: replication slot {slot} lost WAL it needed",
+            f"The server removed WAL the replication slot {slot} still needed (wal_status lost: "
+            "max_slot_wal_keep_size), so the changes it held can no longer be read. Start over: " + again + ".",
+        )
     if stream is None:
         cause = (
             "No stream in the stream file follows it any more, so nothing moves it: the server keeps every WAL "

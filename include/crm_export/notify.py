@@ -137,28 +137,39 @@ def _deliver(channel: Channel, connection: Any, alert: Alert, about: str) -> boo
 def notify_slots(database: Database) -> list[Alert]:
     """Send, on each configured channel, what the replication slots of this database call for; the alerts sent.
 
-    A slot's state is locked while its message goes out, so two tasks running at once announce it once.
+    A slot's state is locked while its message goes out, and the slot looked at again once it is locked, so
+    two tasks running at once announce a change once, and never one the other has seen end; a task that finds
+    it locked leaves it to the other. Never raises: a task's own outcome does not depend on it.
     """
-    channels = _configured()
-    if not channels:
-        return []
-    sent = []
+    sent: list[Alert] = []
     try:
+        channels = _configured()
+        if not channels:
+            return []
         streams = list(load_streams().values())
-    except Exception:  # the task's own outcome says what is wrong with the stream file
-        return []
-    try:
-        with database.connect(application_name="crm-export slots notify") as conn:
-            found = {str(slot["slot"]): slot for slot in capture.slots(conn, streams)}
+        with database.connect(application_name="crm-export slots notify", lock_timeout_ms=5_000) as conn:
+            listed = {str(slot["slot"]) for slot in capture.slots(conn, streams)}
             for channel, connection in channels:
-                for slot in sorted(found.keys() | watermarks.slots_alerted(conn, channel.name)):
-                    with conn.transaction():
-                        previous = watermarks.claim_slot_alert(conn, slot, channel.name)
-                        alert = None if previous is None else slot_alert_for(previous, slot, found.get(slot))
-                        if alert is None or not _deliver(channel, connection, alert, f"replication slot {slot}"):
-                            continue
-                        watermarks.set_slot_alert(conn, slot, channel.name, alert.state, gone=slot not in found)
+                for slot in sorted(listed | watermarks.slots_alerted(conn, channel.name)):
+                    alert = _slot_alert(conn, streams, slot, channel, connection)
+                    if alert is not None:
                         sent.append(alert)
     except Exception as exc:
         log.warning("Could not notify about the replication slots (the next run tries again): %s", exc)
     return sent
+
+
+def _slot_alert(conn: Any, streams: list[Stream], slot: str, channel: Channel, connection: Any) -> Alert | None:
+    watermarks.add_slot_alert(conn, slot, channel.name)  # committed before the lock: no task waits on its insert
+    with conn.transaction():
+        previous = watermarks.claim_slot_alert(conn, slot, channel.name)
+        if previous is None:
+            return None  # another task is announcing it
+        now = capture.slots(conn, streams, only=slot)
+        alert = slot_alert_for(previous, slot, now[0] if now else None)
+        if alert is None and not now:
+            watermarks.set_slot_alert(conn, slot, channel.name, previous, gone=True)  # nothing left to say
+        if alert is None or not _deliver(channel, connection, alert, f"replication slot {slot}"):
+            return None
+        watermarks.set_slot_alert(conn, slot, channel.name, alert.state, gone=not now)
+        return alert

@@ -4,6 +4,9 @@ notifiers send."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 from tests.support.helpers import contacts_stream, insert_contacts, write_streams
 
 
@@ -108,3 +111,91 @@ def test_a_channel_that_fails_is_retried_without_repeating_the_others(db, emulat
         "*CRMExport: stream 'contacts' is held at record 2*"
     ]
     assert len(mailbox) == 1  # email had already said it
+
+
+def _fake_channel(monkeypatch, slow_first_seconds=0.0):
+    from include.crm_export import notify
+
+    sent = []
+
+    def send(_connection, alert):
+        sent.append((threading.current_thread().name, time.monotonic(), alert.subject))
+        if slow_first_seconds and len(sent) == 1:
+            time.sleep(slow_first_seconds)  # an SMTP server that is slow to answer
+
+    channel = notify.Channel("email", "crm_export_email", send)
+    monkeypatch.setattr(notify, "_configured", lambda: [(channel, None)])
+    return sent
+
+
+def _slot(db, name):  # a slot no stream follows
+    db.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+
+
+def _wal(db, n=2000):
+    db.execute("CREATE TABLE IF NOT EXISTS crm.walfill (i int, t text)")
+    db.execute("INSERT INTO crm.walfill SELECT g, repeat('x', 200) FROM generate_series(1, %s) g", (n,))
+
+
+def _drop_slots(db):
+    db.execute(
+        r"""SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+            WHERE slot_name LIKE 'crm\_export\_%' AND NOT active"""
+    )
+
+
+def test_two_tasks_at_once_never_announce_a_slot_from_what_they_saw_before_it_was_dropped(db, monkeypatch, tmp_path):
+    """Task 1 reads the slots, then is slow delivering the first message; meanwhile slot zz (announced as keeping
+    too much) is dropped, and task 2 announces that. Task 1 must not then announce zz from what it read first.
+    (The delivery is a stand-in: what is tested is the claim of each slot's state.)"""
+    from include.crm_export.db.connection import Database
+    from include.crm_export.notify import notify_slots
+
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream()}, alert_retained_wal_mb=0.01)
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(streams))
+    try:
+        _slot(db, "crm_export_aa")
+        _slot(db, "crm_export_zz")
+        _wal(db)
+        db.execute(
+            """INSERT INTO crm_export.slot_alerts (slot, channel, state)
+               VALUES ('crm_export_zz', 'email', 'retaining')"""
+        )  # zz announced earlier
+        sent = _fake_channel(monkeypatch, slow_first_seconds=3)
+        t1 = threading.Thread(target=lambda: notify_slots(Database()), name="task1")
+        t1.start()
+        time.sleep(1.0)  # task 1 has read both slots and is delivering aa's message
+        db.execute("SELECT pg_drop_replication_slot('crm_export_zz')")
+        notify_slots(Database())  # task 2
+        t1.join()
+        zz = [(who, subject) for who, _, subject in sent if "crm_export_zz" in subject]
+        assert zz == [("MainThread", "CRMExport: replication slot crm_export_zz was dropped")]
+        assert db.execute("SELECT slot FROM crm_export.slot_alerts WHERE slot = 'crm_export_zz'").fetchall() == []
+    finally:
+        _drop_slots(db)
+
+
+def test_a_task_leaves_a_slot_another_task_is_announcing_instead_of_waiting(db, monkeypatch, tmp_path):
+    """While task 1 delivers the first message about a slot, task 2 leaves that slot to it instead of waiting."""
+    from include.crm_export.db.connection import Database
+    from include.crm_export.notify import notify_slots
+
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream()}, alert_retained_wal_mb=0.01)
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(streams))
+    try:
+        _slot(db, "crm_export_aa")
+        _wal(db)
+        sent = _fake_channel(monkeypatch, slow_first_seconds=3)
+        t1 = threading.Thread(target=lambda: notify_slots(Database()), name="task1")
+        t1.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        notify_slots(Database())  # task 2
+        waited = time.monotonic() - started
+        t1.join()
+        assert waited < 2, f"task 2 waited {waited:.1f} s for task 1's message"
+        assert [(who, subject.split(" keeps ")[0]) for who, _, subject in sent] == [
+            ("task1", "CRMExport: replication slot crm_export_aa")
+        ]
+    finally:
+        _drop_slots(db)

@@ -113,8 +113,9 @@ def test_the_api_budget_stops_a_run_before_it_overspends():
     assert "10,000 are left, at or below the 10% (10,000) kept for its other integrations" in org
 
 
-def slot(retained_mb: float, *, stream: str | None = "people", limit_mb: float = 1000) -> dict:
+def slot(retained_mb: float, *, stream: str | None = "people", limit_mb: float = 1000, lost: bool = False) -> dict:
     return {
+        "lost": lost,
         "slot": "crm_export_people",
         "stream": stream,
         "retained_wal_bytes": int(retained_mb * 1e6),
@@ -153,3 +154,16 @@ def test_a_slot_no_stream_follows_says_how_to_drop_it_and_a_dropped_slot_is_anno
     assert dropped.state == OK
     assert dropped.subject.endswith("was dropped")
     assert slot_alert_for(OK, name, None) is None
+
+
+def test_a_slot_hovering_at_its_limit_is_announced_back_under_only_below_80_percent_and_a_lost_one_at_once():
+    name = "crm_export_people"
+    assert slot_alert_for(RETAINING, name, slot(900)) is None  # under the limit, above 80%: still the same state
+    back = slot_alert_for(RETAINING, name, slot(790))
+    assert back is not None
+    assert back.state == OK
+    lost = slot_alert_for(OK, name, slot(0, lost=True))
+    assert lost is not None
+    assert lost.state == RETAINING
+    assert lost.subject == "CRMExport: replication slot crm_export_people lost WAL it needed"
+    assert "capture drop --stream people, then capture setup --stream people" in lost.body

@@ -452,17 +452,22 @@ def wal_limit_bytes(slot: str, streams: list[Stream]) -> int:
     return int(1_000_000 * min(megabytes, default=RunLimits().alert_retained_wal_mb))
 
 
-def slots(conn: psycopg.Connection, streams: list[Stream]) -> list[dict[str, object]]:
-    """The crm-export slots of this database: name, the stream following it (None: none does), the WAL kept for
-    it, and whether that is past :func:`wal_limit_bytes`."""
+def slots(conn: psycopg.Connection, streams: list[Stream], *, only: str | None = None) -> list[dict[str, object]]:
+    """The crm-export slots of this database (``only``: that one, if it exists): name, the stream following it
+    (None: none does), the WAL kept for it, whether that is past :func:`wal_limit_bytes`, and whether the server
+    removed WAL it still needed (``wal_status`` lost: its changes can no longer be read)."""
     owners = {slot_name(stream): stream.name for stream in streams if stream.logical}
     rows = conn.execute(
-        r"""SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active
+        r"""SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active,
+                   wal_status IS NOT DISTINCT FROM 'lost'
             FROM pg_replication_slots
-            WHERE database = current_database() AND slot_name LIKE 'crm\_export\_%' ORDER BY slot_name"""
+            WHERE database = current_database() AND slot_name LIKE 'crm\_export\_%%'
+              AND (%(only)s::text IS NULL OR slot_name = %(only)s)
+            ORDER BY slot_name""",
+        {"only": only},
     ).fetchall()
     listed = []
-    for name, retained, active in rows:
+    for name, retained, active, lost in rows:
         limit = wal_limit_bytes(name, streams)
         listed.append(
             {
@@ -471,6 +476,7 @@ def slots(conn: psycopg.Connection, streams: list[Stream]) -> list[dict[str, obj
                 "retained_wal_bytes": int(retained or 0),
                 "limit_bytes": limit,
                 "too_much": int(retained or 0) > limit,
+                "lost": bool(lost),
                 "active": bool(active),
             }
         )

@@ -281,15 +281,19 @@ def slots_alerted(conn: psycopg.Connection, channel: str) -> set[str]:
     return {slot for (slot,) in rows}
 
 
-def claim_slot_alert(conn: psycopg.Connection, slot: str, channel: str) -> str | None:
-    """Lock the slot's alert state on ``channel`` for this transaction and return it (``ok`` if none); None when
-    another task holds it (that task announces whatever there is to announce)."""
+def add_slot_alert(conn: psycopg.Connection, slot: str, channel: str) -> None:
+    """The slot's alert state on ``channel`` exists (``ok`` if new)."""
     conn.execute(
         sql.SQL("INSERT INTO {} (slot, channel, state) VALUES (%s, %s, 'ok') ON CONFLICT DO NOTHING").format(
             SLOT_ALERTS
         ),
         (slot, channel),
     )
+
+
+def claim_slot_alert(conn: psycopg.Connection, slot: str, channel: str) -> str | None:
+    """Lock the slot's alert state on ``channel`` for this transaction and return it; None when another task
+    holds it (that task announces whatever there is to announce) or it is gone."""
     found = conn.execute(
         sql.SQL("SELECT state FROM {} WHERE slot = %s AND channel = %s FOR UPDATE SKIP LOCKED").format(SLOT_ALERTS),
         (slot, channel),
