@@ -125,11 +125,13 @@ class BulkPath:
 
     def resume(self) -> None:
         """Jobs a killed task left: one closed and next in line is polled and committed (never uploaded again);
-        any other is aborted. A delete job left is aborted first, whatever its state: its upsert job's records are
-        read again, and their deletes asked again after it."""
+        any other is aborted. A delete job left is dealt with first: one never closed is aborted, one closed is
+        waited for until it ends (Salesforce does not say that an abort stops the records in progress at once, so
+        the stricter choice: no delete of it may land after what this run writes). Its outcome is not counted:
+        its upsert job's records are read again, and their deletes asked again."""
         for left in sorted(self.left, key=lambda job: job.operation != "delete"):
             if left.operation == "delete":
-                self._abort(left, "a delete job left by an earlier task; its deletes are asked again", must=True)
+                self._end_left_delete_job(left)
                 continue
             if self.run.stopped:
                 self._abort(left, f"the stream stopped at record {shown(self.run.result.held_or_waiting)}", must=True)
@@ -162,6 +164,21 @@ class BulkPath:
                     self.stream.name,
                     gone,
                 )
+
+    def _end_left_delete_job(self, left: bulk_jobs.RecordedJob) -> None:
+        because = "a delete job left by an earlier task; its deletes are asked again"
+        if left.state != "closed":
+            self._abort(left, because, must=True)
+            return
+        log.warning(
+            "Waiting for Bulk API 2.0 delete job %s of stream '%s' to end (%s).", left.job_id, self.stream.name, because
+        )
+        try:
+            info = self.jobs.wait(left.job_id, records=left.records)
+        except NotFound:
+            info = {"state": "gone from Salesforce"}
+        bulk_jobs.set_state(self.run.session.conn, left.job_id, "done" if info["state"] == "JobComplete" else "failed")
+        log.info("Bulk API 2.0 delete job %s ended %s.", left.job_id, info["state"])
 
     def read_next(self) -> None:
         """Read the next job's records into its CSV, after the last job launched (or the watermark)."""
