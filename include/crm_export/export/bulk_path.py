@@ -125,7 +125,7 @@ class BulkPath:
 
     def resume(self) -> None:
         """Jobs a killed task left: one closed and next in line is polled and committed (never uploaded again);
-        any other is aborted. A delete job left is dealt with first: one never closed is aborted, one closed is
+        any other is aborted. A delete job left is dealt with first: one never closed is aborted, any other is
         waited for until it ends (Salesforce does not say that an abort stops the records in progress at once, so
         the stricter choice: no delete of it may land after what this run writes). Its outcome is not counted:
         its upsert job's records are read again, and their deletes asked again."""
@@ -167,13 +167,17 @@ class BulkPath:
 
     def _end_left_delete_job(self, left: bulk_jobs.RecordedJob) -> None:
         because = "a delete job left by an earlier task; its deletes are asked again"
-        if left.state != "closed":
-            self._abort(left, because, must=True)
-            return
-        log.warning(
-            "Waiting for Bulk API 2.0 delete job %s of stream '%s' to end (%s).", left.job_id, self.stream.name, because
-        )
         try:
+            # Asked, not taken from what was recorded: a job set aside by a reposition may have been closed.
+            if self.jobs.info(left.job_id)["state"] == "Open":  # never closed: Salesforce has not started on it
+                self._abort(left, because, must=True)
+                return
+            log.warning(
+                "Waiting for Bulk API 2.0 delete job %s of stream '%s' to end (%s).",
+                left.job_id,
+                self.stream.name,
+                because,
+            )
             info = self.jobs.wait(left.job_id, records=left.records)
         except NotFound:
             info = {"state": "gone from Salesforce"}
