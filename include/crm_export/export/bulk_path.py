@@ -439,8 +439,9 @@ class BulkPath:
 
     def _delete_job(self, job: _Job, ids: list[str]) -> dict[str, RejectedRecord]:
         """Delete these Salesforce Ids in one Bulk API 2.0 delete job ("Create a Job", operation ``delete``); the
-        refusals by Id. Recorded first, so a job a killed task left is aborted by the next run before anything
-        else is sent. A job that fails or leaves records unprocessed is a request failure, as an upsert job's."""
+        refusals by Id. Recorded first, so the next run deals with a job a killed task left before anything else is
+        sent (:meth:`resume`). A job that fails or leaves records unprocessed is a request failure, as an upsert
+        job's."""
         job_id = self.jobs.create("delete")
         with self.run.session.conn.transaction():
             bulk_jobs.record(
