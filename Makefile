@@ -2,6 +2,10 @@
 .PHONY: setup run walkthrough test test-fast soak lint format bench lock clean
 
 PY := .venv/bin/python
+# Test sessions run side by side (pytest-xdist), each with its own PostgreSQL, emulator and Airflow home;
+# a file's tests stay together in one session. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 setup:
 	@bash scripts/setup.sh
@@ -20,14 +24,14 @@ test: setup
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@.venv/bin/mypy
-	@$(PY) -m pytest
+	@$(PYTEST)
 
 ## test-fast: the edit loop: lint, then the unit and integration tiers (no scheduler, browser, Celery or fresh venv)
 test-fast: setup
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@.venv/bin/mypy
-	@$(PY) -m pytest -m "unit or integration"
+	@$(PYTEST) -m "unit or integration"
 
 ## soak: the model-based test of the invariant with a new seed, as long as asked (EXAMPLES=500, STEPS=30); prints the seed
 soak: setup

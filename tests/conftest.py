@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(str(item.fspath)).relative_to(PROJECT_ROOT / "tests").parts[0]
         if tier in TIERS:
             item.add_marker(tier)
+    # The slowest tier first: with ``pytest -n N --dist loadfile`` (``make test``) workers take files in
+    # this order, so the long system tests do not end up alone at the end of the run.
+    order = {tier: position for position, tier in enumerate(reversed(TIERS))}
+    items.sort(key=lambda item: min((order[m.name] for m in item.iter_markers() if m.name in order), default=3))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

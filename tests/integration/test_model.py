@@ -37,7 +37,7 @@ from devstack.stack import PROJECT_ROOT
 from include.crm_export.errors import RequestFailed, StreamConfigError
 from tests.support.model import run_model
 
-EXAMPLES = int(os.environ.get("CRM_EXPORT_MODEL_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("CRM_EXPORT_MODEL_EXAMPLES", "12"))
 # CI's seed; CRM_EXPORT_MODEL_SOAK=1 draws a new one each run (printed, to replay with CRM_EXPORT_MODEL_SEED).
 SEED = int(os.environ.get("CRM_EXPORT_MODEL_SEED", "20261201"))
 STEPS = int(os.environ.get("CRM_EXPORT_MODEL_STEPS", "14"))

@@ -1,5 +1,7 @@
 """The test session's services: one real PostgreSQL server and one Salesforce emulator, started lazily.
 
+With ``pytest -n N`` each worker is a session of its own, with services of its own.
+
 They start after collection, and only when a selected test needs them
 (``tests/integration``, ``tests/system``): ``pytest -m unit`` starts neither,
 nor Airflow. Both are stopped at the end, also when the run fails or is
@@ -22,6 +24,10 @@ def start() -> None:
     if _stack is not None:
         return
     root = Path(os.environ.get("CRM_EXPORT_TEST_ROOT", PROJECT_ROOT / ".crm_export" / "test"))
+    # Under pytest-xdist (``make test``) each worker has its own server, emulator and Airflow home.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        root = root / worker
     _stack = LocalStack(root, project_database="crm_export_test", airflow_database="airflow_test")
     os.environ.update(_stack.start())
 
