@@ -160,6 +160,13 @@ class RunLimits(BaseModel):
             "`assignmentRuleId`). true: the object's active rule runs on both paths."
         ),
     ] = True
+    skip_unchanged: Annotated[
+        bool,
+        Field(
+            description='Records whose payload Salesforce confirmed last are not sent (fingerprints; see "Only what '
+            'changed is sent"). false: every record read is sent, and the stream keeps no fingerprints.'
+        ),
+    ] = True
 
 
 def settings_table() -> str:

@@ -129,6 +129,45 @@ def test_a_reposition_and_resend_all_send_unchanged_records_again(db, emulator, 
     assert_salesforce_matches_source(db, emulator)
 
 
+def _fingerprints(db) -> int:
+    return db.execute("SELECT count(*) FROM crm_export.fingerprints").fetchone()[0]
+
+
+def test_skip_unchanged_false_sends_every_record_read_and_leaves_no_fingerprint_to_go_stale(db, emulator, tmp_path):
+    """``skip_unchanged: false``: a touched record is sent whether it changed or not, and the stream keeps no
+    fingerprints. Those written before it was turned off are dropped, so turning it on again never compares with
+    one older than what Salesforce holds (a record changed while off and changed back would be skipped)."""
+    from tests.support.helpers import cli
+
+    def export(skip_unchanged: bool) -> str:
+        stream = contacts_stream(settle_seconds=0, skip_unchanged=skip_unchanged)
+        streams = write_streams(tmp_path / "s.yml", {"contacts": stream})
+        done = cli("export", "--stream", "contacts", "--pause-on-error", "true", streams=streams)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    insert_contacts(db, 300)
+    export(True)
+    assert _fingerprints(db) == 300
+    title = db.execute("SELECT title FROM crm.contacts WHERE id = 1").fetchone()[0]
+
+    updated = emulator.counters().get("records_updated", 0)
+    _touch(db, changed_every=1_000_000)  # touched, nothing changed
+    db.execute("UPDATE crm.contacts SET title = 'Changed while off' WHERE id = 1")
+    assert "exported 300 record(s)" in export(False)
+    assert emulator.counters().get("records_updated", 0) == updated + 300
+    assert _fingerprints(db) == 0
+    assert salesforce_contacts(emulator)["1"]["Title"] == "Changed while off"
+
+    db.execute("UPDATE crm.contacts SET title = %s, updated_at = now() - interval '1 minute' WHERE id = 1", (title,))
+    export(True)
+    assert salesforce_contacts(emulator)["1"]["Title"] == title
+    assert_salesforce_matches_source(db, emulator)
+    assert watermark(db)[0][1] == "1"
+    assert watermark(db)[1] is None
+    assert open_errors(db) == []
+
+
 def test_a_worker_killed_mid_run_leaves_no_fingerprint_for_a_send_never_confirmed(db, emulator, tmp_path):
     """Requests after the first hang in Salesforce and never land; the worker is killed with them in flight.
     Their records' new fingerprints were never written, so the next run sends them (a fingerprint written when

@@ -187,9 +187,10 @@ class StreamExport:
         self.blind_spot = source.activity_blind_spot(conn)
         self.watermark = watermarks.load_watermark(conn, stream)
         self.fingerprint_number = fingerprints.stream_number(conn, stream)
-        if not self.watermark.exported_before:
+        if not self.watermark.exported_before or not stream.skip_unchanged:
             # A stream at its start sends every record: nothing confirmed before (a watermark deleted by hand)
-            # may stand for what Salesforce holds now.
+            # may stand for what Salesforce holds now. One that does not skip unchanged records keeps none: what
+            # it sends meanwhile would leave them stale for when it skips again.
             fingerprints.forget(conn, stream)
         external_ids.fill_once(
             conn,
@@ -319,7 +320,10 @@ class StreamExport:
 
     def _to_be_sent(self, records: list[SourceRecord], *, every_record: bool) -> list[SourceRecord]:
         """The records marked unchanged where Salesforce confirmed their payload last (unless ``every_record``);
-        the fingerprints of the others are dropped now, before they are sent (``fingerprints.py``)."""
+        the fingerprints of the others are dropped now, before they are sent (``fingerprints.py``). A stream that
+        does not skip unchanged records (``skip_unchanged: false``) sends them all and writes no fingerprint."""
+        if not self.stream.skip_unchanged:
+            return records
         match_key = self.sent_ids.match_key
         keys = sorted({match_key(r.external_id) for r in records if r.payload is not None and r.external_id})
         confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, keys)
