@@ -24,6 +24,7 @@ hashes to agree.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -50,6 +51,7 @@ def payload_fingerprint(payload: Mapping[str, Any], *, delete: bool = False) -> 
     return _hash64(text, person=b"crm-export-fp") - _SIGNED
 
 
+@functools.lru_cache(maxsize=32_768)  # a record's slot is asked when it is read and again when it is committed
 def slot(stream_number: int, record_key: str) -> int:
     """Where a record's fingerprint is kept (``record_key``: its external id as Salesforce matches it)."""
     if not 0 <= stream_number <= MAX_STREAM_NUMBER:
