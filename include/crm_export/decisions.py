@@ -8,6 +8,7 @@ tested without PostgreSQL or Salesforce.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,24 +220,68 @@ def definition_refusal(
     current: dict[str, Any],
     stored: dict[str, Any] | None,
     exported_before: bool,
+    source_rows: Callable[[], Lag | None] | None = None,
+    settings: Stream | None = None,
 ) -> str | None:
     """Why the stream may not be exported (or re-exported) under its current definition, if it may not.
 
     A watermark taken under another definition is never continued silently;
     a stream that exported nothing under the old one has nothing to protect.
+    ``source_rows`` (asked only when the mapping changed) and ``settings``:
+    for what sending everything again would cost (:func:`resend_cost`).
     """
     if stored is None or not exported_before:
         return None
     changes = definition_changes(stored, current)
-    return stream_changed_message(stream, changes) if changes else None
+    if not changes:
+        return None
+    mapping_changed = any(change.startswith("fields ") for change in changes)
+    rows = source_rows() if mapping_changed and source_rows is not None and settings is not None else None
+    cost = resend_cost(settings, rows) if rows is not None and settings is not None else None
+    return stream_changed_message(stream, changes, cost=cost)
 
 
-def stream_changed_message(stream: str, changes: list[str]) -> str:
-    """The failed task's message when streams.yml (or the source) changed under a watermark."""
+# What one Bulk API 2.0 job costs in API requests, however many records it holds: create, upload, close, a
+# poll or more, the successful and the failed results.
+BULK_JOB_REQUESTS = 6
+
+
+def resend_cost(stream: Stream, rows: Lag) -> str:
+    """What sending every source row of the stream again costs in API requests, by the path a run takes: Bulk
+    API 2.0 jobs for a backlog of at least ``bulk_threshold`` (upsert mode), otherwise sObject Collections
+    requests of ``batch_size`` (with a query each in update and insert mode)."""
+    count = f"{rows.rows:,}" if rows.exact else f"about {rows.rows:,} (the planner's estimate)"
+    if stream.mode == "upsert" and stream.bulk_threshold and rows.rows >= stream.bulk_threshold:
+        jobs = -(-rows.rows // stream.bulk_job_records)
+        requests = jobs * BULK_JOB_REQUESTS
+        how = (
+            f"{jobs:,} Bulk API 2.0 job(s) of up to {stream.bulk_job_records:,} records, "
+            f"about {requests:,} API requests"
+        )
+    else:
+        per_request = 1 if stream.mode == "upsert" else 2
+        requests = -(-rows.rows // stream.batch_size) * per_request
+        query = f", each with a query ({stream.mode} mode)" if per_request == 2 else ""
+        how = (
+            f"about {requests:,} API requests through sObject Collections "
+            f"({stream.batch_size} records a request{query})"
+        )
+    share = 100 * requests / stream.daily_api_requests
+    return (
+        f"The source holds {count} row(s): sending them all again takes {how}, "
+        f"{f'{share:.1f}%' if share >= 0.1 else 'under 0.1%'} of daily_api_requests "
+        f"({stream.daily_api_requests:,})."
+    )
+
+
+def stream_changed_message(stream: str, changes: list[str], *, cost: str | None = None) -> str:
+    """The failed task's message when streams.yml (or the source) changed under a watermark; ``cost``: what
+    sending everything again takes (:func:`resend_cost`), when known."""
     mapping = (
         " Records exported before carry the old field mapping in Salesforce: re-position from the start to send "
         "every record again with the new one (one API request per 200 records, or a few Bulk API 2.0 jobs above "
         "bulk_threshold), or from a change time such as now to apply it only to records that change from then on."
+        + (f" {cost}" if cost else "")
         if any(change.startswith("fields ") for change in changes)
         else ""
     )

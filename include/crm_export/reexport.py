@@ -236,6 +236,8 @@ def _check_definition(run: ReexportRun, *, org_id: str | None) -> None:
         current=stream_definition(run.stream, run.column_types, org_id=org_id),
         stored=stored.definition,
         exported_before=stored.exported_before,
+        source_rows=lambda: source.all_rows(run.conn, run.stream, run.column_types),
+        settings=run.stream,
     )
     if refused is not None:
         raise StreamConfigError(f"Nothing was re-exported. {refused}")

@@ -62,3 +62,26 @@ def test_reposition_releases_a_held_record(db, emulator, run_dag, tmp_path):
     done = cli("reposition", "--stream", "contacts", "--from-start", "--yes", streams=streams)
     assert done.returncode == 0
     assert watermark(db) == (None, None)
+
+
+def test_a_mapping_change_is_refused_with_what_sending_everything_again_costs(db, emulator, run_dag, tmp_path):
+    """Issue 24: a field added to the mapping would leave every record exported before without it, so the run
+    refuses until the person chooses, and says what re-sending everything costs in API requests."""
+    insert_contacts(db, 450)
+    first = write_streams(tmp_path / "first.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    assert run_dag(streams_file=first).state == "success"
+    exported_at = watermark(db)[0]
+    fields = {**contacts_stream()["fields"], "Department": "department"}
+    changed = write_streams(tmp_path / "changed.yml", {"contacts": contacts_stream(settle_seconds=0, fields=fields)})
+    db.execute("UPDATE crm.contacts SET department = 'Sales', updated_at = now() - interval '1 minute' WHERE id = 1")
+
+    refused = run_dag(streams_file=changed, retries=False)
+
+    assert refused.task_states["export_contacts"] == "failed"
+    assert "Records exported before carry the old field mapping in Salesforce" in refused.log
+    assert (
+        "The source holds 450 row(s): sending them all again takes about 3 API requests through sObject "
+        "Collections (200 records a request), under 0.1% of daily_api_requests (100,000)." in refused.log
+    )
+    assert watermark(db)[0] == exported_at
+    assert salesforce_contacts(emulator)["1"].get("Department") is None  # nothing was sent

@@ -167,3 +167,49 @@ def test_a_slot_hovering_at_its_limit_is_announced_back_under_only_below_80_perc
     assert lost.state == RETAINING
     assert lost.subject == "CRMExport: replication slot crm_export_people lost WAL it needed"
     assert "capture drop --stream people, then capture setup --stream people" in lost.body
+
+
+def test_what_sending_everything_again_costs_follows_the_path_a_run_takes():
+    """The mapping-change refusal says what a re-position from the start costs (issue 24): sObject Collections
+    requests of batch_size below bulk_threshold, Bulk API 2.0 jobs from it on (upsert mode only), and a query per
+    request in update and insert mode; with the share of the stream's daily_api_requests."""
+    from include.crm_export.decisions import Lag, definition_refusal, resend_cost
+
+    stream = STREAM.model_copy(update=dict(bulk_threshold=50_000, bulk_job_records=50_000, daily_api_requests=100_000))
+    few = resend_cost(stream, Lag(2_001, exact=True, watermark_age_seconds=None))
+    assert "The source holds 2,001 row(s)" in few
+    assert "about 11 API requests through sObject Collections (200 records a request)" in few
+    assert "under 0.1% of daily_api_requests (100,000)" in few
+    many = resend_cost(stream, Lag(1_000_000, exact=False, watermark_age_seconds=None))
+    assert "about 1,000,000 (the planner's estimate)" in many
+    assert "20 Bulk API 2.0 job(s) of up to 50,000 records, about 120 API requests" in many
+    update = resend_cost(stream.model_copy(update=dict(mode="update")), Lag(1_000_000, True, None))
+    assert "about 10,000 API requests through sObject Collections (200 records a request, each with a query" in update
+    assert "10.0% of daily_api_requests" in update
+
+    old = {"source": "crm.contacts", "fields": [["LastName", "last_name"]]}
+    new = {"source": "crm.contacts", "fields": [["Department", "department"], ["LastName", "last_name"]]}
+    counted = []
+
+    def rows() -> Lag:
+        counted.append(1)
+        return Lag(2_001, True, None)
+
+    refusal = definition_refusal(
+        "contacts", current=new, stored=old, exported_before=True, source_rows=rows, settings=stream
+    )
+    assert refusal is not None
+    assert "fields was {LastName: last_name} and is now {Department: department, LastName: last_name}" in refusal
+    assert few in refusal
+    # Only a mapping change counts the source: another change is refused without asking it.
+    other = definition_refusal(
+        "contacts",
+        current={**old, "source": "crm.people"},
+        stored=old,
+        exported_before=True,
+        source_rows=rows,
+        settings=stream,
+    )
+    assert other is not None
+    assert "The source holds" not in other
+    assert counted == [1]

@@ -6,6 +6,7 @@ Configured names (source schema, table, columns) always go through
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -19,6 +20,8 @@ from include.crm_export.decisions import Lag
 from include.crm_export.errors import StreamConfigError
 from include.crm_export.mapping import RECORD_KEY, marked_deleted
 from include.crm_export.names import POSTGRES_CONN_ID
+
+log = logging.getLogger(__name__)
 
 # Backends that never write user rows: their transactions (a long autovacuum)
 # must not hold the export back. Every other kind (client sessions, background
@@ -438,6 +441,16 @@ def lag(conn: psycopg.Connection, stream: Stream, position: list[str] | None, co
         age = one_value(conn.execute("SELECT extract(epoch FROM now() - CAST(%s AS timestamptz))", (position[0],)))
         age = float(age)
     return Lag(rows, exact, age)
+
+
+def all_rows(conn: psycopg.Connection, stream: Stream, column_types: dict[str, str]) -> Lag | None:
+    """How many rows the source holds (what a re-position from the start sends again); None when they cannot be
+    counted (the caller is saying something else already)."""
+    try:
+        return lag(conn, stream, None, column_types)
+    except psycopg.Error as exc:
+        log.warning("Could not count the rows of %s: %s", stream.source, exc)
+        return None
 
 
 def read_rows_by_key(

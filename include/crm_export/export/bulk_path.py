@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 _ENDED = "INVALIDJOBSTATE"
 _FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
 # A job's deletes go in a Bulk API 2.0 delete job from this many on; fewer go through sObject Collections. A
-# delete job costs about six requests however large (create, upload, close, a poll or more, two result sets);
-# Collections one per 200 records. Finding the Ids costs the same on both (queries of up to 4,000 characters).
+# delete job costs about decisions.BULK_JOB_REQUESTS requests however large; Collections one per 200 records.
+# Finding the Ids costs the same on both (queries of up to 4,000 characters).
 DELETE_JOB_RECORDS = 1_000
 
 

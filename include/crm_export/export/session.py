@@ -229,6 +229,8 @@ class StreamExport:
             current=self.definition,
             stored=self.watermark.definition,
             exported_before=self.watermark.exported_before,
+            source_rows=lambda: source.all_rows(self.reader, self.stream, self.column_types),
+            settings=self.stream,
         )
         if refused is not None:
             raise StreamConfigError(refused)
