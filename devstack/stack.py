@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -45,6 +48,7 @@ class LocalStack:
         self.project_database = project_database
         self.airflow_database = airflow_database
         self.emulator_port = emulator_port
+        self._sigterm: Any = None  # the SIGTERM handler to put back (__enter__)
         self.emulator_token = emulator_token
         self.postgres: EmbeddedPostgres | None = None
         self.emulator: EmulatorProcess | None = None
@@ -108,10 +112,20 @@ class LocalStack:
             self.postgres = None
 
     def __enter__(self) -> dict[str, str]:
+        # A benchmark stopped with `kill` stops its server and emulator too: SIGTERM unwinds like Ctrl-C (the
+        # default would end the process without running __exit__ and leave PostgreSQL running).
+        self._sigterm = None
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._sigterm is not None:
+                signal.signal(signal.SIGTERM, self._sigterm)
 
 
 def project_conninfo(conn_id: str = POSTGRES_CONN_ID) -> str:
