@@ -23,6 +23,7 @@ from include.crm_export.names import (
     SCHEMA,
 )
 from include.crm_export.quoting import one_line, sentence, shown, sql_identifier, sql_literal
+from include.crm_export.write_modes import asks_salesforce
 
 CAUGHT_UP = "caught up"
 HELD = "held at a rejected record (pause on error)"
@@ -235,10 +236,13 @@ def definition_refusal(
     changes = definition_changes(stored, current)
     if not changes:
         return None
-    mapping_changed = any(change.startswith("fields ") for change in changes)
-    rows = source_rows() if mapping_changed and source_rows is not None and settings is not None else None
+    rows = source_rows() if _mapping_changed(changes) and source_rows is not None and settings is not None else None
     cost = resend_cost(settings, rows) if rows is not None and settings is not None else None
     return stream_changed_message(stream, changes, cost=cost)
+
+
+def _mapping_changed(changes: list[str]) -> bool:
+    return any(change.startswith("fields ") for change in changes)
 
 
 # What one Bulk API 2.0 job costs in API requests, however many records it holds: create, upload, close, a
@@ -251,7 +255,7 @@ def resend_cost(stream: Stream, rows: Lag) -> str:
     API 2.0 jobs for a backlog of at least ``bulk_threshold`` (upsert mode), otherwise sObject Collections
     requests of ``batch_size`` (with a query each in update and insert mode)."""
     count = f"{rows.rows:,}" if rows.exact else f"about {rows.rows:,} (the planner's estimate)"
-    if stream.mode == "upsert" and stream.bulk_threshold and rows.rows >= stream.bulk_threshold:
+    if not asks_salesforce(stream) and stream.bulk_threshold and rows.rows >= stream.bulk_threshold:
         jobs = -(-rows.rows // stream.bulk_job_records)
         requests = jobs * BULK_JOB_REQUESTS
         how = (
@@ -259,7 +263,7 @@ def resend_cost(stream: Stream, rows: Lag) -> str:
             f"about {requests:,} API requests"
         )
     else:
-        per_request = 1 if stream.mode == "upsert" else 2
+        per_request = 2 if asks_salesforce(stream) else 1
         requests = -(-rows.rows // stream.batch_size) * per_request
         query = f", each with a query ({stream.mode} mode)" if per_request == 2 else ""
         how = (
@@ -282,7 +286,7 @@ def stream_changed_message(stream: str, changes: list[str], *, cost: str | None 
         "every record again with the new one (one API request per 200 records, or a few Bulk API 2.0 jobs above "
         "bulk_threshold), or from a change time such as now to apply it only to records that change from then on."
         + (f" {cost}" if cost else "")
-        if any(change.startswith("fields ") for change in changes)
+        if _mapping_changed(changes)
         else ""
     )
     return (
