@@ -93,8 +93,9 @@ def storage(conninfo: str) -> dict[str, float]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE crm_export.fingerprints")
         count, total, heap = conn.execute(
-            """SELECT count(*), pg_total_relation_size('crm_export.fingerprints'),
-                      pg_relation_size('crm_export.fingerprints') FROM crm_export.fingerprints"""
+            """SELECT coalesce(sum(cardinality(array_remove(fingerprints, NULL))), 0),
+                      pg_total_relation_size('crm_export.fingerprints'), pg_relation_size('crm_export.fingerprints')
+               FROM crm_export.fingerprints"""
         ).fetchone()
     return {
         "fingerprints": count,

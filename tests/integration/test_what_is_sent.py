@@ -130,7 +130,9 @@ def test_a_reposition_and_resend_all_send_unchanged_records_again(db, emulator, 
 
 
 def _fingerprints(db) -> int:
-    return db.execute("SELECT count(*) FROM crm_export.fingerprints").fetchone()[0]
+    from include.crm_export.db import fingerprints
+
+    return fingerprints.count(db)
 
 
 def test_skip_unchanged_false_sends_every_record_read_and_leaves_no_fingerprint_to_go_stale(db, emulator, tmp_path):

@@ -368,9 +368,8 @@ class StreamExport:
             )
             match_key = self.sent_ids.match_key
             rejected = [match_key(record.external_id) for record, _ in plan.rejected if record.external_id]
-            fingerprints.forget_keys(self.conn, self.fingerprint_number, rejected)
             confirmed = {match_key(external_id): value for external_id, value in plan.fingerprints.items()}
-            fingerprints.remember(self.conn, self.fingerprint_number, confirmed)
+            fingerprints.settle(self.conn, self.fingerprint_number, remember=confirmed, forget=rejected)
             if plan.confirmed_keys and self._has_open_errors:
                 export_errors.resolve_errors(
                     self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id
