@@ -5,7 +5,8 @@ PostgreSQL and the emulator (through the real SalesforceHook and
 simple-salesforce client) through source inserts, updates with awkward
 values, deletes, rows committed late, Salesforce rules added and removed,
 pause on error toggled, exports on either path (some killed mid-run),
-re-exports, repositions and mapping changes. After every step:
+re-exports, repositions, mapping changes and fingerprints (skip_unchanged) turned
+off and on. After every step:
 
 - every source row at or below the watermark is in Salesforce with its
   current values, or has an open ExportErrors row;
@@ -57,7 +58,7 @@ MAPPINGS = (
 )
 
 
-def _stream_file(path: Path, mapping: int) -> Path:
+def _stream_file(path: Path, mapping: int, *, skip_unchanged: bool = True) -> Path:
     stream = {
         "source": "crm_test.model",
         "key": "id",
@@ -70,6 +71,7 @@ def _stream_file(path: Path, mapping: int) -> Path:
         "in_flight": 3,
         "bulk_job_records": 9,
         "bulk_threshold": 0,
+        "skip_unchanged": skip_unchanged,
     }
     path.write_text(json.dumps({"streams": {"contacts": stream}}))
     return path
@@ -98,9 +100,10 @@ class ExportModel(RuleBasedStateMachine):
         self.ids = itertools.count(1)
         self.pause = True
         self.mapping = 0
+        self.skip_unchanged = True
         self.rule: int | None = None
         self.late: psycopg.Connection | None = None
-        self.streams = _stream_file(self.folder / "model.yml", self.mapping)
+        self.streams = _stream_file(self.folder / "model.yml", self.mapping, skip_unchanged=self.skip_unchanged)
         os.environ["CRM_EXPORT_STREAMS_FILE"] = str(self.streams)
 
     def teardown(self) -> None:
@@ -234,7 +237,7 @@ class ExportModel(RuleBasedStateMachine):
 
         if change_mapping:
             self.mapping = 1 - self.mapping
-            _stream_file(self.streams, self.mapping)
+            _stream_file(self.streams, self.mapping, skip_unchanged=self.skip_unchanged)
         stream = self._stream()
         watermarks.reposition(
             self.db,
@@ -247,7 +250,13 @@ class ExportModel(RuleBasedStateMachine):
     @rule()
     def change_the_mapping_without_repositioning(self):
         self.mapping = 1 - self.mapping
-        _stream_file(self.streams, self.mapping)
+        _stream_file(self.streams, self.mapping, skip_unchanged=self.skip_unchanged)
+
+    @rule()
+    def toggle_skip_unchanged(self):
+        """Fingerprints turned off (every record read is sent) or on again: none may be stale when they count."""
+        self.skip_unchanged = not self.skip_unchanged
+        _stream_file(self.streams, self.mapping, skip_unchanged=self.skip_unchanged)
 
     @invariant()
     def every_row_at_or_below_the_watermark_is_in_salesforce_or_has_an_open_error(self):
