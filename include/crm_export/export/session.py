@@ -359,9 +359,7 @@ class StreamExport:
         """Write the batch's ExportErrors changes and advance the watermark, in one transaction (with
         ``with_it``)."""
         self._has_open_errors = self._has_open_errors or bool(plan.rejected)
-        # Pipelined: the statements go out together and are answered together (one round trip where each would
-        # take its own; the commits are the export's one sequential step). A failure still fails them all.
-        with self.conn.pipeline(), self.conn.transaction():
+        with self.conn.transaction():
             if self._has_open_errors:
                 keys = [*plan.confirmed_keys, *(record.key for record, _ in plan.rejected)]
                 export_errors.lock_open_rows(self.conn, self.stream, keys)
