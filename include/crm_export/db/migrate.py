@@ -4,7 +4,8 @@ Migrations are the ``NNNN_name.sql`` files beside this module, applied in
 order, each exactly once, recorded in ``crm_export.schema_migrations``. They
 run at the start of every task, so they must be cheap when there is nothing to
 do, and safe when several workers start at once (an advisory lock serialises
-them). A migration upgrades the tables in place; it never drops rows.
+them). A migration upgrades the tables in place; it never drops rows, except
+fingerprints that could never match again (0023: they only ever save a send).
 """
 
 from __future__ import annotations
