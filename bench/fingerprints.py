@@ -14,8 +14,10 @@ request in ``--latency-ms``:
    updated_at moves), ``--changed-percent`` of those with a changed title;
 3. exports again (the touched export).
 
-``--rounds N`` repeats both N times, alternating, and reports the median of
-each figure (one run's noise on this machine is a few percent). Each export
+``--rounds N`` repeats both N times, which one goes first alternating, and
+reports the median of each figure (one run's noise on this machine is a few
+percent). Each mode's exports get their own PostgreSQL and emulator, started
+fresh, so neither inherits the other's heap. Each export
 is ``python -m include.crm_export export`` as a fresh process, wall clock;
 API requests are what the emulator counted. Then the storage of
 ``crm_export.fingerprints`` per million records. Targets (issue 24): the
@@ -27,6 +29,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -104,6 +107,11 @@ def storage(conninfo: str) -> dict[str, float]:
     }
 
 
+def _restore_environ(saved: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -123,12 +131,18 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     figures: dict[str, object] = {"rows": args.rows, "touched": args.touched, "changed_percent": args.changed_percent}
     runs: dict[str, list[dict[str, dict[str, float]]]] = {"without": [], "with": []}
-    with LocalStack(root, project_database="bench_fingerprints") as env:
-        os.environ.update(env)
-        conninfo = project_conninfo()
-        admin = EmulatorAdmin(_info(env))
-        for _ in range(args.rounds):
-            for name, skip_unchanged in (("without", "false"), ("with", "true")):
+    modes = (("without", "false"), ("with", "true"))
+    for round_ in range(args.rounds):
+        # Each export pair on its own PostgreSQL and emulator, started fresh: the emulator's heap after a million
+        # records slowed whichever run came second (always "with", before), and every other round goes first.
+        for name, skip_unchanged in modes if round_ % 2 == 0 else modes[::-1]:
+            outside = dict(os.environ)  # the next stack starts its own servers only if this one's are not set
+            with contextlib.ExitStack() as stack:
+                stack.callback(_restore_environ, outside)
+                env = stack.enter_context(LocalStack(root, project_database="bench_fingerprints"))
+                os.environ.update(env)
+                conninfo = project_conninfo()
+                admin = EmulatorAdmin(_info(env))
                 streams_file = bench_streams(
                     root / f"streams-fingerprints-{name}.yml", bulk_threshold=0, skip_unchanged=skip_unchanged
                 )
