@@ -395,8 +395,12 @@ class Stream(RunLimits):
         """The streams this one's lookups point at, each once (their tasks run before this one's)."""
         return tuple(dict.fromkeys(lookup.parent_stream for lookup in self.lookups if lookup.parent_stream))
 
+    def lookups_by_field(self) -> dict[str, Lookup]:
+        """Each lookup by its field, lower-cased (Salesforce field names ignore case); to ask for many fields."""
+        return {lookup.field.lower(): lookup for lookup in self.lookups}
+
     def lookup(self, field: str) -> Lookup | None:
-        return next((lookup for lookup in self.lookups if lookup.field.lower() == field.lower()), None)
+        return self.lookups_by_field().get(field.lower())
 
     @property
     def reexport_task_id(self) -> str:

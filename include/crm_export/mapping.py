@@ -75,8 +75,8 @@ def map_row(stream: Stream, row: dict[str, Any], field_types: dict[str, str] | N
     if stream.deletes_column is not None and marked_deleted(row[stream.deletes_column]):
         return deleted_record(stream, key, position, external_id)
     relationships = getattr(field_types, "relationships", None) or {}
-    # Per row, not per field: Stream.lookup scans the lookups, and a row's fields are asked on the busiest thread.
-    lookups = {lookup.field.lower(): lookup for lookup in stream.lookups} if stream.lookups else None
+    # Once per row, not per field (Stream.lookup builds it each time): a row's fields are asked on the busiest thread.
+    lookups = stream.lookups_by_field() if stream.lookups else None
     for sf_field, column in stream.fields:
         lookup = lookups.get(sf_field.lower()) if lookups else None
         if sf_field in stream.keep_when_null and _no_value(row[column], lookup is not None):
