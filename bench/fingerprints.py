@@ -93,12 +93,13 @@ def touch(conninfo: str, rows: int, changed_percent: float) -> None:
 def storage(conninfo: str) -> dict[str, float]:
     import psycopg
 
+    from include.crm_export.db import fingerprints
+
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE crm_export.fingerprints")
-        count, total, heap = conn.execute(
-            """SELECT coalesce(sum(cardinality(array_remove(fingerprints, NULL))), 0),
-                      pg_total_relation_size('crm_export.fingerprints'), pg_relation_size('crm_export.fingerprints')
-               FROM crm_export.fingerprints"""
+        count = fingerprints.count(conn)
+        total, heap = conn.execute(
+            """SELECT pg_total_relation_size('crm_export.fingerprints'), pg_relation_size('crm_export.fingerprints')"""
         ).fetchone()
     return {
         "fingerprints": count,
