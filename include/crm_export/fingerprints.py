@@ -13,13 +13,16 @@ then until its answer is committed, what Salesforce holds is not known. A
 rejected record's is dropped with the commit of its rejection, and the
 re-export drops those of the records it sends.
 
-A fingerprint hashes the payload's ``repr`` with its fields sorted: exact
-for every value a payload holds (``Decimal('1.10')`` is not ``Decimal('1.1')``,
-``True`` is not ``1``, a missing field is not a None), and a few times
-cheaper than JSON, which matters because every record read is hashed on the
-export's busiest thread. A change of how a payload prints (another Python,
-another version of this code) can only make records look changed, so they are
-sent once more; it cannot make a changed one look unchanged.
+A fingerprint hashes the payload's field names, sorted, and then the ``repr``
+of its values in that order: exact for every value a payload holds
+(``Decimal('1.10')`` is not ``Decimal('1.1')``, ``True`` is not ``1``, a
+missing field is not a None), whatever order the fields were set in, and a
+few times cheaper than JSON or sorting the payload's items, which matters
+because every record read is hashed on the export's busiest thread (the
+sorted order is worked out once per set of field names). A change of how a
+payload prints (another Python, another version of this code) can only make
+records look changed, so they are sent once more; it cannot make a changed
+one look unchanged.
 
 Where fingerprints are kept (``db/fingerprints.py``), a record has a 64-bit
 *slot*: the stream's number in the high 16 bits, a hash of its external id as
@@ -34,6 +37,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any
 
 from include.crm_export.mapping import SourceRecord
@@ -47,10 +51,30 @@ def _hash64(text: str, *, person: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=person).digest(), "big")
 
 
+_ORDERS_KEPT = 1024  # sets of field names whose order is remembered: a stream has a few (on_null: keep, deletes)
+_Values = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+_orders: dict[tuple[str, ...], tuple[str, _Values]] = {}
+
+
+def _in_order(names: tuple[str, ...]) -> tuple[str, _Values]:
+    """A payload's field names sorted, as text, and what takes its values in that order."""
+    found = _orders.get(names)
+    if found is None:
+        ordered = sorted(names)
+        take: _Values = itemgetter(*ordered) if len(ordered) > 1 else lambda payload: tuple(payload[n] for n in ordered)
+        found = (repr(ordered), take)
+        if len(_orders) >= _ORDERS_KEPT:
+            _orders.clear()
+        _orders[names] = found
+    return found
+
+
 def payload_fingerprint(payload: Mapping[str, Any], *, delete: bool = False) -> int:
     """The fingerprint of a payload as sent (field order does not matter, values do, exactly); ``delete``: of the
     record deleted, which no payload sent can hash to."""
-    text = repr(sorted(payload.items()))  # keys are unique, so sorting never compares two values
+    names, take = _in_order(tuple(payload))
+    # The names' list literal ends where it ends, so no two payloads give the same text.
+    text = names + repr(take(payload))
     return _hash64(text, person=b"crm-export-del" if delete else b"crm-export-fp") - _SIGNED
 
 
@@ -83,7 +107,8 @@ def with_fingerprints(
             marked.append(record)  # nothing to send: rejected by the mapping, or covered by another record
             continue
         fingerprint = payload_fingerprint(record.payload, delete=record.delete)
-        unchanged = confirmed is not None and confirmed.get(match_key(record.external_id)) == fingerprint
+        # None (--resend-all) or nothing confirmed (a first export): changed, with no key worked out.
+        unchanged = confirmed.get(match_key(record.external_id)) == fingerprint if confirmed else False
         marked.append(replace(record, fingerprint=fingerprint, unchanged=unchanged))
     return marked
 
@@ -99,6 +124,8 @@ def to_forget_before_sending(
     """The fingerprints to drop before these records are sent: once a request or job is out, whether Salesforce
     applied it is unknown until its answer is committed (a killed worker, a dropped request), so what was
     confirmed before no longer says what Salesforce holds."""
+    if not confirmed:  # a first export: nothing to drop, and no key worth working out
+        return []
     keys = {match_key(r.external_id) for r in to_send(records) if r.external_id is not None}
     return sorted(keys & set(confirmed))
 

@@ -35,6 +35,8 @@ def test_a_fingerprint_is_the_payload_exactly_whatever_the_field_order():
     assert payload_fingerprint(a) != payload_fingerprint({"LastName": "A", "Amount__c": Decimal("1.1")})
     assert payload_fingerprint(a) != payload_fingerprint({"LastName": "A", "Amount__c": None})
     assert payload_fingerprint({"LastName": "A"}) != payload_fingerprint({"LastName": "A", "Phone": None})
+    assert payload_fingerprint({"LastName": "A"}) != payload_fingerprint({"FirstName": "A"})  # names count too
+    assert payload_fingerprint({"Phone": None}) != payload_fingerprint({}) != payload_fingerprint({"Phone": ""})
     assert -(2**63) <= payload_fingerprint(a) < 2**63
 
 
