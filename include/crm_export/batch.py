@@ -34,20 +34,25 @@ class BatchPlan:
     fingerprints: dict[str, int] = field(default_factory=dict)  # by external id: of the records confirmed now
     waiting: tuple[SourceRecord, RejectedRecord] | None = None  # the record the run stops before (it waits)
     deleted: int = 0  # of the confirmed: deleted in Salesforce (or gone already), not unchanged
+    existing: int = 0  # of the confirmed: not sent, Salesforce has them already (insert mode), not unchanged
+    confirmed_ids: tuple[str, ...] = ()  # the confirmed records' external ids
 
     @property
     def exported(self) -> int:
-        """Records Salesforce confirmed written in this batch (sent; the unchanged and deleted are counted
-        apart)."""
-        return len(self.confirmed_keys) - self.unchanged - self.deleted
+        """Records Salesforce confirmed written in this batch (sent; the unchanged, deleted and existing are
+        counted apart)."""
+        return len(self.confirmed_keys) - self.unchanged - self.deleted - self.existing
 
 
 def _confirmed(outcomes: list[RecordOutcome]) -> dict[str, Any]:
-    """The confirmed records' part of a plan: their keys, how many were unchanged or deleted, their fingerprints."""
+    """The confirmed records' part of a plan: their keys, how many were unchanged, deleted or in Salesforce
+    already (insert mode), their fingerprints."""
     confirmed = [o.record for o in outcomes if o.rejection is None]
     return {
         "confirmed_keys": tuple(record.key for record in confirmed),
-        "unchanged": sum(1 for record in confirmed if record.unchanged),
+        "confirmed_ids": tuple(record.external_id for record in confirmed if record.external_id is not None),
+        "unchanged": sum(1 for record in confirmed if record.unchanged and not record.exists_already),
+        "existing": sum(1 for record in confirmed if record.exists_already),
         "deleted": sum(1 for record in confirmed if record.delete and not record.unchanged),
         "fingerprints": to_remember(confirmed),
     }
@@ -138,6 +143,7 @@ class RunTally:
     exported: int = 0
     unchanged: int = 0  # confirmed without being sent: Salesforce held their payload already
     deleted: int = 0  # source rows marked deleted whose Salesforce record is deleted (or was gone already)
+    existing: int = 0  # insert mode: not sent, Salesforce has them already
     errors_by_code: Counter[str] = field(default_factory=Counter)
 
     def add(self, plan: BatchPlan) -> None:
@@ -145,6 +151,7 @@ class RunTally:
         self.exported += plan.exported
         self.unchanged += plan.unchanged
         self.deleted += plan.deleted
+        self.existing += plan.existing
         for _, rejection in plan.rejected:
             self.errors_by_code[rejection.code] += 1
 

@@ -185,9 +185,12 @@ class ExportResult:
         return self.held.record_key if self.held is not None else self.waiting
 
     def summary(self) -> str:
+        existing = (
+            f"in Salesforce already (mode: insert, not sent): {self.tally.existing}; " if self.tally.existing else ""
+        )
         text = (
             f"Stream '{self.stream}': exported {self.tally.exported} record(s) in {self.tally.batches} batch(es); "
-            f"unchanged (not sent): {self.tally.unchanged}; deleted: {self.tally.deleted}; "
+            f"unchanged (not sent): {self.tally.unchanged}; {existing}deleted: {self.tally.deleted}; "
             f"rejected records: {self.tally.errors} ({self.tally.errors_text()}); stopped: {self.stopped_because}."
         )
         if self.held:

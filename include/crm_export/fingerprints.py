@@ -11,7 +11,9 @@ rejection) leaves the one before it, and the record is sent again.
 Before a record is sent, its fingerprint is dropped (committed at once): from
 then until its answer is committed, what Salesforce holds is not known. A
 rejected record's is dropped with the commit of its rejection, and the
-re-export drops those of the records it sends.
+re-export drops those of the records it sends. A row changed during a run
+can be read again before its first read is committed; that commit then
+drops the fingerprint instead of writing it (:class:`ReadsInFlight`).
 
 A fingerprint hashes the payload's field names, sorted, and then the ``repr``
 of its values in that order: exact for every value a payload holds
@@ -35,7 +37,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Mapping
+import threading
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from operator import itemgetter
 from typing import Any
@@ -138,3 +143,61 @@ def to_remember(records: list[SourceRecord]) -> dict[str, int]:
         for r in records
         if r.fingerprint is not None and r.external_id is not None and not r.unchanged
     }
+
+
+class ReadsInFlight:
+    """The records a run has read and not yet committed, by external id as Salesforce matches it.
+
+    A row changed during a run is read again, maybe before its first read is
+    committed. The later read looks its fingerprint up before that commit
+    writes it, so it would not drop it before being sent: were it written, a
+    worker killed before the later read is committed would leave it standing
+    for a payload Salesforce may no longer hold, and the row changed back to
+    that payload would never be sent. So a commit writes the fingerprint of a
+    record only if no later read of it is pending, and drops it otherwise; a
+    read of a key whose fingerprint a commit is writing waits until that
+    commit is in (milliseconds, and only then), so its lookup sees it.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._reads: Counter[str] = Counter()
+        self._writing: frozenset[str] = frozenset()
+
+    def read(self, keys: Collection[str]) -> None:
+        """A read of these keys (each once), before their fingerprints are looked up."""
+        with self._changed:
+            self._reads.update(keys)
+            while not self._writing.isdisjoint(keys):
+                self._changed.wait()
+
+    @contextmanager
+    def committing(
+        self, remember: Mapping[str, int], settled: Iterable[str]
+    ) -> Iterator[tuple[dict[str, int], list[str]]]:
+        """What a commit writes of ``remember`` and what it drops instead (read again since), for the commit
+        inside; once it is in, the records ``settled`` (every one it commits that was read with a payload) are
+        pending no more."""
+        with self._changed:
+            write = {key: value for key, value in remember.items() if self._reads[key] <= 1}
+            read_again = [key for key in remember if key not in write]
+            self._writing = frozenset(write)
+        try:
+            yield write, read_again
+        finally:
+            with self._changed:
+                self._done(settled)
+                self._writing = frozenset()
+                self._changed.notify_all()
+
+    def not_taken(self, keys: Iterable[str]) -> None:
+        """Records read and left to be read again (the rows after a full job): pending no more."""
+        with self._changed:
+            self._done(keys)
+
+    def _done(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            if self._reads[key] > 1:
+                self._reads[key] -= 1
+            else:
+                self._reads.pop(key, None)

@@ -39,6 +39,9 @@ class SourceRecord:
     # The row is marked deleted (the stream's ``deletes``): its Salesforce record is deleted, found by its external
     # id; the payload then holds only the external id.
     delete: bool = False
+    # Insert mode (``write_modes.py``): Salesforce has this record already, so it is left as it is. Not sent, so
+    # also ``unchanged`` (confirmed as it is, no fingerprint written), but counted apart from the unchanged.
+    exists_already: bool = False
 
     def why_not_sent(self) -> RejectedRecord:
         """Why a record with no payload cannot be sent (every such record carries its rejection)."""

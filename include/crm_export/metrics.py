@@ -1,6 +1,7 @@
 """Run metrics through Airflow's own metrics interface (StatsD, Datadog or OpenTelemetry: whatever is configured).
 
-Per run and stream: records exported, records unchanged (not sent), records deleted, records rejected by
+Per run and stream: records exported, records unchanged (not sent), records in Salesforce already (insert
+mode, not sent), records deleted, records rejected by
 Salesforce error code, whether the stream is held, and how many source rows wait after its
 watermark. The stream (and code) are part of the name, so plain StatsD keeps
 them, and tags too, for backends that take tags. Metrics never fail a run.
@@ -24,6 +25,7 @@ def emit_run_metrics(result: ExportResult) -> None:
     try:
         Stats.incr(f"{SCHEMA}.exported.{stream}", result.tally.exported, tags=tags)
         Stats.incr(f"{SCHEMA}.unchanged.{stream}", result.tally.unchanged, tags=tags)
+        Stats.incr(f"{SCHEMA}.existing.{stream}", result.tally.existing, tags=tags)
         Stats.incr(f"{SCHEMA}.deleted.{stream}", result.tally.deleted, tags=tags)
         for code, count in result.tally.errors_by_code.items():
             Stats.incr(f"{SCHEMA}.rejected.{stream}.{code}", count, tags={**tags, "code": code})

@@ -144,6 +144,7 @@ def _export_stream(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:
             "stopped_because": result.stopped_because,
             "held": result.held is not None,
             "unchanged": result.tally.unchanged,
+            "existing": result.tally.existing,
             "deleted": result.tally.deleted,
         },
     )
@@ -155,6 +156,7 @@ def _export_stream(stream_name: str, context: dict[str, Any]) -> dict[str, Any]:
         "stream": stream_name,
         "exported": result.tally.exported,
         "unchanged": result.tally.unchanged,
+        "existing": result.tally.existing,
         "deleted": result.tally.deleted,
         "rejected_by_code": dict(result.tally.errors_by_code),
         "stopped_because": result.stopped_because,

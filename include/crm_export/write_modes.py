@@ -5,7 +5,8 @@
   record (``CRM_EXPORT_NOT_IN_SALESFORCE``) like any other: the pause rules
   apply and the re-export sends it again once Salesforce has it.
 - ``insert``: creates only. A record Salesforce has already is left as it is:
-  not sent, counted as unchanged, the watermark passes it.
+  not sent, the watermark passes it, counted as "in Salesforce already"
+  (apart from the unchanged: its payload may differ from what Salesforce holds).
 
 A record to delete is deleted in every mode (``deletes.py``).
 
@@ -57,7 +58,7 @@ def apply_mode(
             out.append(replace(record, payload=None, rejection=rejection))
         elif stream.mode == INSERT and there:
             # Left as Salesforce has it; no fingerprint, so a later change is looked at again (and skipped again).
-            out.append(replace(record, unchanged=True, fingerprint=None))
+            out.append(replace(record, unchanged=True, fingerprint=None, exists_already=True))
         else:
             out.append(record)
     return out

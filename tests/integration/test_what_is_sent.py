@@ -264,7 +264,9 @@ def test_insert_mode_creates_only_and_leaves_a_record_salesforce_has(db, emulato
         "6": "Last6",
     }
     assert "exported 5 record(s)" in run.log
-    assert "unchanged (not sent): 1" in run.log
+    # Counted apart from the unchanged: Salesforce's record may differ from the row, it is only left alone.
+    assert "unchanged (not sent): 0; in Salesforce already (mode: insert, not sent): 1;" in run.log
+    assert db.execute("SELECT exported, unchanged, existing FROM crm_export.export_runs").fetchall() == [(5, 0, 1)]
     assert watermark(db)[0][1] == "6"
     assert open_errors(db) == []
 
@@ -313,3 +315,44 @@ def test_a_record_salesforce_took_in_a_batch_that_was_not_committed_is_never_tak
     assert salesforce_contacts(emulator)["300"]["Title"] == "Engineer"
     assert watermark(db)[1] is None
     assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_row_read_again_before_its_first_read_is_committed_keeps_no_fingerprint_of_the_first(
+    db, tmp_path, monkeypatch
+):
+    """A row changed during a run is read again, maybe before its first read is committed. The second read
+    looked its fingerprint up before that commit wrote it, so it would not drop it before being sent: were the
+    first commit to write it, a worker killed before the second read is committed would leave it standing for
+    a payload Salesforce may no longer hold, and the row changed back to that payload would never be sent."""
+    from contextlib import ExitStack
+
+    from include.crm_export.batch import RecordOutcome, plan_batch
+    from include.crm_export.config import load_streams
+    from include.crm_export.db.connection import Database
+    from include.crm_export.export import RunContext, StreamExport
+    from include.crm_export.mapping import position_to_json
+
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(streams))
+    stream = load_streams()["contacts"]
+    insert_contacts(db, 3)
+
+    def read(run, after):
+        return run.read(after, 10, horizon=run.horizon(fresh=True))[1]
+
+    with ExitStack() as exits:  # a run killed before its second read of row 2 is committed
+        run = StreamExport.open(stream, Database(), RunContext("CRMExport", "run-1"), exits=exits)
+        first = read(run, run.watermark.position)
+        assert [r.key for r in first] == ["1", "2", "3"]
+        db.execute("UPDATE crm.contacts SET title = 'Changed', updated_at = now() - interval '10 minutes' WHERE id = 2")
+        assert [(r.key, r.payload["Title"]) for r in read(run, position_to_json(first[-1].position))] == [
+            ("2", "Changed")
+        ]
+        run.commit(plan_batch([RecordOutcome(r, None) for r in first], pause_on_error=True))
+
+    db.execute("UPDATE crm.contacts SET title = 'Engineer', updated_at = now() - interval '5 minutes' WHERE id = 2")
+    with ExitStack() as exits:
+        run = StreamExport.open(stream, Database(), RunContext("CRMExport", "run-2"), exits=exits)
+        [back] = read(run, run.watermark.position)
+    # Salesforce may hold "Changed": the row as it was first read is sent again, never taken for unchanged.
+    assert (back.key, back.payload["Title"], back.unchanged) == ("2", "Engineer", False)

@@ -10,6 +10,7 @@ from include.crm_export.batch import MAX_RECORDS_PER_REQUEST, RecordOutcome, nex
 from include.crm_export.config import load_streams
 from include.crm_export.errors import RejectedRecord
 from include.crm_export.fingerprints import (
+    ReadsInFlight,
     payload_fingerprint,
     slot,
     stream_slots,
@@ -114,7 +115,43 @@ def test_update_mode_rejects_what_salesforce_lacks_and_insert_mode_leaves_what_i
     assert "mode: update" in two.why_not_sent().message
     assert three == records[2]
     inserting = STREAM.model_copy(update={"mode": "insert"})
-    one, two, _ = apply_mode(inserting, records, {"1"}, str.lower)
-    assert (one.unchanged, one.fingerprint) == (True, None)
+    one, two, three = apply_mode(inserting, records, {"1"}, str.lower)
+    assert (one.unchanged, one.fingerprint, one.exists_already) == (True, None, True)
     assert two == records[1]
+    assert not three.exists_already  # unchanged, whatever Salesforce has
+    # Not sent, and counted apart from the unchanged and from what was written.
+    plan = plan_batch([RecordOutcome(r, None) for r in (one, two, three)], pause_on_error=True)
+    assert (plan.exported, plan.unchanged, plan.existing) == (1, 1, 1)
     assert apply_mode(STREAM, records, set(), str.lower) == records
+
+
+def test_a_commit_writes_no_fingerprint_of_a_record_read_again_since_and_drops_it_instead():
+    reads = ReadsInFlight()
+    reads.read(["a", "b"])
+    reads.read(["b"])  # b's row changed and was read again before the first read is committed
+    with reads.committing({"a": 1, "b": 2}, ["a", "b"]) as (write, drop):
+        assert (write, drop) == ({"a": 1}, ["b"])
+    with reads.committing({"b": 3}, ["b"]) as (write, drop):  # the second read's commit: nothing after it
+        assert (write, drop) == ({"b": 3}, [])
+    reads.read(["b"])
+    with reads.committing({"b": 4}, ["b", "never-read"]) as (write, drop):
+        assert (write, drop) == ({"b": 4}, [])
+
+
+def test_a_read_of_a_key_whose_fingerprint_a_commit_is_writing_waits_until_the_commit_is_in():
+    """Else its lookup could miss the fingerprint the commit is writing, and not drop it before sending."""
+    import threading
+
+    reads = ReadsInFlight()
+    reads.read(["a"])
+    other_read = threading.Event()
+    with reads.committing({"a": 1}, ["a"]) as (write, _):
+        assert write == {"a": 1}
+        reads.read(["z"])  # another key: no wait
+        waiting = threading.Thread(target=lambda: (reads.read(["a", "y"]), other_read.set()))
+        waiting.start()
+        assert not other_read.wait(0.3)
+    assert other_read.wait(10)
+    waiting.join()
+    with reads.committing({"a": 2, "y": 3}, ["a", "y"]) as (write, drop):
+        assert (write, drop) == ({"a": 2, "y": 3}, [])

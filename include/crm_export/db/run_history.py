@@ -57,11 +57,11 @@ def record_run(
         )
         conn.execute(
             sql.SQL(
-                """INSERT INTO {} (stream, dag_id, run_id, started_at, exported, unchanged, deleted, rejected,
-                                   rejected_by_code, pause_on_error, in_flight, outcome, stopped_because,
+                """INSERT INTO {} (stream, dag_id, run_id, started_at, exported, unchanged, existing, deleted,
+                                   rejected, rejected_by_code, pause_on_error, in_flight, outcome, stopped_because,
                                    held_record_key, lag_rows, lag_exact, open_errors_by_code)
                    VALUES (%s, %s, %s, now() - make_interval(secs => %s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                           %s, %s)"""
+                           %s, %s, %s)"""
             ).format(EXPORT_RUNS),
             (
                 stream.name,
@@ -70,6 +70,7 @@ def record_run(
                 seconds,
                 result.tally.exported,
                 result.tally.unchanged,
+                result.tally.existing,
                 result.tally.deleted,
                 result.tally.errors,
                 Jsonb(dict(result.tally.errors_by_code)),
@@ -92,8 +93,8 @@ def recent_runs(
     query = sql.SQL(
         """SELECT id, stream, dag_id, run_id, started_at, finished_at,
                   extract(epoch FROM finished_at - started_at)::float8 AS seconds,
-                  exported, unchanged, deleted, rejected, rejected_by_code, pause_on_error, in_flight, outcome,
-                  stopped_because, held_record_key, lag_rows, lag_exact
+                  exported, unchanged, existing, deleted, rejected, rejected_by_code, pause_on_error, in_flight,
+                  outcome, stopped_because, held_record_key, lag_rows, lag_exact
            FROM {}
            WHERE finished_at > now() - make_interval(days => %(days)s)
              AND (%(stream)s::text IS NULL OR stream = %(stream)s)

@@ -263,9 +263,10 @@ class BulkPath:
             _horizon, records = self.run.session.read(
                 position, page, until=until, horizon=horizon, resend_all=resend_all
             )
-            for record in records:
+            for index, record in enumerate(records):
                 if not data.add(record):
                     full = True  # this row and the rest are the next job's
+                    self.run.session.not_taken(records[index:])
                     break
             if full or len(records) < page:
                 break

@@ -37,7 +37,7 @@ from include.crm_export.decisions import (
 )
 from include.crm_export.errors import RejectedRecord, StreamConfigError
 from include.crm_export.export.captured import captured_lag, changes_after, read_captured
-from include.crm_export.fingerprints import to_forget_before_sending, with_fingerprints
+from include.crm_export.fingerprints import ReadsInFlight, to_forget_before_sending, with_fingerprints
 from include.crm_export.mapping import ExternalIdOwners, SourceRecord, map_row, position_to_json
 from include.crm_export.parents import ParentCheck
 from include.crm_export.quoting import one_line, shown
@@ -151,6 +151,7 @@ class StreamExport:
         """``move_changes``: a capture stream's slot is moved into the change table first (only under the
         stream's lock, which :meth:`open` takes; a dry run reads what is there)."""
         self.stream = stream
+        self.reads_in_flight = ReadsInFlight()  # read, not committed: which fingerprints a commit may write
         self.resend_all = resend_all  # send every record read, unchanged or not (``--resend-all``)
         self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
         # Every record read this run that can still be in flight (a Collections request, or one of the two Bulk
@@ -327,13 +328,24 @@ class StreamExport:
         if not self.stream.skip_unchanged:
             return records
         match_key = self.sent_ids.match_key
-        keys = sorted({match_key(r.external_id) for r in records if r.payload is not None and r.external_id})
+        keys = self._read_keys(records)
+        self.reads_in_flight.read(keys)
         confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, keys)
         marked = with_fingerprints(records, None if every_record else confirmed, match_key)
         fingerprints.forget_keys(
             self.reader, self.fingerprint_number, to_forget_before_sending(marked, confirmed, match_key)
         )
         return marked
+
+    def _read_keys(self, records: list[SourceRecord]) -> list[str]:
+        """The keys of the records read that a commit may write a fingerprint of: those with a payload."""
+        match_key = self.sent_ids.match_key
+        return sorted({match_key(r.external_id) for r in records if r.payload is not None and r.external_id})
+
+    def not_taken(self, records: list[SourceRecord]) -> None:
+        """Records read and left for a later read (the rows after a full Bulk API job): not in flight."""
+        if self.stream.skip_unchanged:
+            self.reads_in_flight.not_taken(self._read_keys(records))
 
     def deletes_covered(self, records: list[SourceRecord]) -> list[SourceRecord]:
         """Each delete whose external id a live source row holds now made a record confirmed as it is: that row
@@ -359,17 +371,26 @@ class StreamExport:
         """Write the batch's ExportErrors changes and advance the watermark, in one transaction (with
         ``with_it``)."""
         self._has_open_errors = self._has_open_errors or bool(plan.rejected)
-        with self.conn.transaction():
+        match_key = self.sent_ids.match_key
+        confirmed = {match_key(external_id): value for external_id, value in plan.fingerprints.items()}
+        # Read with a payload (so counted as read): a record whose payload a write mode took away was too, and
+        # is left counted, which only makes a later read of it drop its fingerprint instead of writing it.
+        settled = [
+            *plan.confirmed_ids,
+            *(r.external_id for r, _ in plan.rejected if r.payload is not None and r.external_id is not None),
+        ]
+        with (
+            self.reads_in_flight.committing(confirmed, map(match_key, settled)) as (remember, read_again),
+            self.conn.transaction(),
+        ):
             if self._has_open_errors:
                 keys = [*plan.confirmed_keys, *(record.key for record, _ in plan.rejected)]
                 export_errors.lock_open_rows(self.conn, self.stream, keys)
             export_errors.record_rejections(
                 self.conn, self.stream, plan.rejected, dag_id=self.context.dag_id, run_id=self.context.run_id
             )
-            match_key = self.sent_ids.match_key
             rejected = [match_key(record.external_id) for record, _ in plan.rejected if record.external_id]
-            confirmed = {match_key(external_id): value for external_id, value in plan.fingerprints.items()}
-            fingerprints.settle(self.conn, self.fingerprint_number, remember=confirmed, forget=rejected)
+            fingerprints.settle(self.conn, self.fingerprint_number, remember=remember, forget=[*rejected, *read_again])
             if plan.confirmed_keys and self._has_open_errors:
                 export_errors.resolve_errors(
                     self.conn, self.stream, list(plan.confirmed_keys), resolved_by=self.context.dag_id
