@@ -41,7 +41,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
@@ -114,7 +113,7 @@ def with_fingerprints(
         fingerprint = payload_fingerprint(record.payload, delete=record.delete)
         # None (--resend-all) or nothing confirmed (a first export): changed, with no key worked out.
         unchanged = confirmed.get(match_key(record.external_id)) == fingerprint if confirmed else False
-        marked.append(replace(record, fingerprint=fingerprint, unchanged=unchanged))
+        marked.append(record.looked_at(fingerprint, unchanged=unchanged))
     return marked
 
 
@@ -165,7 +164,7 @@ class ReadsInFlight:
         self._writing: frozenset[str] = frozenset()
 
     def read(self, keys: Collection[str]) -> None:
-        """A read of these keys (each once), before their fingerprints are looked up."""
+        """A read of records with these keys (a key once per record), before their fingerprints are looked up."""
         with self._changed:
             self._reads.update(keys)
             while not self._writing.isdisjoint(keys):
@@ -181,8 +180,9 @@ class ReadsInFlight:
         with self._changed:
             write = {key: value for key, value in remember.items() if self._reads[key] <= 1}
             read_again = [key for key in remember if key not in write]
-            self._writing = frozenset(write)
         try:
+            with self._changed:
+                self._writing = frozenset(write)
             yield write, read_again
         finally:
             with self._changed:

@@ -43,6 +43,14 @@ class SourceRecord:
     # also ``unchanged`` (confirmed as it is, no fingerprint written), but counted apart from the unchanged.
     exists_already: bool = False
 
+    def looked_at(self, fingerprint: int, *, unchanged: bool) -> SourceRecord:
+        """This record with its payload's fingerprint, and whether Salesforce holds that payload already: what
+        ``dataclasses.replace`` makes, every other field as it is, a few times faster (every record read is
+        fingerprinted on the export's busiest thread)."""
+        copy = object.__new__(SourceRecord)
+        copy.__dict__.update(self.__dict__, fingerprint=fingerprint, unchanged=unchanged)
+        return copy
+
     def why_not_sent(self) -> RejectedRecord:
         """Why a record with no payload cannot be sent (every such record carries its rejection)."""
         if self.rejection is None:

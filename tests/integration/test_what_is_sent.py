@@ -356,3 +356,53 @@ def test_a_row_read_again_before_its_first_read_is_committed_keeps_no_fingerprin
         [back] = read(run, run.watermark.position)
     # Salesforce may hold "Changed": the row as it was first read is sent again, never taken for unchanged.
     assert (back.key, back.payload["Title"], back.unchanged) == ("2", "Engineer", False)
+
+
+def test_a_key_read_twice_in_one_read_is_counted_twice_so_its_commits_still_see_the_later_read(
+    db, tmp_path, monkeypatch
+):
+    """Row 1 marked deleted and row 9, which took its external id, are read together (one Salesforce record,
+    two records read, committed apart); row 9 is then changed and read again before they are committed. Counted
+    once for the two, the first commit would leave the second thinking no later read is pending."""
+    from contextlib import ExitStack
+
+    from include.crm_export.batch import RecordOutcome, next_request, plan_batch
+    from include.crm_export.config import load_streams
+    from include.crm_export.db.connection import Database
+    from include.crm_export.export import RunContext, StreamExport
+    from include.crm_export.mapping import position_to_json
+    from tests.support.helpers import table_stream
+
+    db.execute("DROP TABLE IF EXISTS crm.reused")
+    db.execute(
+        """CREATE TABLE crm.reused (id int PRIMARY KEY, ext text, last_name text, deleted_at timestamptz,
+                                    changed timestamptz NOT NULL)"""
+    )
+    db.execute(
+        """INSERT INTO crm.reused VALUES (1, 'R1', 'First', now(), now() - interval '20 minutes'),
+                                         (9, 'R1', 'A', NULL, now() - interval '10 minutes')"""
+    )
+    stream = table_stream("crm.reused", key="id", change="changed", deletes={"column": "deleted_at"})
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(write_streams(tmp_path / "s.yml", {"contacts": stream})))
+    contacts = load_streams()["contacts"]
+
+    def read(run, after):
+        return run.read(after, 10, horizon=run.horizon(fresh=True))[1]
+
+    with ExitStack() as exits:  # a run killed before its second read of row 9 is committed
+        run = StreamExport.open(contacts, Database(), RunContext("CRMExport", "run-1"), exits=exits)
+        first = read(run, run.watermark.position)
+        assert [(r.key, r.delete, r.unchanged) for r in first] == [("1", True, True), ("9", False, False)]
+        covered, rest = next_request(first, 200)
+        assert [[r.key for r in covered], [r.key for r in rest]] == [["1"], ["9"]]  # one Salesforce record
+        db.execute("UPDATE crm.reused SET last_name = 'B', changed = now() - interval '5 minutes' WHERE id = 9")
+        assert [r.payload["LastName"] for r in read(run, position_to_json(first[-1].position))] == ["B"]
+        for request in (covered, rest):
+            run.commit(plan_batch([RecordOutcome(r, None) for r in request], pause_on_error=True))
+
+    db.execute("UPDATE crm.reused SET last_name = 'A', changed = now() - interval '2 minutes' WHERE id = 9")
+    with ExitStack() as exits:
+        run = StreamExport.open(contacts, Database(), RunContext("CRMExport", "run-2"), exits=exits)
+        [back] = read(run, run.watermark.position)
+    assert (back.key, back.payload["LastName"], back.unchanged) == ("9", "A", False)  # Salesforce may hold B
+    db.execute("DROP TABLE crm.reused")

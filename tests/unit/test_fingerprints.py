@@ -155,3 +155,20 @@ def test_a_read_of_a_key_whose_fingerprint_a_commit_is_writing_waits_until_the_c
     waiting.join()
     with reads.committing({"a": 2, "y": 3}, ["a", "y"]) as (write, drop):
         assert (write, drop) == ({"a": 2, "y": 3}, [])
+
+
+def test_a_record_looked_at_is_what_dataclasses_replace_makes_every_other_field_kept():
+    record = SourceRecord("7", (7, "x"), "C-7", {"LastName": "A"}, None, None, False, True, True)
+    assert record.looked_at(5, unchanged=True) == replace(record, fingerprint=5, unchanged=True)
+    assert record.looked_at(5, unchanged=True) is not record
+    assert record.fingerprint is None
+
+
+def test_reads_are_counted_per_record_so_two_records_of_one_key_in_one_read_settle_apart():
+    reads = ReadsInFlight()
+    reads.read(["r1", "r1"])  # a covered delete and the row that took its external id
+    reads.read(["r1"])  # the row changed and read again
+    with reads.committing({}, ["r1"]) as (write, drop):  # the covered delete
+        assert (write, drop) == ({}, [])
+    with reads.committing({"r1": 1}, ["r1"]) as (write, drop):  # the row's first read: a later read is pending
+        assert (write, drop) == ({}, ["r1"])

@@ -321,16 +321,21 @@ class StreamExport:
         every_record = self.resend_all if resend_all is None else resend_all
         return horizon, self._to_be_sent(records, every_record=every_record)
 
-    def _to_be_sent(self, records: list[SourceRecord], *, every_record: bool) -> list[SourceRecord]:
+    def _to_be_sent(
+        self, records: list[SourceRecord], *, every_record: bool, read_again: bool = False
+    ) -> list[SourceRecord]:
         """The records marked unchanged where Salesforce confirmed their payload last (unless ``every_record``);
         the fingerprints of the others are dropped now, before they are sent (``fingerprints.py``). A stream that
-        does not skip unchanged records (``skip_unchanged: false``) sends them all and writes no fingerprint."""
+        does not skip unchanged records (``skip_unchanged: false``) sends them all and writes no fingerprint.
+        ``read_again``: newer versions of records read before and not committed yet, which stand in for them
+        (counted as read once already)."""
         if not self.stream.skip_unchanged:
             return records
         match_key = self.sent_ids.match_key
-        keys = self._read_keys(records)
-        self.reads_in_flight.read(keys)
-        confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, keys)
+        read = self._read_keys(records)
+        if not read_again:
+            self.reads_in_flight.read(read)
+        confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, sorted(set(read)))
         marked = with_fingerprints(records, None if every_record else confirmed, match_key)
         fingerprints.forget_keys(
             self.reader, self.fingerprint_number, to_forget_before_sending(marked, confirmed, match_key)
@@ -338,9 +343,11 @@ class StreamExport:
         return marked
 
     def _read_keys(self, records: list[SourceRecord]) -> list[str]:
-        """The keys of the records read that a commit may write a fingerprint of: those with a payload."""
+        """The key of each record read that a commit may write a fingerprint of (those with a payload), once per
+        record: a commit counts each record it settles, and one read can hold a key twice (a covered delete and
+        the row that took its external id, a capture stream's row read and then its change)."""
         match_key = self.sent_ids.match_key
-        return sorted({match_key(r.external_id) for r in records if r.payload is not None and r.external_id})
+        return [match_key(r.external_id) for r in records if r.payload is not None and r.external_id]
 
     def not_taken(self, records: list[SourceRecord]) -> None:
         """Records read and left for a later read (the rows after a full Bulk API job): not in flight."""
@@ -358,9 +365,11 @@ class StreamExport:
         return current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
 
     def records_by_key(self, keys: list[str]) -> dict[str, SourceRecord]:
-        """The current version of these rows, to be sent (never taken for unchanged)."""
+        """The current version of these rows, to be sent (never taken for unchanged): rows of a Bulk API job, read
+        again to be sent beside it, each committed as the job's record it stands for."""
         found = current_records(self.reader, self.stream, keys, self.column_types, self.field_types)
-        return {record.key: record for record in self._to_be_sent(list(found.values()), every_record=True)}
+        records = self._to_be_sent(list(found.values()), every_record=True, read_again=True)
+        return {record.key: record for record in records}
 
     def commit(
         self,
