@@ -138,9 +138,9 @@ class RunLimits(BaseModel):
         WholeNumber,
         Field(ge=0, description="A backlog of at least this many rows goes through Bulk API 2.0 (0: only if asked)."),
     ] = 50_000
-    bulk_job_records: Annotated[WholeNumber, Field(ge=1, le=150_000, description="Records per Bulk API 2.0 job.")] = (
-        50_000
-    )
+    bulk_job_records: Annotated[
+        WholeNumber, Field(ge=1, le=150_000, description="Records to send per Bulk API 2.0 job.")
+    ] = 50_000
     bulk_job_megabytes: Annotated[
         WholeNumber,
         Field(ge=1, le=100, description="A Bulk API 2.0 job takes no row past this many megabytes of CSV."),

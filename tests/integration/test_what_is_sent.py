@@ -406,3 +406,28 @@ def test_a_key_read_twice_in_one_read_is_counted_twice_so_its_commits_still_see_
         [back] = read(run, run.watermark.position)
     assert (back.key, back.payload["LastName"], back.unchanged) == ("9", "A", False)  # Salesforce may hold B
     db.execute("DROP TABLE crm.reused")
+
+
+def test_a_bulk_api_job_counts_the_records_it_sends_not_the_unchanged_ones_read_between_them(
+    db, emulator, run_dag, tmp_path
+):
+    """3,000 rows touched, 300 changed, bulk_job_records 1,000: one job of 300 records (sized by rows read, it
+    was three jobs of 100)."""
+    insert_contacts(db, 3000)
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0, bulk_job_records=1000)})
+    _run(run_dag, streams, "Bulk API 2.0")
+    jobs = emulator.counters().get("bulk.jobs_created", 0)
+    assert jobs == 3
+    db.execute(
+        """UPDATE crm.contacts SET updated_at = now() - interval '10 minutes' + id * interval '1 millisecond',
+                                   title = CASE WHEN id % 10 = 0 THEN 'Director' ELSE title END"""
+    )
+
+    run = _run(run_dag, streams, "Bulk API 2.0")
+
+    assert emulator.counters()["bulk.jobs_created"] - jobs == 1
+    assert db.execute("SELECT records FROM crm_export.bulk_jobs ORDER BY created_at DESC LIMIT 1").fetchone() == (3000,)
+    assert "exported 300 record(s)" in run.log
+    assert "unchanged (not sent): 2700" in run.log
+    assert watermark(db)[0][1] == "3000"
+    assert_salesforce_matches_source(db, emulator)

@@ -1,5 +1,10 @@
 """The Bulk API 2.0 path: a backfill through ingest jobs of up to ``bulk_job_records`` records each.
 
+A job gathers ``bulk_job_records`` records to send and the unchanged records
+read between them (not in its CSV, confirmed with it in source order), up to
+:data:`READ_PER_JOB` times that many records in all: a job's size counts
+what Salesforce processes, not what was read.
+
 Taken when a run's backlog is at least the stream's ``bulk_threshold``, when
 asked (``use_bulk_api``), or when a killed task left a job. While Salesforce
 processes one job, the next is read, uploaded and closed, so reading and
@@ -46,6 +51,9 @@ log = logging.getLogger(__name__)
 # only Open, UploadComplete and InProgress jobs).
 _ENDED = "INVALIDJOBSTATE"
 _FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
+# A job reads at most this many times bulk_job_records records (the unchanged among them are not sent): a job
+# keeps a few dozen bytes per record read, so this bounds its memory.
+READ_PER_JOB = 4
 # A job's deletes go in a Bulk API 2.0 delete job from this many on; fewer go through sObject Collections. A
 # delete job costs about decisions.BULK_JOB_REQUESTS requests however large; Collections one per 200 records.
 # Finding the Ids costs the same on both (queries of up to 4,000 characters).
@@ -115,7 +123,7 @@ class BulkPath:
                 return None
             log.info(
                 "Stream '%s': %s; at least bulk_threshold (%s), so this run upserts through Bulk API 2.0 jobs of up "
-                "to %s records.",
+                "to %s records to send.",
                 stream.name,
                 lag.describe(),
                 f"{stream.bulk_threshold:,}",
@@ -192,8 +200,8 @@ class BulkPath:
             self.exhausted = True
             return
         after = self.launched[-1].last if self.launched else self.run.session.position
-        limit = min(self.stream.bulk_job_records, self.stream.max_records_per_run - self.records_read)
-        job = self._read(after, limit)
+        limit = min(READ_PER_JOB * self.stream.bulk_job_records, self.stream.max_records_per_run - self.records_read)
+        job = self._read(after, limit, to_send=self.stream.bulk_job_records)
         if not job.records:
             self.exhausted = True
             return
@@ -250,21 +258,28 @@ class BulkPath:
         return dropped
 
     def _read(
-        self, after: list[str] | None, limit: int, *, until: list[str] | None = None, resend_all: bool | None = None
+        self,
+        after: list[str] | None,
+        limit: int,
+        *,
+        to_send: int | None = None,
+        until: list[str] | None = None,
+        resend_all: bool | None = None,
     ) -> _Job:
-        """Up to ``limit`` records after ``after`` (and at or before ``until``) into one job's CSV, page by page."""
+        """Up to ``limit`` records after ``after`` (and at or before ``until``) into one job's CSV, page by page,
+        and up to ``to_send`` records in the CSV (None: as many as ``limit`` allows)."""
         horizon = self.run.session.horizon(self.run.clock, fresh=True)  # one lookup per job: as far as it can go
         self.run.note_horizon(horizon, every_time=True)
         data = JobData(self.columns, max_bytes=self.max_job_bytes)
         position = after
         page = min(_FIRST_PAGE_ROWS, limit)
         full = False
-        while not full and len(data.records) < limit:
+        while not full and len(data.records) < limit and (to_send is None or data.sent < to_send):
             _horizon, records = self.run.session.read(
                 position, page, until=until, horizon=horizon, resend_all=resend_all
             )
             for index, record in enumerate(records):
-                if not data.add(record):
+                if (to_send is not None and data.sent == to_send) or not data.add(record):
                     full = True  # this row and the rest are the next job's
                     self.run.session.not_taken(records[index:])
                     break
