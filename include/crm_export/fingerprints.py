@@ -156,19 +156,30 @@ class ReadsInFlight:
     record only if no later read of it is pending, and drops it otherwise; a
     read of a key whose fingerprint a commit is writing waits until that
     commit is in (milliseconds, and only then), so its lookup sees it.
+
+    A run that starts with no fingerprint of its stream kept (a first export,
+    after a re-position; ``none_kept_before``) looks up only keys it has
+    written itself: nothing else writes one while it holds the stream's lock
+    (another export waits for the lock, the re-export and a re-position only
+    drop them). What it wrote is kept in a filter (:class:`_Written`) that can
+    only answer "maybe" too often, never "no" wrongly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, none_kept_before: bool = False) -> None:
         self._changed = threading.Condition()
         self._reads: Counter[str] = Counter()
         self._writing: frozenset[str] = frozenset()
+        self._written = _Written() if none_kept_before else None
 
-    def read(self, keys: Collection[str]) -> None:
-        """A read of records with these keys (a key once per record), before their fingerprints are looked up."""
+    def read(self, keys: Collection[str]) -> list[str]:
+        """A read of records with these keys (a key once per record), before their fingerprints are looked up;
+        the keys that may have one, to look up."""
         with self._changed:
             self._reads.update(keys)
             while not self._writing.isdisjoint(keys):
                 self._changed.wait()
+            written = self._written
+            return list(keys) if written is None else [key for key in keys if written.may_hold(key)]
 
     @contextmanager
     def committing(
@@ -177,12 +188,14 @@ class ReadsInFlight:
         """What a commit writes of ``remember`` and what it drops instead (read again since), for the commit
         inside; once it is in, the records ``settled`` (every one it commits that was read with a payload) are
         pending no more."""
-        with self._changed:
-            write = {key: value for key, value in remember.items() if self._reads[key] <= 1}
-            read_again = [key for key in remember if key not in write]
         try:
-            with self._changed:
+            with self._changed:  # decided and published at once: a read counted after this waits for the commit
+                write = {key: value for key, value in remember.items() if self._reads[key] <= 1}
+                read_again = [key for key in remember if key not in write]
                 self._writing = frozenset(write)
+                if self._written is not None:
+                    for key in write:
+                        self._written.add(key)
             yield write, read_again
         finally:
             with self._changed:
@@ -201,3 +214,28 @@ class ReadsInFlight:
                 self._reads[key] -= 1
             else:
                 self._reads.pop(key, None)
+
+
+class _Written:
+    """The keys a run wrote a fingerprint of, as a Bloom filter: 16 MB, four bits a key. It may say a key was
+    written when it was not (one lookup more; about one key in a million after a million keys, one in three
+    thousand after five million), never the other way round. Keys are hashed with Python's ``hash``, which is
+    the same for a string throughout one process, all this filter lives in."""
+
+    _BITS = 1 << 27
+    _HASHES = 4
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self._BITS // 8)
+
+    def _places(self, key: str) -> list[int]:
+        hashed = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+        first, step = hashed & 0xFFFF_FFFF, (hashed >> 32) | 1
+        return [(first + n * step) & (self._BITS - 1) for n in range(self._HASHES)]
+
+    def add(self, key: str) -> None:
+        for place in self._places(key):
+            self._bits[place >> 3] |= 1 << (place & 7)
+
+    def may_hold(self, key: str) -> bool:
+        return all(self._bits[place >> 3] >> (place & 7) & 1 for place in self._places(key))

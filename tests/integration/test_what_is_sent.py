@@ -431,3 +431,34 @@ def test_a_bulk_api_job_counts_the_records_it_sends_not_the_unchanged_ones_read_
     assert "unchanged (not sent): 2700" in run.log
     assert watermark(db)[0][1] == "3000"
     assert_salesforce_matches_source(db, emulator)
+
+
+def test_a_first_export_looks_up_only_what_it_wrote_and_drops_that_before_sending_it_again(db, tmp_path, monkeypatch):
+    """A run that starts with no fingerprint kept looks up only keys it wrote itself. Rows it exported and then
+    reads again: the changed one has its fingerprint dropped before it is sent, the touched one is unchanged."""
+    from contextlib import ExitStack
+
+    from include.crm_export.batch import RecordOutcome, plan_batch
+    from include.crm_export.config import load_streams
+    from include.crm_export.db import fingerprints
+    from include.crm_export.db.connection import Database
+    from include.crm_export.export import RunContext, StreamExport
+    from include.crm_export.mapping import position_to_json
+
+    streams = write_streams(tmp_path / "s.yml", {"contacts": contacts_stream(settle_seconds=0)})
+    monkeypatch.setenv("CRM_EXPORT_STREAMS_FILE", str(streams))
+    insert_contacts(db, 3)
+    with ExitStack() as exits:
+        run = StreamExport.open(load_streams()["contacts"], Database(), RunContext("CRMExport", "r"), exits=exits)
+        first = run.read(run.watermark.position, 10, horizon=run.horizon(fresh=True))[1]
+        run.commit(plan_batch([RecordOutcome(r, None) for r in first], pause_on_error=True))
+        kept = fingerprints.confirmed(db, run.fingerprint_number, ["1", "2", "3"])
+        assert sorted(kept) == ["1", "2", "3"]
+        db.execute(
+            """UPDATE crm.contacts SET updated_at = now() - interval '10 minutes' + id * interval '1 millisecond',
+                                       title = CASE WHEN id = 2 THEN 'Changed' ELSE title END
+               WHERE id IN (2, 3)"""
+        )
+        again = run.read(position_to_json(first[-1].position), 10, horizon=run.horizon(fresh=True))[1]
+        assert [(r.key, r.unchanged) for r in again] == [("2", False), ("3", True)]
+        assert fingerprints.confirmed(db, run.fingerprint_number, ["1", "2", "3"]) == {"1": kept["1"], "3": kept["3"]}

@@ -172,3 +172,16 @@ def test_reads_are_counted_per_record_so_two_records_of_one_key_in_one_read_sett
         assert (write, drop) == ({}, [])
     with reads.committing({"r1": 1}, ["r1"]) as (write, drop):  # the row's first read: a later read is pending
         assert (write, drop) == ({}, ["r1"])
+
+
+def test_a_run_that_started_with_no_fingerprint_looks_up_only_keys_it_wrote():
+    reads = ReadsInFlight(none_kept_before=True)
+    assert reads.read(["a", "b"]) == []
+    with reads.committing({"a": 1}, ["a", "b"]) as (write, _):
+        assert write == {"a": 1}
+    assert reads.read(["a", "b", "a"]) == ["a", "a"]
+    assert ReadsInFlight().read(["a", "b"]) == ["a", "b"]  # fingerprints kept before: every key is looked up
+    written = [f"K-{n}" for n in range(20_000)]
+    with reads.committing(dict.fromkeys(written, 0), []):
+        pass
+    assert reads.read(written) == written  # the filter never forgets a key

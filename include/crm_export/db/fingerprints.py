@@ -141,6 +141,15 @@ def forget(conn: psycopg.Connection, stream: Stream) -> int:
     return int(dropped[0]) if dropped else 0
 
 
+def any_kept(conn: psycopg.Connection, number: int) -> bool:
+    """Whether the stream numbered ``number`` has a fingerprint kept (a bucket left holding only drops counts)."""
+    low, high = (_place(s)[0] for s in stream_slots(number))
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM crm_export.fingerprints WHERE bucket BETWEEN %s AND %s)", (low, high)
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def count(conn: psycopg.Connection) -> int:
     """How many fingerprints are kept, of every stream."""
     row = conn.execute(

@@ -151,7 +151,6 @@ class StreamExport:
         """``move_changes``: a capture stream's slot is moved into the change table first (only under the
         stream's lock, which :meth:`open` takes; a dry run reads what is there)."""
         self.stream = stream
-        self.reads_in_flight = ReadsInFlight()  # read, not committed: which fingerprints a commit may write
         self.resend_all = resend_all  # send every record read, unchanged or not (``--resend-all``)
         self.field_types = field_types  # Salesforce types of the mapped fields (describe), for the mapping
         # Every record read this run that can still be in flight (a Collections request, or one of the two Bulk
@@ -193,6 +192,8 @@ class StreamExport:
             # may stand for what Salesforce holds now. One that does not skip unchanged records keeps none: what
             # it sends meanwhile would leave them stale for when it skips again.
             fingerprints.forget(conn, stream)
+        # Read, not committed: which fingerprints a commit may write, and which keys a read must look up.
+        self.reads_in_flight = ReadsInFlight(none_kept_before=not fingerprints.any_kept(conn, self.fingerprint_number))
         external_ids.fill_once(
             conn,
             stream,
@@ -333,9 +334,8 @@ class StreamExport:
             return records
         match_key = self.sent_ids.match_key
         read = self._read_keys(records)
-        if not read_again:
-            self.reads_in_flight.read(read)
-        confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, sorted(set(read)))
+        maybe_kept = read if read_again else self.reads_in_flight.read(read)
+        confirmed = fingerprints.confirmed(self.reader, self.fingerprint_number, sorted(set(maybe_kept)))
         marked = with_fingerprints(records, None if every_record else confirmed, match_key)
         fingerprints.forget_keys(
             self.reader, self.fingerprint_number, to_forget_before_sending(marked, confirmed, match_key)
