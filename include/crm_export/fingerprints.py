@@ -228,14 +228,20 @@ class _Written:
     def __init__(self) -> None:
         self._bits = bytearray(self._BITS // 8)
 
-    def _places(self, key: str) -> list[int]:
-        hashed = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
-        first, step = hashed & 0xFFFF_FFFF, (hashed >> 32) | 1
-        return [(first + n * step) & (self._BITS - 1) for n in range(self._HASHES)]
-
     def add(self, key: str) -> None:
-        for place in self._places(key):
-            self._bits[place >> 3] |= 1 << (place & 7)
+        hashed = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+        place, step, bits = hashed & 0xFFFF_FFFF, (hashed >> 32) | 1, self._bits
+        for _ in range(self._HASHES):
+            place &= self._BITS - 1
+            bits[place >> 3] |= 1 << (place & 7)
+            place += step
 
     def may_hold(self, key: str) -> bool:
-        return all(self._bits[place >> 3] >> (place & 7) & 1 for place in self._places(key))
+        hashed = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+        place, step, bits = hashed & 0xFFFF_FFFF, (hashed >> 32) | 1, self._bits
+        for _ in range(self._HASHES):  # a key never written is mostly told by its first bit
+            place &= self._BITS - 1
+            if not bits[place >> 3] >> (place & 7) & 1:
+                return False
+            place += step
+        return True

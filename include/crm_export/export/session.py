@@ -193,7 +193,9 @@ class StreamExport:
             # it sends meanwhile would leave them stale for when it skips again.
             fingerprints.forget(conn, stream)
         # Read, not committed: which fingerprints a commit may write, and which keys a read must look up.
-        self.reads_in_flight = ReadsInFlight(none_kept_before=not fingerprints.any_kept(conn, self.fingerprint_number))
+        self.reads_in_flight = ReadsInFlight(
+            none_kept_before=stream.skip_unchanged and not fingerprints.any_kept(conn, self.fingerprint_number)
+        )
         external_ids.fill_once(
             conn,
             stream,
