@@ -139,7 +139,13 @@ class RunLimits(BaseModel):
         Field(ge=0, description="A backlog of at least this many rows goes through Bulk API 2.0 (0: only if asked)."),
     ] = 50_000
     bulk_job_records: Annotated[
-        WholeNumber, Field(ge=1, le=150_000, description="Records to send per Bulk API 2.0 job.")
+        WholeNumber,
+        Field(
+            ge=1,
+            le=150_000,
+            description="Records to send per Bulk API 2.0 job (unchanged records read between them are not "
+            "counted; a job reads at most four times this many).",
+        ),
     ] = 50_000
     bulk_job_megabytes: Annotated[
         WholeNumber,
