@@ -72,6 +72,11 @@ WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 Number = Annotated[float, BeforeValidator(_number)]
 
 
+# A Bulk API 2.0 job reads at most this many times bulk_job_records records (the unchanged among them are not
+# sent): a job keeps a few dozen bytes per record read, so this bounds its memory.
+BULK_JOB_READ_FACTOR = 4
+
+
 class RunLimits(BaseModel):
     """The settings a stream may take from ``defaults``, each declared once: name, type, default, bound, help.
 
@@ -144,7 +149,7 @@ class RunLimits(BaseModel):
             ge=1,
             le=150_000,
             description="Records to send per Bulk API 2.0 job (unchanged records read between them are not "
-            "counted; a job reads at most four times this many).",
+            f"counted; a job reads at most {BULK_JOB_READ_FACTOR} times this many).",
         ),
     ] = 50_000
     bulk_job_megabytes: Annotated[

@@ -2,7 +2,7 @@
 
 A job gathers ``bulk_job_records`` records to send and the unchanged records
 read between them (not in its CSV, confirmed with it in source order), up to
-:data:`READ_PER_JOB` times that many records in all: a job's size counts
+:data:`~include.crm_export.config.BULK_JOB_READ_FACTOR` times that many records in all: a job's size counts
 what Salesforce processes, not what was read.
 
 Taken when a run's backlog is at least the stream's ``bulk_threshold``, when
@@ -35,6 +35,7 @@ import psycopg
 
 from include.crm_export.batch import RecordOutcome, identities
 from include.crm_export.bulk_csv import JobData, JobRecord, job_columns, match_results
+from include.crm_export.config import BULK_JOB_READ_FACTOR
 from include.crm_export.db import bulk_jobs
 from include.crm_export.errors import JobResultsUnreadable, NotFound, RejectedRecord, RequestFailed
 from include.crm_export.export.paths import in_flight_already
@@ -51,9 +52,6 @@ log = logging.getLogger(__name__)
 # only Open, UploadComplete and InProgress jobs).
 _ENDED = "INVALIDJOBSTATE"
 _FIRST_PAGE_ROWS = 1_000  # before the job's row width is known
-# A job reads at most this many times bulk_job_records records (the unchanged among them are not sent): a job
-# keeps a few dozen bytes per record read, so this bounds its memory.
-READ_PER_JOB = 4
 # A job's deletes go in a Bulk API 2.0 delete job from this many on; fewer go through sObject Collections. A
 # delete job costs about decisions.BULK_JOB_REQUESTS requests however large; Collections one per 200 records.
 # Finding the Ids costs the same on both (queries of up to 4,000 characters).
@@ -200,7 +198,9 @@ class BulkPath:
             self.exhausted = True
             return
         after = self.launched[-1].last if self.launched else self.run.session.position
-        limit = min(READ_PER_JOB * self.stream.bulk_job_records, self.stream.max_records_per_run - self.records_read)
+        limit = min(
+            BULK_JOB_READ_FACTOR * self.stream.bulk_job_records, self.stream.max_records_per_run - self.records_read
+        )
         job = self._read(after, limit, to_send=self.stream.bulk_job_records)
         if not job.records:
             self.exhausted = True

@@ -384,14 +384,12 @@ class StreamExport:
         self._has_open_errors = self._has_open_errors or bool(plan.rejected)
         match_key = self.sent_ids.match_key
         confirmed = {match_key(external_id): value for external_id, value in plan.fingerprints.items()}
-        # Read with a payload (so counted as read): a record whose payload a write mode took away was too, and
-        # is left counted, which only makes a later read of it drop its fingerprint instead of writing it.
-        settled = [
-            *plan.confirmed_ids,
-            *(r.external_id for r, _ in plan.rejected if r.payload is not None and r.external_id is not None),
-        ]
+        # Counted as read as _read_keys counts them (a confirmed record has its payload): a record whose payload a
+        # write mode took away was counted too and is left counted, which only makes a later read of it drop its
+        # fingerprint instead of writing it.
+        settled = [*map(match_key, plan.confirmed_ids), *self._read_keys([record for record, _ in plan.rejected])]
         with (
-            self.reads_in_flight.committing(confirmed, map(match_key, settled)) as (remember, read_again),
+            self.reads_in_flight.committing(confirmed, settled) as (remember, read_again),
             self.conn.transaction(),
         ):
             if self._has_open_errors:
